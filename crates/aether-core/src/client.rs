@@ -1,0 +1,764 @@
+//! The client: performs tasks and follows them to exactly one outcome.
+//!
+//! Each perform gets a supervisor that watches the task's lease: if no worker accepts the
+//! task, or the worker that has it stops sending heartbeats, within the lease, the client
+//! sends the perform again with the same tid and `attempt + 1` (bounded, with backoff).
+//! Workers drop tids they already completed, and the client surfaces the first outcome
+//! only, so a task whose worker died is still completed exactly once as far as the caller
+//! can see, on every transport.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, OnceCell};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::action::{Action, Status};
+use crate::envelope::{Codec, Envelope, Header, empty_object, encode_raw};
+use crate::error::{DecodeError, Error, Result};
+use crate::node::{Aether, DEFAULT_CONTEXT};
+use crate::state::{Applied, TaskEvent, TaskState};
+use crate::stats::Counters;
+use crate::topic::{Topic, TopicFilter, WorkQueue};
+use crate::transport::{DeadLetter, DeadLetterReason, Received, SharedTransport, Subscription};
+
+/// Performs tasks. Cheap to clone.
+///
+/// ```
+/// # async fn demo(aether: aether_core::Aether) -> aether_core::Result<()> {
+/// use std::time::Duration;
+///
+/// let client = aether.client();
+/// let mut task = client
+///     .task("math", "add")
+///     .deadline(Duration::from_secs(5))
+///     .perform(&(2, 3))
+///     .await?;
+/// while let Some(p) = task.next_progress().await {
+///     println!("{}%", p.percent);
+/// }
+/// let sum: i32 = task.result().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    node: Aether,
+}
+
+impl Client {
+    pub(crate) fn new(node: Aether) -> Client {
+        Client { node }
+    }
+
+    /// Starts describing a perform of `task` in `job` (context `x`, default channel).
+    pub fn task(&self, job: &str, task: &str) -> TaskBuilder<'_> {
+        TaskBuilder {
+            client: self,
+            job: job.to_owned(),
+            task: task.to_owned(),
+            context: DEFAULT_CONTEXT.to_owned(),
+            channel: String::new(),
+            tid: None,
+            deadline: None,
+            headers: None,
+            codec: None,
+        }
+    }
+
+    /// Performs `task` of `job` in `context` with `payload` on the default channel.
+    pub async fn perform<P: Serialize + ?Sized>(
+        &self,
+        job: &str,
+        task: &str,
+        context: &str,
+        payload: &P,
+    ) -> Result<TaskHandle> {
+        self.task(job, task).context(context).perform(payload).await
+    }
+
+    /// The node this client belongs to.
+    pub fn node(&self) -> &Aether {
+        &self.node
+    }
+}
+
+/// A perform being described: context, channel, tid, deadline, headers, codec.
+#[derive(Debug)]
+#[must_use = "call .perform(&payload) to send it"]
+pub struct TaskBuilder<'a> {
+    client: &'a Client,
+    job: String,
+    task: String,
+    context: String,
+    channel: String,
+    tid: Option<String>,
+    deadline: Option<Duration>,
+    headers: Option<BTreeMap<String, String>>,
+    codec: Option<Codec>,
+}
+
+impl TaskBuilder<'_> {
+    /// The context (fourth topic level). Default `x`.
+    pub fn context(mut self, context: &str) -> Self {
+        self.context = context.to_owned();
+        self
+    }
+    /// The channel to send on. Default: the default channel.
+    pub fn channel(mut self, channel: &str) -> Self {
+        self.channel = channel.to_owned();
+        self
+    }
+    /// The task id. Default: 16 random hex digits.
+    pub fn tid(mut self, tid: &str) -> Self {
+        self.tid = Some(tid.to_owned());
+        self
+    }
+    /// Gives up (and cancels the task) if it has not completed this long after sending.
+    /// Default: no deadline.
+    pub fn deadline(mut self, after: Duration) -> Self {
+        self.deadline = Some(after);
+        self
+    }
+    /// Adds a string header, e.g. `traceparent`.
+    pub fn header(mut self, key: &str, value: &str) -> Self {
+        self.headers
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+    /// The codec of this perform. Default: the node's.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+
+    /// Sends the perform. Returns once the transport has accepted it; the task's progress
+    /// and outcome come through the returned handle.
+    pub async fn perform<P: Serialize + ?Sized>(self, payload: &P) -> Result<TaskHandle> {
+        let node = &self.client.node;
+        let config = node.config();
+        let transport = node.transport(&self.channel)?.clone();
+        let tid = match self.tid {
+            Some(t) => t,
+            None => new_tid(),
+        };
+        let topic = Topic::new(
+            &config.union,
+            &self.job,
+            &self.task,
+            &self.context,
+            &tid,
+            Action::Perform,
+        )?;
+        let codec = self.codec.unwrap_or(config.codec);
+        let data = codec.to_vec(payload)?;
+        let mut header = Header::new(Action::Perform, &config.host, &config.client_id);
+        header.attempt = Some(1);
+        header.lease = Some(config.lease.as_millis() as u64);
+        header.deadline = self.deadline.map(|d| unix_ms() + d.as_millis() as u64);
+        header.headers = self.headers;
+        let bytes = encode_raw(codec, &header, &data);
+        let limit = node.payload_limit(&transport);
+        if bytes.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        let caps = transport.capabilities();
+        let redispatch = config.redispatch.unwrap_or(!caps.redelivers_on_crash);
+        let route = node
+            .inner
+            .routes
+            .get(node, &self.channel, &transport, &topic)
+            .await?;
+        let shared = Arc::new(TaskShared::new(tid.clone(), config.progress_buffer));
+        route.insert(&tid, shared.clone());
+        if let Err(e) = transport.enqueue(&topic, bytes.clone()).await {
+            route.remove(&tid);
+            return Err(e);
+        }
+        node.counters().performed.fetch_add(1, Ordering::Relaxed);
+        let supervisor = Supervisor {
+            node: node.clone(),
+            transport: transport.clone(),
+            route: route.clone(),
+            shared: shared.clone(),
+            topic: topic.clone(),
+            codec,
+            header,
+            data,
+            bytes,
+            redispatch,
+            deadline: self.deadline.map(|d| Instant::now() + d),
+        };
+        tokio::spawn(supervisor.run());
+        Ok(TaskHandle {
+            shared,
+            topic,
+            transport,
+            node: node.clone(),
+            codec,
+        })
+    }
+}
+
+/// 16 random hex digits. Python services use 8; aether uses more so tids of many
+/// concurrent clients do not collide in workers' duplicate windows.
+fn new_tid() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..16].to_owned()
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A progress report of a task.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// 0-100; 0 is the worker's acceptance.
+    pub percent: u8,
+    envelope: Envelope,
+}
+
+impl Progress {
+    /// The data the worker sent with it.
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        self.envelope.data()
+    }
+    /// The whole message.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+}
+
+/// How a task ended, as stored until the handle asks.
+#[derive(Clone, Debug)]
+enum Outcome {
+    Succeeded(Envelope),
+    Failed(Envelope),
+    Cancelled,
+    DeadlineExceeded,
+    Lost(u32),
+    Closed,
+}
+
+impl Outcome {
+    fn into_result(self, tid: &str) -> Result<Envelope> {
+        let tid = tid.to_owned();
+        match self {
+            Outcome::Succeeded(env) => Ok(env),
+            Outcome::Failed(env) => Err(Error::TaskFailed {
+                tid,
+                message: env
+                    .header()
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| failure_message(&env)),
+                data: env.data_value(),
+            }),
+            Outcome::Cancelled => Err(Error::Cancelled { tid }),
+            Outcome::DeadlineExceeded => Err(Error::DeadlineExceeded { tid }),
+            Outcome::Lost(attempts) => Err(Error::WorkerLost { tid, attempts }),
+            Outcome::Closed => Err(Error::Closed),
+        }
+    }
+}
+
+/// A failure message for a completion without aether's `error` key (a Python worker's).
+fn failure_message(env: &Envelope) -> String {
+    match env.data_value() {
+        serde_json::Value::Null => "failed".to_owned(),
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Object(map) if map.is_empty() => "failed".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+struct TaskInner {
+    state: TaskState,
+    progress: VecDeque<Progress>,
+    outcome: Option<Outcome>,
+    /// When the task last showed a sign of life, or was last dispatched.
+    heard: Instant,
+    /// Whether any worker reported on it since the last dispatch.
+    seen: bool,
+    /// The lease the worker that has it promised to heartbeat within.
+    worker_lease: Option<Duration>,
+    /// The handle was dropped.
+    detached: bool,
+}
+
+struct TaskShared {
+    tid: String,
+    progress_cap: usize,
+    inner: Mutex<TaskInner>,
+    wake: Notify,
+}
+
+impl TaskShared {
+    fn new(tid: String, progress_cap: usize) -> TaskShared {
+        TaskShared {
+            tid,
+            progress_cap: progress_cap.max(1),
+            inner: Mutex::new(TaskInner {
+                state: TaskState::Submitted,
+                progress: VecDeque::new(),
+                outcome: None,
+                heard: Instant::now(),
+                seen: false,
+                worker_lease: None,
+                detached: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TaskInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `f` returns `Some`, re-checking after every change.
+    async fn wait_for<T>(&self, mut f: impl FnMut(&mut TaskInner) -> Option<T>) -> T {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(v) = f(&mut self.lock()) {
+                return v;
+            }
+            notified.await;
+        }
+    }
+
+    /// Ends the task with `outcome` unless it already ended; returns whether it did.
+    fn finish(&self, event: TaskEvent, outcome: Outcome, counters: &Counters) -> bool {
+        let mut inner = self.lock();
+        if inner.outcome.is_some() {
+            return false;
+        }
+        if let Ok(Applied::Changed(s)) = inner.state.apply(event) {
+            inner.state = s;
+        }
+        let counter = match &outcome {
+            Outcome::Succeeded(_) => &counters.succeeded,
+            Outcome::Failed(_) => &counters.failed,
+            Outcome::Cancelled => &counters.cancelled,
+            Outcome::DeadlineExceeded => &counters.deadline_exceeded,
+            Outcome::Lost(_) | Outcome::Closed => &counters.lost,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        inner.outcome = Some(outcome);
+        drop(inner);
+        self.wake.notify_waiters();
+        true
+    }
+
+    /// Applies a status or complete from a worker.
+    fn on_update(&self, env: Envelope, counters: &Counters) {
+        let h = env.header();
+        let event = match (h.action, h.status) {
+            (Action::Status, _) => TaskEvent::Progress(h.progress),
+            (Action::Complete, Status::Succeed) => TaskEvent::Succeeded,
+            (Action::Complete, _) => TaskEvent::Failed,
+            _ => return,
+        };
+        let mut inner = self.lock();
+        inner.heard = Instant::now();
+        inner.seen = true;
+        if let Some(ms) = h.lease {
+            inner.worker_lease = Some(Duration::from_millis(ms));
+        }
+        match inner.state.apply(event) {
+            Ok(Applied::Changed(state)) if !state.is_terminal() => {
+                inner.state = state;
+                if inner.progress.len() >= self.progress_cap {
+                    inner.progress.pop_front();
+                    counters.progress_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                inner.progress.push_back(Progress {
+                    percent: state.progress(),
+                    envelope: env,
+                });
+            }
+            Ok(Applied::Changed(_)) => {
+                drop(inner);
+                let outcome = if event == TaskEvent::Succeeded {
+                    Outcome::Succeeded(env)
+                } else {
+                    Outcome::Failed(env)
+                };
+                self.finish(event, outcome, counters);
+                return;
+            }
+            Ok(Applied::Duplicate | Applied::Stale) => {
+                counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(tid = %self.tid, error = %e, "late update ignored");
+                counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(inner);
+        self.wake.notify_waiters();
+    }
+}
+
+/// A task in flight: its progress, its outcome, and the means to cancel it.
+///
+/// Dropping the handle does not cancel the task; the client still sees it through to an
+/// outcome (redispatching if needed) while a lease or deadline applies.
+pub struct TaskHandle {
+    shared: Arc<TaskShared>,
+    topic: Topic,
+    transport: SharedTransport,
+    node: Aether,
+    codec: Codec,
+}
+
+impl TaskHandle {
+    /// The task id.
+    pub fn tid(&self) -> &str {
+        self.topic.tid()
+    }
+
+    /// The perform's topic.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// Where the task stands now.
+    pub fn state(&self) -> TaskState {
+        self.shared.lock().state
+    }
+
+    /// The next progress update, in order; `None` once the task has ended and every
+    /// buffered update was taken. If updates are not taken, the oldest are dropped past
+    /// [`Config::progress_buffer`](crate::Config::progress_buffer).
+    pub async fn next_progress(&mut self) -> Option<Progress> {
+        self.shared
+            .wait_for(|inner| match inner.progress.pop_front() {
+                Some(p) => Some(Some(p)),
+                None if inner.outcome.is_some() => Some(None),
+                None => None,
+            })
+            .await
+    }
+
+    /// Waits for the outcome and returns the completion message of a successful task.
+    pub async fn outcome(&self) -> Result<Envelope> {
+        let outcome = self.shared.wait_for(|inner| inner.outcome.clone()).await;
+        outcome.into_result(&self.shared.tid)
+    }
+
+    /// Waits for the outcome and decodes a successful task's data as `R`.
+    pub async fn result<R: DeserializeOwned>(self) -> Result<R> {
+        let env = self.outcome().await?;
+        env.data().map_err(Error::Decode)
+    }
+
+    /// Asks the worker to stop the task, and ends it here as cancelled (unless it already
+    /// ended). The worker's handler sees the cancellation through its context.
+    pub async fn cancel(&self) -> Result<()> {
+        let config = self.node.config();
+        let header = Header::new(Action::Cancel, &config.host, &config.client_id);
+        let bytes = encode_raw(self.codec, &header, empty_object(self.codec));
+        self.transport
+            .publish(&self.topic.with_action(Action::Cancel), bytes)
+            .await?;
+        self.shared.finish(
+            TaskEvent::Cancelled,
+            Outcome::Cancelled,
+            self.node.counters(),
+        );
+        Ok(())
+    }
+}
+
+impl Drop for TaskHandle {
+    fn drop(&mut self) {
+        self.shared.lock().detached = true;
+        self.shared.wake.notify_waiters();
+    }
+}
+
+impl fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("topic", &self.topic)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Follows one task until it ends: redispatches on lease expiry, enforces the deadline.
+struct Supervisor {
+    node: Aether,
+    transport: SharedTransport,
+    route: Arc<Route>,
+    shared: Arc<TaskShared>,
+    topic: Topic,
+    codec: Codec,
+    header: Header,
+    data: Vec<u8>,
+    bytes: bytes::Bytes,
+    redispatch: bool,
+    deadline: Option<Instant>,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let config = self.node.config().clone();
+        let counters = self.node.counters();
+        let mut attempt = 1u32;
+        loop {
+            let lease_at = {
+                let inner = self.shared.lock();
+                if inner.outcome.is_some() {
+                    break;
+                }
+                let lease_at = match (self.redispatch, inner.seen, inner.worker_lease) {
+                    (false, _, _) => None,
+                    (true, false, _) => Some(inner.heard + config.lease),
+                    (true, true, Some(l)) => Some(inner.heard + l.max(config.lease)),
+                    (true, true, None) => None,
+                };
+                if inner.detached && lease_at.is_none() && self.deadline.is_none() {
+                    break;
+                }
+                lease_at
+            };
+            let notified = self.shared.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.lock().outcome.is_some() {
+                break;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = sleep_until_opt(self.deadline) => {
+                    if self.shared.finish(TaskEvent::TimedOut, Outcome::DeadlineExceeded, counters) {
+                        self.send_cancel().await;
+                    }
+                    break;
+                }
+                _ = sleep_until_opt(lease_at) => {
+                    if attempt >= config.max_attempts {
+                        if self.shared.finish(TaskEvent::TimedOut, Outcome::Lost(attempt), counters) {
+                            let letter = DeadLetter {
+                                topic: self.topic.to_string(),
+                                payload: self.bytes.clone(),
+                                reason: DeadLetterReason::AttemptsExhausted { attempts: attempt },
+                            };
+                            self.node.dead_letter(&self.transport, letter).await;
+                        }
+                        break;
+                    }
+                    attempt += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(config.backoff.delay(attempt)) => {}
+                        _ = sleep_until_opt(self.deadline) => continue,
+                    }
+                    if self.shared.lock().outcome.is_some() {
+                        break;
+                    }
+                    self.header.attempt = Some(attempt);
+                    self.bytes = encode_raw(self.codec, &self.header, &self.data);
+                    {
+                        let mut inner = self.shared.lock();
+                        inner.heard = Instant::now();
+                        inner.seen = false;
+                        inner.worker_lease = None;
+                    }
+                    tracing::info!(topic = %self.topic, attempt, "lease expired; dispatching again");
+                    counters.redispatched.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.transport.enqueue(&self.topic, self.bytes.clone()).await {
+                        tracing::warn!(topic = %self.topic, error = %e, "redispatch failed");
+                    }
+                }
+            }
+        }
+        self.route.remove(&self.shared.tid);
+    }
+
+    async fn send_cancel(&self) {
+        let config = self.node.config();
+        let header = Header::new(Action::Cancel, &config.host, &config.client_id);
+        let bytes = encode_raw(self.codec, &header, empty_object(self.codec));
+        if let Err(e) = self
+            .transport
+            .publish(&self.topic.with_action(Action::Cancel), bytes)
+            .await
+        {
+            tracing::debug!(topic = %self.topic, error = %e, "cancel after deadline not sent");
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The subscriptions a node's clients share per (channel, union, job, task, context).
+#[derive(Default)]
+pub(crate) struct Routes {
+    map: Mutex<HashMap<(String, String), Arc<OnceCell<Arc<Route>>>>>,
+}
+
+impl Routes {
+    async fn get(
+        &self,
+        node: &Aether,
+        channel: &str,
+        transport: &SharedTransport,
+        topic: &Topic,
+    ) -> Result<Arc<Route>> {
+        let queue = WorkQueue::of_topic(topic, "_")?;
+        let key = (channel.to_owned(), queue.key('/'));
+        let cell = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let route = cell
+            .get_or_try_init(|| Route::start(node, transport, &queue))
+            .await?;
+        if route.is_closed() {
+            // Its subscriptions ended (transport closed): forget it so a later call retries.
+            self.map
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            return Err(Error::Closed);
+        }
+        Ok(route.clone())
+    }
+}
+
+/// Routes status and complete messages of one (union, job, task, context) to the tasks.
+pub(crate) struct Route {
+    tasks: Mutex<HashMap<String, Arc<TaskShared>>>,
+    closed: std::sync::atomic::AtomicBool,
+    routers: Vec<JoinHandle<()>>,
+}
+
+impl Route {
+    async fn start(
+        node: &Aether,
+        transport: &SharedTransport,
+        queue: &WorkQueue,
+    ) -> Result<Arc<Route>> {
+        let filters: [TopicFilter; 2] =
+            [queue.filter(Action::Status), queue.filter(Action::Complete)];
+        let mut subs = Vec::with_capacity(2);
+        for f in &filters {
+            subs.push(transport.subscribe(f).await?);
+        }
+        let limit = node.payload_limit(transport);
+        Ok(Arc::new_cyclic(|weak: &Weak<Route>| Route {
+            tasks: Mutex::new(HashMap::new()),
+            closed: Default::default(),
+            routers: subs
+                .into_iter()
+                .map(|sub| tokio::spawn(route_loop(weak.clone(), node.clone(), sub, limit)))
+                .collect(),
+        }))
+    }
+
+    fn insert(&self, tid: &str, task: Arc<TaskShared>) {
+        self.lock().insert(tid.to_owned(), task);
+    }
+
+    fn remove(&self, tid: &str) {
+        self.lock().remove(tid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TaskShared>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        for r in &self.routers {
+            r.abort();
+        }
+    }
+}
+
+async fn route_loop(route: Weak<Route>, node: Aether, mut sub: Subscription, limit: usize) {
+    let counters = node.counters();
+    while let Some(received) = sub.next().await {
+        let Some(route) = route.upgrade() else { return };
+        let Some(msg) = accept_broadcast(received, limit, counters) else {
+            continue;
+        };
+        let task = route.lock().get(msg.0.tid()).cloned();
+        if let Some(task) = task {
+            task.on_update(msg.1, counters);
+        }
+    }
+    if let Some(route) = route.upgrade() {
+        route.closed.store(true, Ordering::Release);
+        let tasks: Vec<_> = route.lock().drain().map(|(_, t)| t).collect();
+        for t in tasks {
+            t.finish(TaskEvent::TimedOut, Outcome::Closed, counters);
+        }
+    }
+}
+
+/// Checks a broadcast message: topic, size, envelope. Bad ones are counted and dropped.
+pub(crate) fn accept_broadcast(
+    received: Received,
+    limit: usize,
+    counters: &Counters,
+) -> Option<(Topic, Envelope)> {
+    let msg = match received {
+        Ok(msg) => msg,
+        Err(invalid) => {
+            counters.invalid_topic.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %invalid.raw_topic, error = %invalid.error, "message on an invalid topic dropped");
+            return None;
+        }
+    };
+    if msg.payload.len() > limit {
+        counters.oversized.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(topic = %msg.topic, size = msg.payload.len(), limit, "oversized message dropped");
+        return None;
+    }
+    match Envelope::decode(msg.payload) {
+        Ok(env) if env.header().action == msg.topic.action() => Some((msg.topic, env)),
+        Ok(env) => {
+            counters.unexpected_action.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %msg.topic, action = %env.header().action, "action does not match the topic; dropped");
+            None
+        }
+        Err(e) => {
+            let counter = match e {
+                DecodeError::UnknownAction(_) => &counters.unknown_action,
+                _ => &counters.malformed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %msg.topic, error = %e, "malformed message dropped");
+            None
+        }
+    }
+}

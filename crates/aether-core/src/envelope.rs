@@ -1,0 +1,567 @@
+//! The message envelope, wire-compatible with Python AetherMagic, in JSON or MessagePack.
+//!
+//! A message is an object with `action`, `status`, `progress` (0-100), `data` (any value),
+//! `host` and `client`, plus the keys `job`, `workgroup`, `task`, `context` and `tid` that
+//! Python services always send as empty strings. aether adds optional keys (`attempt`,
+//! `deadline`, `lease`, `headers`, `error`) that Python services ignore.
+//!
+//! Outgoing messages are a [`Header`] plus data, encoded by [`encode`]; incoming ones are
+//! an [`Envelope`], whose data is decoded lazily into the type the receiver wants.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::action::{Action, Status};
+use crate::error::{DecodeError, Error, Result};
+
+/// The wire format of a message. A decoder recognises either by its first byte, and a
+/// worker answers in the codec the request came in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Codec {
+    /// JSON: what Python AetherMagic speaks. The default.
+    #[default]
+    Json,
+    /// MessagePack with named fields (maps, never positional arrays).
+    MsgPack,
+}
+
+impl Codec {
+    /// Recognises the codec of `payload` from its first byte: `{` (after optional JSON
+    /// whitespace) is JSON; a MessagePack map marker (`0x80..=0x8f`, `0xde`, `0xdf`) is
+    /// MessagePack. Neither can be mistaken for the other.
+    pub fn detect(payload: &[u8]) -> Result<Codec, DecodeError> {
+        let first = payload
+            .iter()
+            .copied()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+        match first {
+            None if payload.is_empty() => Err(DecodeError::Empty),
+            None => Err(DecodeError::UnknownFormat(payload[0])),
+            Some(b'{') => Ok(Codec::Json),
+            Some(0x80..=0x8f | 0xde | 0xdf) => Ok(Codec::MsgPack),
+            Some(b) => Err(DecodeError::UnknownFormat(b)),
+        }
+    }
+
+    /// Encodes any value in this codec.
+    pub fn to_vec<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>> {
+        match self {
+            Codec::Json => serde_json::to_vec(value).map_err(|e| Error::Encode(e.to_string())),
+            Codec::MsgPack => {
+                rmp_serde::to_vec_named(value).map_err(|e| Error::Encode(e.to_string()))
+            }
+        }
+    }
+
+    /// Decodes any value in this codec.
+    pub fn from_slice<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
+        match self {
+            Codec::Json => serde_json::from_slice(bytes).map_err(DecodeError::Json),
+            Codec::MsgPack => rmp_serde::from_slice(bytes).map_err(DecodeError::MsgPack),
+        }
+    }
+
+    /// `"json"` or `"msgpack"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::Json => "json",
+            Codec::MsgPack => "msgpack",
+        }
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "json" => Ok(Codec::Json),
+            "msgpack" | "messagepack" => Ok(Codec::MsgPack),
+            other => Err(Error::Config(format!(
+                "unknown codec {other:?}; expected json or msgpack"
+            ))),
+        }
+    }
+}
+
+/// Everything in a message but its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Header {
+    /// What the message asks for or reports.
+    pub action: Action,
+    /// The status that goes with the action.
+    pub status: Status,
+    /// Progress, 0-100.
+    pub progress: u8,
+    /// Host name of the sender.
+    pub host: String,
+    /// Per-process id of the sender.
+    pub client: String,
+    /// Python compatibility: always sent, empty unless set.
+    pub job: String,
+    /// Python compatibility: always sent, empty unless set.
+    pub workgroup: String,
+    /// Python compatibility: always sent, empty unless set.
+    pub task: String,
+    /// Python compatibility: always sent, empty unless set.
+    pub context: String,
+    /// Python compatibility: always sent, empty unless set.
+    pub tid: String,
+    /// aether: which dispatch of the task this is, from 1.
+    pub attempt: Option<u32>,
+    /// aether: the task's deadline, in milliseconds since the Unix epoch.
+    pub deadline: Option<u64>,
+    /// aether: the lease in milliseconds. On a perform, how often the client wants a sign
+    /// of life; on a status, the worker's promise to send one at least that often.
+    pub lease: Option<u64>,
+    /// aether: string headers, e.g. W3C trace context (`traceparent`).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// aether: the error message of a failed completion.
+    pub error: Option<String>,
+}
+
+impl Header {
+    /// A header for `action` with the status and progress Python services use for it.
+    pub fn new(action: Action, host: &str, client: &str) -> Header {
+        let (status, progress) = Status::default_for(action);
+        Header {
+            action,
+            status,
+            progress,
+            host: host.to_owned(),
+            client: client.to_owned(),
+            job: String::new(),
+            workgroup: String::new(),
+            task: String::new(),
+            context: String::new(),
+            tid: String::new(),
+            attempt: None,
+            deadline: None,
+            lease: None,
+            headers: None,
+            error: None,
+        }
+    }
+
+    /// Sets the status.
+    pub fn status(mut self, status: Status) -> Header {
+        self.status = status;
+        self
+    }
+
+    /// Sets the progress, clamped to 100.
+    pub fn progress(mut self, progress: u8) -> Header {
+        self.progress = progress.min(100);
+        self
+    }
+}
+
+/// Encodes `header` and `data` as one message in `codec`, keys in the order Python writes
+/// them; aether's optional keys only when set.
+pub fn encode<D: Serialize + ?Sized>(codec: Codec, header: &Header, data: &D) -> Result<Bytes> {
+    let data = codec.to_vec(data)?;
+    Ok(encode_raw(codec, header, &data))
+}
+
+/// Like [`encode`], with `data` already encoded in `codec` (one complete value). Lets a
+/// message be re-sent with a new header without encoding its data again.
+pub fn encode_raw(codec: Codec, header: &Header, data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 192 + header.host.len() + header.client.len());
+    match codec {
+        Codec::Json => write_json(&mut out, header, data),
+        Codec::MsgPack => write_msgpack(&mut out, header, data),
+    }
+    Bytes::from(out)
+}
+
+/// `{}` in `codec`: the data of messages that carry none.
+pub fn empty_object(codec: Codec) -> &'static [u8] {
+    match codec {
+        Codec::Json => b"{}",
+        Codec::MsgPack => &[0x80],
+    }
+}
+
+fn string_fields(h: &Header) -> [(&'static str, &str); 7] {
+    [
+        ("host", &h.host),
+        ("client", &h.client),
+        ("job", &h.job),
+        ("workgroup", &h.workgroup),
+        ("task", &h.task),
+        ("context", &h.context),
+        ("tid", &h.tid),
+    ]
+}
+
+fn write_json(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail; strings go through serde_json for escaping.
+    let s = |v: &str, out: &mut Vec<u8>| {
+        serde_json::to_writer(&mut *out, v).expect("write to Vec");
+    };
+    out.extend_from_slice(b"{\"action\":\"");
+    out.extend_from_slice(h.action.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"status\":\"");
+    out.extend_from_slice(h.status.as_str().as_bytes());
+    let _ = write!(out, "\",\"progress\":{},\"data\":", h.progress);
+    out.extend_from_slice(data);
+    for (k, v) in string_fields(h) {
+        let _ = write!(out, ",\"{k}\":");
+        s(v, out);
+    }
+    if let Some(v) = h.attempt {
+        let _ = write!(out, ",\"attempt\":{v}");
+    }
+    if let Some(v) = h.deadline {
+        let _ = write!(out, ",\"deadline\":{v}");
+    }
+    if let Some(v) = h.lease {
+        let _ = write!(out, ",\"lease\":{v}");
+    }
+    if let Some(v) = &h.headers {
+        out.extend_from_slice(b",\"headers\":");
+        serde_json::to_writer(&mut *out, v).expect("write to Vec");
+    }
+    if let Some(v) = &h.error {
+        out.extend_from_slice(b",\"error\":");
+        s(v, out);
+    }
+    out.push(b'}');
+}
+
+fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
+    use rmp::encode as w;
+    // Writing to a Vec cannot fail.
+    let extras = [
+        h.attempt.is_some(),
+        h.deadline.is_some(),
+        h.lease.is_some(),
+        h.headers.is_some(),
+        h.error.is_some(),
+    ];
+    let len = 11 + extras.iter().filter(|b| **b).count() as u32;
+    w::write_map_len(out, len).expect("write to Vec");
+    let kv = |k: &str, v: &str, out: &mut Vec<u8>| {
+        w::write_str(out, k).expect("write to Vec");
+        w::write_str(out, v).expect("write to Vec");
+    };
+    kv("action", h.action.as_str(), out);
+    kv("status", h.status.as_str(), out);
+    w::write_str(out, "progress").expect("write to Vec");
+    w::write_uint(out, h.progress.into()).expect("write to Vec");
+    w::write_str(out, "data").expect("write to Vec");
+    out.extend_from_slice(data);
+    for (k, v) in string_fields(h) {
+        kv(k, v, out);
+    }
+    for (k, v) in [
+        ("attempt", h.attempt.map(u64::from)),
+        ("deadline", h.deadline),
+        ("lease", h.lease),
+    ] {
+        if let Some(v) = v {
+            w::write_str(out, k).expect("write to Vec");
+            w::write_uint(out, v).expect("write to Vec");
+        }
+    }
+    if let Some(map) = &h.headers {
+        w::write_str(out, "headers").expect("write to Vec");
+        w::write_map_len(out, map.len() as u32).expect("write to Vec");
+        for (k, v) in map {
+            kv(k, v, out);
+        }
+    }
+    if let Some(v) = &h.error {
+        kv("error", v, out);
+    }
+}
+
+/// The header as it arrives, before the action and status are checked.
+#[derive(Deserialize)]
+struct RawHeader {
+    action: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    progress: Option<ProgressValue>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    data: IgnoredAny,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    client: String,
+    #[serde(default)]
+    job: String,
+    #[serde(default)]
+    workgroup: String,
+    #[serde(default)]
+    task: String,
+    #[serde(default)]
+    context: String,
+    #[serde(default)]
+    tid: String,
+    #[serde(default)]
+    attempt: Option<u32>,
+    #[serde(default)]
+    deadline: Option<u64>,
+    #[serde(default)]
+    lease: Option<u64>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// A progress number as Python may send it: integer or float.
+struct ProgressValue(f64);
+
+impl<'de> Deserialize<'de> for ProgressValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ProgressValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number from 0 to 100")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ProgressValue, E> {
+                Ok(ProgressValue(v as f64))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ProgressValue, E> {
+                Ok(ProgressValue(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ProgressValue, E> {
+                Ok(ProgressValue(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct DataOnly<T> {
+    data: T,
+}
+
+/// A received message: its checked [`Header`], its codec, and the raw bytes from which
+/// [`Envelope::data`] decodes the data into whatever type the receiver wants.
+#[derive(Clone)]
+pub struct Envelope {
+    header: Header,
+    codec: Codec,
+    raw: Bytes,
+}
+
+impl Envelope {
+    /// Decodes a message in either codec. Fails with a typed error on an unknown format,
+    /// a malformed object, an unknown action or status, or a progress outside 0-100.
+    pub fn decode(raw: Bytes) -> Result<Envelope, DecodeError> {
+        let codec = Codec::detect(&raw)?;
+        let h: RawHeader = codec.from_slice(&raw)?;
+        let action =
+            Action::from_name(&h.action).ok_or_else(|| DecodeError::UnknownAction(h.action))?;
+        let (default_status, default_progress) = Status::default_for(action);
+        let status = match h.status {
+            Some(s) => s.parse()?,
+            None => default_status,
+        };
+        let progress = match h.progress {
+            None => default_progress,
+            Some(ProgressValue(p)) if (0.0..=100.0).contains(&p) => p.round() as u8,
+            Some(ProgressValue(p)) => return Err(DecodeError::ProgressOutOfRange(p)),
+        };
+        Ok(Envelope {
+            header: Header {
+                action,
+                status,
+                progress,
+                host: h.host,
+                client: h.client,
+                job: h.job,
+                workgroup: h.workgroup,
+                task: h.task,
+                context: h.context,
+                tid: h.tid,
+                attempt: h.attempt,
+                deadline: h.deadline,
+                lease: h.lease,
+                headers: h.headers,
+                error: h.error,
+            },
+            codec,
+            raw,
+        })
+    }
+
+    /// The checked header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The codec it arrived in.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// The bytes as received.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// Decodes the `data` field as `T`. A missing `data` decodes as `null`.
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        match self
+            .codec
+            .from_slice::<DataOnly<Option<T>>>(&self.raw)?
+            .data
+        {
+            Some(v) => Ok(v),
+            None => self.codec.from_slice::<T>(match self.codec {
+                Codec::Json => b"null",
+                Codec::MsgPack => &[0xc0],
+            }),
+        }
+    }
+
+    /// The data as a JSON value (`null` if it cannot be represented, e.g. MessagePack binary).
+    pub fn data_value(&self) -> serde_json::Value {
+        self.data().unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("header", &self.header)
+            .field("codec", &self.codec)
+            .field("len", &self.raw.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Blob {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    }
+
+    #[test]
+    fn json_matches_python_bytes() {
+        let h = Header::new(
+            Action::Perform,
+            "vm",
+            "717b417c-e9ff-11f1-8322-02fc00000001",
+        );
+        let bytes = encode(Codec::Json, &h, &json!({"i": 0})).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"action":"perform","status":"initialized","progress":0,"data":{"i":0},"host":"vm","client":"717b417c-e9ff-11f1-8322-02fc00000001","job":"","workgroup":"","task":"","context":"","tid":""}"#
+        );
+    }
+
+    #[test]
+    fn round_trip_both_codecs_with_extras() {
+        let mut h = Header::new(Action::Complete, "h", "c").status(Status::Failed);
+        h.attempt = Some(2);
+        h.deadline = Some(1_800_000_000_000);
+        h.lease = Some(3000);
+        h.error = Some("boom".into());
+        h.headers = Some(BTreeMap::from([(
+            "traceparent".into(),
+            "00-ab-cd-01".into(),
+        )]));
+        let blob = Blob {
+            name: "n".into(),
+            bytes: vec![0, 1, 255],
+        };
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let bytes = encode(codec, &h, &blob).unwrap();
+            let env = Envelope::decode(bytes).unwrap();
+            assert_eq!(env.codec(), codec);
+            assert_eq!(env.header(), &h);
+            assert_eq!(env.data::<Blob>().unwrap(), blob);
+        }
+    }
+
+    #[test]
+    fn msgpack_is_named_not_positional() {
+        let h = Header::new(Action::Status, "h", "c");
+        let bytes = encode(Codec::MsgPack, &h, &json!({"k": 1})).unwrap();
+        assert!((0x80..=0x8f).contains(&bytes[0]) || bytes[0] == 0xde);
+        // Another reader that only knows maps can pick fields by name.
+        let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(v["action"], "status");
+        assert_eq!(v["data"]["k"], 1);
+    }
+
+    #[test]
+    fn typed_errors_for_bad_input() {
+        let cases: Vec<(&[u8], fn(&DecodeError) -> bool)> = vec![
+            (b"", |e| matches!(e, DecodeError::Empty)),
+            (b"   ", |e| matches!(e, DecodeError::UnknownFormat(b' '))),
+            (b"[1,2]", |e| matches!(e, DecodeError::UnknownFormat(b'['))),
+            (b"\x93\x01\x02\x03", |e| {
+                matches!(e, DecodeError::UnknownFormat(0x93))
+            }),
+            (b"{not json", |e| matches!(e, DecodeError::Json(_))),
+            (b"{\"status\":\"progress\"}", |e| {
+                matches!(e, DecodeError::Json(_))
+            }),
+            (
+                b"{\"action\":\"explode\"}",
+                |e| matches!(e, DecodeError::UnknownAction(a) if a == "explode"),
+            ),
+            (
+                b"{\"action\":\"status\",\"status\":\"meh\"}",
+                |e| matches!(e, DecodeError::UnknownStatus(s) if s == "meh"),
+            ),
+            (
+                b"{\"action\":\"status\",\"progress\":101}",
+                |e| matches!(e, DecodeError::ProgressOutOfRange(p) if *p == 101.0),
+            ),
+            (b"{\"action\":\"status\",\"progress\":-1}", |e| {
+                matches!(e, DecodeError::ProgressOutOfRange(_))
+            }),
+            (b"{\"action\":\"status\",\"progress\":\"x\"}", |e| {
+                matches!(e, DecodeError::Json(_))
+            }),
+            (b"\x81\xa1a\xc1", |e| matches!(e, DecodeError::MsgPack(_))),
+        ];
+        for (input, check) in cases {
+            let err = Envelope::decode(Bytes::from_static(input)).unwrap_err();
+            assert!(
+                check(&err),
+                "{:?} gave {err:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn lenient_where_python_is() {
+        // Float progress, missing optional keys, unknown keys.
+        let env = Envelope::decode(Bytes::from_static(
+            b"{\"action\":\"status\",\"status\":\"progress\",\"progress\":49.6,\"data\":{},\"future\":[1]}",
+        ))
+        .unwrap();
+        assert_eq!(env.header().progress, 50);
+        assert_eq!(env.header().host, "");
+        let env = Envelope::decode(Bytes::from_static(b" {\"action\":\"cancel\"}")).unwrap();
+        assert_eq!(env.header().status, Status::Cancelled);
+        assert_eq!(env.data::<Option<u32>>().unwrap(), None);
+        assert_eq!(env.data_value(), serde_json::Value::Null);
+    }
+}

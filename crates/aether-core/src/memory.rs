@@ -1,0 +1,746 @@
+//! The in-memory transport: a broker inside the process, with the same semantics as the
+//! networked ones (one-of-N per workgroup, ack/nack, redelivery of unacknowledged work),
+//! for tests, examples and single-process deployments. The embedded default.
+//!
+//! Brokers are named: every `memory://name` transport in a process talks to the same
+//! broker (`memory://` is the broker named `default`), which lives while any transport
+//! for it does.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+use crate::error::{Error, Result};
+use crate::topic::{Topic, TopicFilter, WorkQueue};
+use crate::transport::{
+    Acker, Capabilities, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Received,
+    Subscription, Transport,
+};
+use crate::url::{BrokerUrl, parse_bool, parse_value};
+
+/// Settings of an in-memory broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryConfig {
+    /// Performs a workgroup may hold before `enqueue` waits for room. Default 65,536.
+    pub queue_capacity: usize,
+    /// Messages a subscription buffers before `publish` waits for it. Default 1,024.
+    pub subscription_capacity: usize,
+    /// Largest payload, in bytes. Default 64 MiB.
+    pub max_payload: usize,
+    /// Whether an unacknowledged delivery comes back when dropped. Default true; false
+    /// makes the broker behave like MQTT or Redis pub/sub, to exercise the client's
+    /// lease-based redispatch.
+    pub redeliver: bool,
+    /// Dead letters kept; the oldest are dropped past this. Default 1,024.
+    pub dead_letter_capacity: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            queue_capacity: 65_536,
+            subscription_capacity: 1024,
+            max_payload: 64 << 20,
+            redeliver: true,
+            dead_letter_capacity: 1024,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Parses `memory://[name][?redeliver=false&queue_capacity=N&subscription_capacity=N&max_payload=N]`,
+    /// returning the broker name too.
+    pub fn from_url(url: &str) -> Result<(String, MemoryConfig)> {
+        let u = BrokerUrl::parse(url)?;
+        if u.scheme != "memory" {
+            return Err(Error::Config(format!(
+                "not a memory:// URL: scheme {}",
+                u.scheme
+            )));
+        }
+        if u.port.is_some() || u.username.is_some() || !u.path.is_empty() {
+            return Err(Error::Config(
+                "a memory:// URL is memory://[name][?options]".into(),
+            ));
+        }
+        let mut c = MemoryConfig::default();
+        u.take_query(
+            &[
+                "redeliver",
+                "queue_capacity",
+                "subscription_capacity",
+                "max_payload",
+                "dead_letter_capacity",
+            ],
+            |k, v| {
+                match k {
+                    "redeliver" => c.redeliver = parse_bool(k, v)?,
+                    "queue_capacity" => c.queue_capacity = parse_value(k, v)?,
+                    "subscription_capacity" => c.subscription_capacity = parse_value(k, v)?,
+                    "max_payload" => c.max_payload = parse_value(k, v)?,
+                    _ => c.dead_letter_capacity = parse_value(k, v)?,
+                }
+                Ok(())
+            },
+        )?;
+        let name = if u.host.is_empty() {
+            "default".to_owned()
+        } else {
+            u.host
+        };
+        Ok((name, c))
+    }
+}
+
+/// A transport on an in-process broker. Each `MemoryTransport` is one "connection":
+/// closing it ends its own subscriptions and consumers only.
+///
+/// ```
+/// # async fn demo() -> aether_core::Result<()> {
+/// use aether_core::{MemoryTransport, Transport};
+///
+/// let a = MemoryTransport::connect("memory://demo")?;
+/// let b = MemoryTransport::connect("memory://demo")?; // same broker
+/// assert_eq!(b.capabilities().durable, true);
+/// # drop((a, b)); Ok(()) }
+/// ```
+pub struct MemoryTransport {
+    broker: Arc<Broker>,
+    conn: u64,
+    closed: AtomicBool,
+}
+
+impl MemoryTransport {
+    /// Connects to the broker named by a `memory://[name][?options]` URL, creating it with
+    /// the URL's options if no transport for it exists.
+    pub fn connect(url: &str) -> Result<MemoryTransport> {
+        let (name, config) = MemoryConfig::from_url(url)?;
+        Ok(MemoryTransport::named(&name, config))
+    }
+
+    /// Connects to the broker `name`, creating it with `config` if it does not exist.
+    pub fn named(name: &str, config: MemoryConfig) -> MemoryTransport {
+        static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<Broker>>>> = OnceLock::new();
+        let mut reg = REGISTRY
+            .get_or_init(Default::default)
+            .lock()
+            .expect("registry lock");
+        reg.retain(|_, b| b.strong_count() > 0);
+        let broker = match reg.get(name).and_then(Weak::upgrade) {
+            Some(b) => b,
+            None => {
+                let b = Arc::new(Broker::new(config));
+                reg.insert(name.to_owned(), Arc::downgrade(&b));
+                b
+            }
+        };
+        MemoryTransport::on(broker)
+    }
+
+    /// A transport on a new private broker.
+    pub fn new(config: MemoryConfig) -> MemoryTransport {
+        MemoryTransport::on(Arc::new(Broker::new(config)))
+    }
+
+    /// Another connection to the same broker.
+    pub fn reconnect(&self) -> MemoryTransport {
+        MemoryTransport::on(self.broker.clone())
+    }
+
+    fn on(broker: Arc<Broker>) -> MemoryTransport {
+        let conn = broker.ids.fetch_add(1, Ordering::Relaxed);
+        MemoryTransport {
+            broker,
+            conn,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The dead letters the broker holds, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        lock(&self.broker.dead).iter().cloned().collect()
+    }
+
+    /// Performs waiting in `queue`'s workgroup (not yet delivered).
+    pub fn pending(&self, queue: &WorkQueue) -> usize {
+        let queues = lock(&self.broker.queues);
+        queues
+            .get(&queue.key(':'))
+            .and_then(|q| q.groups.get(queue.workgroup()))
+            .map_or(0, |g| g.pending.len())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_size(&self, payload: &Bytes) -> Result<()> {
+        let limit = self.broker.config.max_payload;
+        if payload.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryTransport")
+            .field("conn", &self.conn)
+            .field("config", &self.broker.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for MemoryTransport {
+    fn drop(&mut self) {
+        self.broker.disconnect(self.conn);
+    }
+}
+
+#[async_trait]
+impl Transport for MemoryTransport {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .durable(true)
+            .redelivers_on_crash(self.broker.config.redeliver)
+            .wildcards(true)
+            .ordered(true)
+            .max_payload(self.broker.config.max_payload)
+            .dead_letters(true)
+            .shared_between_processes(false)
+    }
+
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        self.check_open()?;
+        self.check_size(&payload)?;
+        let targets: Vec<mpsc::Sender<Received>> = lock(&self.broker.subs)
+            .iter()
+            .filter(|s| s.filter.matches(topic))
+            .map(|s| s.tx.clone())
+            .collect();
+        for tx in targets {
+            // A receiver that is gone has unsubscribed; its guard removes the entry.
+            let _ = tx
+                .send(Ok(crate::transport::Message {
+                    topic: topic.clone(),
+                    payload: payload.clone(),
+                }))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
+        self.check_open()?;
+        let (tx, rx) = mpsc::channel(self.broker.config.subscription_capacity.max(1));
+        let id = self.broker.ids.fetch_add(1, Ordering::Relaxed);
+        lock(&self.broker.subs).push(SubEntry {
+            id,
+            conn: self.conn,
+            filter: filter.clone(),
+            tx,
+        });
+        let guard = SubGuard {
+            broker: Arc::downgrade(&self.broker),
+            id,
+        };
+        Ok(Subscription::new(rx, Some(Box::new(guard))))
+    }
+
+    async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        self.check_open()?;
+        self.check_size(&payload)?;
+        if topic.action() != crate::Action::Perform {
+            return Err(Error::Config(format!(
+                "enqueue takes a perform topic, not {topic}"
+            )));
+        }
+        let key = WorkQueue::of_topic(topic, "_")?.key(':');
+        let job = Job {
+            topic: topic.clone(),
+            payload,
+            redeliveries: 0,
+        };
+        loop {
+            let space = {
+                let mut queues = lock(&self.broker.queues);
+                let q = queues.entry(key.clone()).or_default();
+                let cap = self.broker.config.queue_capacity;
+                let full = if q.groups.is_empty() {
+                    q.backlog.len() >= cap
+                } else {
+                    q.groups.values().any(|g| g.pending.len() >= cap)
+                };
+                if !full {
+                    let sends = if q.groups.is_empty() {
+                        q.backlog.push_back(job);
+                        Vec::new()
+                    } else {
+                        let mut sends = Vec::new();
+                        for (name, g) in q.groups.iter_mut() {
+                            g.pending.push_back(job.clone());
+                            g.dispatch(&self.broker, &key, name, &mut sends);
+                        }
+                        sends
+                    };
+                    drop(queues);
+                    send_all(sends);
+                    return Ok(());
+                }
+                q.space.clone()
+            };
+            let notified = space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Re-check after registering, so a wake-up between the check and here is kept.
+            {
+                let queues = lock(&self.broker.queues);
+                if let Some(q) = queues.get(&key) {
+                    let cap = self.broker.config.queue_capacity;
+                    let still_full = if q.groups.is_empty() {
+                        q.backlog.len() >= cap
+                    } else {
+                        q.groups.values().any(|g| g.pending.len() >= cap)
+                    };
+                    if !still_full {
+                        continue;
+                    }
+                }
+            }
+            notified.await;
+            self.check_open()?;
+        }
+    }
+
+    async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
+        self.check_open()?;
+        let prefetch = options.prefetch.max(1);
+        let (tx, rx) = mpsc::channel(prefetch);
+        let id = self.broker.ids.fetch_add(1, Ordering::Relaxed);
+        let key = queue.key(':');
+        let group_name: Box<str> = queue.workgroup().into();
+        let sends = {
+            let mut queues = lock(&self.broker.queues);
+            let q = queues.entry(key.clone()).or_default();
+            let fresh = !q.groups.contains_key(&group_name);
+            let backlog = std::mem::take(&mut q.backlog);
+            let g = q.groups.entry(group_name.clone()).or_default();
+            if fresh {
+                g.pending.extend(backlog);
+            } else {
+                q.backlog = backlog;
+            }
+            g.consumers.push(Slot {
+                id,
+                conn: self.conn,
+                tx,
+                credit: prefetch,
+            });
+            let mut sends = Vec::new();
+            g.dispatch(&self.broker, &key, &group_name, &mut sends);
+            q.space.notify_waiters();
+            sends
+        };
+        send_all(sends);
+        let guard = ConsumerGuard {
+            broker: Arc::downgrade(&self.broker),
+            key,
+            group: group_name,
+            id,
+        };
+        Ok(Consumer::new(rx, Some(Box::new(guard))))
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        self.check_open()?;
+        self.broker.dead_letter(letter);
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.broker.disconnect(self.conn);
+        }
+        Ok(())
+    }
+}
+
+struct Broker {
+    config: MemoryConfig,
+    ids: AtomicU64,
+    subs: Mutex<Vec<SubEntry>>,
+    queues: Mutex<HashMap<String, Queue>>,
+    dead: Mutex<VecDeque<DeadLetter>>,
+}
+
+impl Broker {
+    fn new(config: MemoryConfig) -> Broker {
+        Broker {
+            config,
+            ids: AtomicU64::new(1),
+            subs: Mutex::new(Vec::new()),
+            queues: Mutex::new(HashMap::new()),
+            dead: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Ends everything a connection opened.
+    fn disconnect(&self, conn: u64) {
+        lock(&self.subs).retain(|s| s.conn != conn);
+        let mut queues = lock(&self.queues);
+        for q in queues.values_mut() {
+            for g in q.groups.values_mut() {
+                g.consumers.retain(|c| c.conn != conn);
+            }
+        }
+    }
+
+    fn dead_letter(&self, letter: DeadLetter) {
+        tracing::warn!(topic = %letter.topic, reason = %letter.reason, "dead letter");
+        let mut dead = lock(&self.dead);
+        if dead.len() >= self.config.dead_letter_capacity.max(1) {
+            dead.pop_front();
+        }
+        dead.push_back(letter);
+    }
+
+    /// Settles one outstanding delivery of consumer `id`: returns its credit and, if
+    /// `requeue`, puts `job` back at the front of the workgroup's queue.
+    fn settle(self: &Arc<Self>, key: &str, group: &str, id: u64, requeue: Option<Job>) {
+        let sends = {
+            let mut queues = lock(&self.queues);
+            let Some(q) = queues.get_mut(key) else { return };
+            let Some(g) = q.groups.get_mut(group) else {
+                return;
+            };
+            if let Some(slot) = g.consumers.iter_mut().find(|c| c.id == id) {
+                slot.credit += 1;
+            }
+            if let Some(mut job) = requeue {
+                job.redeliveries += 1;
+                g.pending.push_front(job);
+            }
+            let mut sends = Vec::new();
+            g.dispatch(self, key, group, &mut sends);
+            if g.pending.len() < self.config.queue_capacity {
+                q.space.notify_waiters();
+            }
+            sends
+        };
+        send_all(sends);
+    }
+}
+
+struct SubEntry {
+    id: u64,
+    conn: u64,
+    filter: TopicFilter,
+    tx: mpsc::Sender<Received>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Performs enqueued before any workgroup consumed: the first workgroup takes them.
+    backlog: VecDeque<Job>,
+    groups: HashMap<Box<str>, Group>,
+    space: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Group {
+    pending: VecDeque<Job>,
+    consumers: Vec<Slot>,
+    next: usize,
+}
+
+struct Slot {
+    id: u64,
+    conn: u64,
+    tx: mpsc::Sender<Consumed>,
+    /// Deliveries this consumer may still take (prefetch minus outstanding).
+    credit: usize,
+}
+
+#[derive(Clone)]
+struct Job {
+    topic: Topic,
+    payload: Bytes,
+    redeliveries: u32,
+}
+
+impl Group {
+    /// Hands pending jobs to consumers with credit, round-robin. The sends happen after the
+    /// caller releases the lock (a failed send drops a delivery, whose `Drop` locks again).
+    fn dispatch(
+        &mut self,
+        broker: &Arc<Broker>,
+        key: &str,
+        group: &str,
+        sends: &mut Vec<(mpsc::Sender<Consumed>, Delivery)>,
+    ) {
+        self.consumers.retain(|c| !c.tx.is_closed());
+        while !self.pending.is_empty() && !self.consumers.is_empty() {
+            let n = self.consumers.len();
+            let Some(offset) = (0..n).find(|i| self.consumers[(self.next + i) % n].credit > 0)
+            else {
+                return;
+            };
+            let idx = (self.next + offset) % n;
+            self.next = idx + 1;
+            let slot = &mut self.consumers[idx];
+            slot.credit -= 1;
+            let job = self.pending.pop_front().expect("checked non-empty");
+            let acker = MemoryAcker {
+                broker: Arc::downgrade(broker),
+                key: key.into(),
+                group: group.into(),
+                consumer: slot.id,
+                job: Some(job.clone()),
+                redeliver: broker.config.redeliver,
+            };
+            let delivery = Delivery::new(job.topic, job.payload, job.redeliveries, Box::new(acker));
+            sends.push((slot.tx.clone(), delivery));
+        }
+    }
+}
+
+fn send_all(sends: Vec<(mpsc::Sender<Consumed>, Delivery)>) {
+    for (tx, d) in sends {
+        // Credit guarantees room; a closed consumer drops the delivery, which requeues it.
+        let _ = tx.try_send(Ok(d));
+    }
+}
+
+struct MemoryAcker {
+    broker: Weak<Broker>,
+    key: Box<str>,
+    group: Box<str>,
+    consumer: u64,
+    /// `Some` until settled.
+    job: Option<Job>,
+    redeliver: bool,
+}
+
+impl MemoryAcker {
+    fn settle(&mut self, requeue: bool) -> Result<()> {
+        let job = self.job.take().ok_or(Error::Closed)?;
+        if let Some(broker) = self.broker.upgrade() {
+            broker.settle(
+                &self.key,
+                &self.group,
+                self.consumer,
+                requeue.then_some(job),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for MemoryAcker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryAcker")
+            .field("queue", &self.key)
+            .field("group", &self.group)
+            .field("settled", &self.job.is_none())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Acker for MemoryAcker {
+    async fn ack(&mut self) -> Result<()> {
+        self.settle(false)
+    }
+
+    async fn nack(&mut self, requeue: bool) -> Result<()> {
+        self.settle(requeue)
+    }
+
+    async fn reject(&mut self, letter: DeadLetter) -> Result<()> {
+        if let Some(broker) = self.broker.upgrade() {
+            broker.dead_letter(letter);
+        }
+        self.settle(false)
+    }
+}
+
+impl Drop for MemoryAcker {
+    fn drop(&mut self) {
+        if self.job.is_some() {
+            let redeliver = self.redeliver;
+            let _ = self.settle(redeliver);
+        }
+    }
+}
+
+struct SubGuard {
+    broker: Weak<Broker>,
+    id: u64,
+}
+
+impl Drop for SubGuard {
+    fn drop(&mut self) {
+        if let Some(b) = self.broker.upgrade() {
+            lock(&b.subs).retain(|s| s.id != self.id);
+        }
+    }
+}
+
+struct ConsumerGuard {
+    broker: Weak<Broker>,
+    key: String,
+    group: Box<str>,
+    id: u64,
+}
+
+impl Drop for ConsumerGuard {
+    fn drop(&mut self) {
+        if let Some(b) = self.broker.upgrade() {
+            let mut queues = lock(&b.queues);
+            if let Some(g) = queues
+                .get_mut(&self.key)
+                .and_then(|q| q.groups.get_mut(&self.group))
+            {
+                g.consumers.retain(|c| c.id != self.id);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Action;
+    use std::time::Duration;
+
+    fn topic(tid: &str) -> Topic {
+        Topic::new("u", "j", "t", "x", tid, Action::Perform).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unacked_delivery_comes_back_to_another_consumer() {
+        let t = MemoryTransport::new(MemoryConfig::default());
+        let q = WorkQueue::new("u", "j", "t", "x", "g").unwrap();
+        let mut c1 = t
+            .consume(&q, ConsumeOptions::new().prefetch(1))
+            .await
+            .unwrap();
+        t.enqueue(&topic("1"), Bytes::from_static(b"a"))
+            .await
+            .unwrap();
+        let d = c1.next().await.unwrap().unwrap();
+        assert_eq!(d.redeliveries, 0);
+        let mut c2 = t
+            .consume(&q, ConsumeOptions::new().prefetch(1))
+            .await
+            .unwrap();
+        drop(d); // crashed handler
+        drop(c1);
+        let d = tokio::time::timeout(Duration::from_secs(1), c2.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.topic.tid(), "1");
+        assert_eq!(d.redeliveries, 1);
+        d.ack().await.unwrap();
+        assert_eq!(t.pending(&q), 0);
+    }
+
+    #[tokio::test]
+    async fn prefetch_bounds_outstanding_and_backlog_goes_to_first_group() {
+        let t = MemoryTransport::new(MemoryConfig::default());
+        for i in 0..5 {
+            t.enqueue(&topic(&i.to_string()), Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        let q = WorkQueue::new("u", "j", "t", "x", "g").unwrap();
+        let mut c = t
+            .consume(&q, ConsumeOptions::new().prefetch(2))
+            .await
+            .unwrap();
+        let a = c.next().await.unwrap().unwrap();
+        let _b = c.next().await.unwrap().unwrap();
+        assert_eq!(t.pending(&q), 3);
+        a.ack().await.unwrap();
+        let _c = c.next().await.unwrap().unwrap();
+        assert_eq!(t.pending(&q), 2);
+    }
+
+    #[tokio::test]
+    async fn full_queue_applies_backpressure() {
+        let config = MemoryConfig {
+            queue_capacity: 2,
+            ..MemoryConfig::default()
+        };
+        let t = Arc::new(MemoryTransport::new(config));
+        let q = WorkQueue::new("u", "j", "t", "x", "g").unwrap();
+        let mut c = t
+            .consume(&q, ConsumeOptions::new().prefetch(1))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            // one in flight, two pending
+            t.enqueue(&topic(&i.to_string()), Bytes::new())
+                .await
+                .unwrap();
+        }
+        let t2 = t.clone();
+        let blocked = tokio::spawn(async move { t2.enqueue(&topic("9"), Bytes::new()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!blocked.is_finished());
+        c.next().await.unwrap().unwrap().ack().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), blocked)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn close_ends_subscriptions_and_refuses_calls() {
+        let t = MemoryTransport::new(MemoryConfig::default());
+        let mut s = t.subscribe(&"u/#".parse().unwrap()).await.unwrap();
+        t.close().await.unwrap();
+        assert!(s.next().await.is_none());
+        assert!(matches!(
+            t.publish(&topic("1"), Bytes::new()).await,
+            Err(Error::Closed)
+        ));
+    }
+
+    #[test]
+    fn url_options() {
+        let (name, c) =
+            MemoryConfig::from_url("memory://x?redeliver=false&queue_capacity=5").unwrap();
+        assert_eq!(name, "x");
+        assert!(!c.redeliver);
+        assert_eq!(c.queue_capacity, 5);
+        assert!(MemoryConfig::from_url("memory://x?nope=1").is_err());
+        assert_eq!(MemoryConfig::from_url("memory://").unwrap().0, "default");
+    }
+}

@@ -1,0 +1,759 @@
+//! The topic grammar `union/job/task/context/tid/action`, filters over it, and work queues.
+//!
+//! One validator ([`validate_segment`]) guards every segment, so a topic that is valid here
+//! renders safely on every transport: MQTT (`/`), Redis (`:`) and AMQP routing keys (`.`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::action::Action;
+use crate::error::{Level, TopicError};
+
+/// The longest segment, in bytes.
+pub const MAX_SEGMENT_LEN: usize = 64;
+
+/// The longest topic, in bytes: the AMQP limit for a routing key.
+pub const MAX_TOPIC_LEN: usize = 255;
+
+/// The workgroup Python AetherMagic's `AetherTask` always uses; aether's default, so aether
+/// workers share load with Python ones instead of receiving every task a second time.
+pub const DEFAULT_WORKGROUP: &str = "workgroup";
+
+/// Checks one segment: not empty, at most [`MAX_SEGMENT_LEN`] bytes, and free of the
+/// separators and wildcards of every supported transport (`/ + # * : .`, the Redis glob
+/// characters `? [ ] \`, `$`), whitespace and control characters.
+pub fn validate_segment(level: Level, segment: &str) -> Result<(), TopicError> {
+    if segment.is_empty() {
+        return Err(TopicError::Empty { level });
+    }
+    if segment.len() > MAX_SEGMENT_LEN {
+        return Err(TopicError::TooLong {
+            level,
+            len: segment.len(),
+            max: MAX_SEGMENT_LEN,
+        });
+    }
+    for (at, ch) in segment.char_indices() {
+        if let Some(reason) = forbidden(ch) {
+            return Err(TopicError::ForbiddenChar {
+                level,
+                segment: segment.to_owned(),
+                ch,
+                at,
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn forbidden(ch: char) -> Option<&'static str> {
+    Some(match ch {
+        '/' => "it is the MQTT level separator",
+        ':' => "it is the Redis key separator",
+        '.' => "it is the AMQP routing-key separator",
+        '+' | '#' => "it is an MQTT wildcard",
+        '*' => "it is a Redis glob and AMQP wildcard",
+        '?' | '[' | ']' | '\\' => "it is a Redis glob character",
+        '$' => "MQTT reserves it ($share, $SYS)",
+        c if c.is_control() => "control characters are not allowed",
+        c if c.is_whitespace() => "whitespace is not allowed",
+        _ => return None,
+    })
+}
+
+/// A full, validated task address: `union/job/task/context/tid/action`.
+///
+/// Cheap to clone. Displays in its MQTT form.
+///
+/// ```
+/// use aether_core::{Action, Topic};
+///
+/// let topic: Topic = "u3/interop/echo/x/72605384/perform".parse()?;
+/// assert_eq!(topic.tid(), "72605384");
+/// assert_eq!(topic.action(), Action::Perform);
+/// assert_eq!(topic.to_redis(), "u3:interop:echo:x:72605384:perform");
+/// assert!("u3/interop/echo/x/a.b/perform".parse::<Topic>().is_err());
+/// # Ok::<(), aether_core::TopicError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Topic {
+    /// The `/`-joined form.
+    text: Arc<str>,
+    /// Byte offset of each of the five separators.
+    seps: [u16; 5],
+    action: Action,
+}
+
+impl Topic {
+    /// Builds a topic from its six levels.
+    pub fn new(
+        union: &str,
+        job: &str,
+        task: &str,
+        context: &str,
+        tid: &str,
+        action: Action,
+    ) -> Result<Topic, TopicError> {
+        let levels = [union, job, task, context, tid];
+        for (level, s) in Level::TOPIC.iter().zip(levels) {
+            validate_segment(*level, s)?;
+        }
+        let mut text = String::with_capacity(levels.iter().map(|s| s.len() + 1).sum::<usize>() + 8);
+        let mut seps = [0u16; 5];
+        for (i, s) in levels.iter().enumerate() {
+            text.push_str(s);
+            seps[i] = text.len() as u16;
+            text.push('/');
+        }
+        text.push_str(action.as_str());
+        if text.len() > MAX_TOPIC_LEN {
+            return Err(TopicError::TopicTooLong {
+                len: text.len(),
+                max: MAX_TOPIC_LEN,
+            });
+        }
+        Ok(Topic {
+            text: text.into(),
+            seps,
+            action,
+        })
+    }
+
+    /// Parses a topic whose levels are joined by `separator` (`/` MQTT, `:` Redis, `.` AMQP).
+    pub fn parse_with(s: &str, separator: char) -> Result<Topic, TopicError> {
+        let mut levels = s.split(separator);
+        let mut parts = [""; 6];
+        let mut found = 0;
+        for part in levels.by_ref() {
+            if found < 6 {
+                parts[found] = part;
+            }
+            found += 1;
+        }
+        if found != 6 {
+            return Err(TopicError::WrongLevels { found });
+        }
+        validate_segment(Level::Action, parts[5])?;
+        let action = parts[5].parse::<Action>()?;
+        Topic::new(parts[0], parts[1], parts[2], parts[3], parts[4], action)
+    }
+
+    /// Parses a `:`-joined Redis channel name.
+    pub fn from_redis(s: &str) -> Result<Topic, TopicError> {
+        Topic::parse_with(s, ':')
+    }
+
+    /// Parses a `.`-joined AMQP routing key.
+    pub fn from_amqp(s: &str) -> Result<Topic, TopicError> {
+        Topic::parse_with(s, '.')
+    }
+
+    fn level(&self, i: usize) -> &str {
+        let start = if i == 0 {
+            0
+        } else {
+            self.seps[i - 1] as usize + 1
+        };
+        let end = if i < 5 {
+            self.seps[i] as usize
+        } else {
+            self.text.len()
+        };
+        &self.text[start..end]
+    }
+
+    /// The union: the namespace shared by cooperating services.
+    pub fn union(&self) -> &str {
+        self.level(0)
+    }
+    /// The job.
+    pub fn job(&self) -> &str {
+        self.level(1)
+    }
+    /// The task.
+    pub fn task(&self) -> &str {
+        self.level(2)
+    }
+    /// The context.
+    pub fn context(&self) -> &str {
+        self.level(3)
+    }
+    /// The task id.
+    pub fn tid(&self) -> &str {
+        self.level(4)
+    }
+    /// The action.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The same address with another action.
+    pub fn with_action(&self, action: Action) -> Topic {
+        if action == self.action {
+            return self.clone();
+        }
+        let mut text = String::with_capacity(self.seps[4] as usize + 10);
+        text.push_str(&self.text[..=self.seps[4] as usize]);
+        text.push_str(action.as_str());
+        Topic {
+            text: text.into(),
+            seps: self.seps,
+            action,
+        }
+    }
+
+    /// The `/`-joined MQTT form (also what `Display` prints).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The `:`-joined Redis channel name.
+    pub fn to_redis(&self) -> String {
+        self.text.replace('/', ":")
+    }
+
+    /// The `.`-joined AMQP routing key.
+    pub fn to_amqp(&self) -> String {
+        self.text.replace('/', ".")
+    }
+}
+
+impl FromStr for Topic {
+    type Err = TopicError;
+
+    /// Parses the `/`-joined MQTT form.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Topic::parse_with(s, '/')
+    }
+}
+
+impl TryFrom<&str> for Topic {
+    type Error = TopicError;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topic({})", self.text)
+    }
+}
+
+/// One level of a [`TopicFilter`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum FilterLevel {
+    Exact(Box<str>),
+    /// `+`: any one level.
+    One,
+    /// `#`: this level and all below; only last.
+    Rest,
+}
+
+/// A validated subscription filter over topics: each level is a literal, `+` (any one
+/// level) or, as the last level only, `#` (any remaining levels).
+///
+/// ```
+/// use aether_core::{Topic, TopicFilter};
+///
+/// let filter: TopicFilter = "u3/interop/+/x/+/status".parse()?;
+/// let topic: Topic = "u3/interop/echo/x/72605384/status".parse()?;
+/// assert!(filter.matches(&topic));
+/// assert_eq!(filter.to_redis_glob(), "u3:interop:*:x:*:status");
+/// assert_eq!(filter.to_amqp_binding(), "u3.interop.*.x.*.status");
+/// assert!("u3/#/x".parse::<TopicFilter>().is_err());
+/// # Ok::<(), aether_core::TopicError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TopicFilter {
+    levels: Vec<FilterLevel>,
+    text: Box<str>,
+}
+
+impl TopicFilter {
+    /// Builds a filter from its levels (`"+"` and `"#"` are wildcards).
+    pub fn from_levels<S: AsRef<str>>(levels: &[S]) -> Result<TopicFilter, TopicError> {
+        let n = levels.len();
+        let mut out = Vec::with_capacity(n);
+        for (i, raw) in levels.iter().enumerate() {
+            let raw = raw.as_ref();
+            let level = match raw {
+                "+" => FilterLevel::One,
+                "#" if i + 1 == n => FilterLevel::Rest,
+                "#" => return Err(TopicError::HashNotLast),
+                _ => {
+                    if raw.len() > 1 && (raw.contains('+') || raw.contains('#')) {
+                        return Err(TopicError::PartialWildcard {
+                            segment: raw.to_owned(),
+                        });
+                    }
+                    let Some(&lvl) = Level::TOPIC.get(i) else {
+                        return Err(TopicError::WrongLevels { found: n });
+                    };
+                    validate_segment(lvl, raw)?;
+                    if lvl == Level::Action {
+                        raw.parse::<Action>()?;
+                    }
+                    FilterLevel::Exact(raw.into())
+                }
+            };
+            out.push(level);
+        }
+        let ends_in_rest = matches!(out.last(), Some(FilterLevel::Rest));
+        if (!ends_in_rest && n != 6) || n > 6 || n == 0 {
+            return Err(TopicError::WrongLevels { found: n });
+        }
+        let text = levels
+            .iter()
+            .map(|s| s.as_ref())
+            .collect::<Vec<_>>()
+            .join("/")
+            .into_boxed_str();
+        Ok(TopicFilter { levels: out, text })
+    }
+
+    /// The filter that matches exactly `topic`.
+    pub fn exact(topic: &Topic) -> TopicFilter {
+        TopicFilter {
+            levels: (0..6)
+                .map(|i| FilterLevel::Exact(topic.level(i).into()))
+                .collect(),
+            text: topic.as_str().into(),
+        }
+    }
+
+    /// Whether `topic` matches.
+    pub fn matches(&self, topic: &Topic) -> bool {
+        for (i, level) in self.levels.iter().enumerate() {
+            match level {
+                FilterLevel::Rest => return true,
+                FilterLevel::One => {}
+                FilterLevel::Exact(s) => {
+                    if **s != *topic.level(i) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether any level is a wildcard.
+    pub fn has_wildcards(&self) -> bool {
+        self.levels
+            .iter()
+            .any(|l| !matches!(l, FilterLevel::Exact(_)))
+    }
+
+    /// The literal first level (the union), if it is not a wildcard.
+    pub fn union(&self) -> Option<&str> {
+        match self.levels.first() {
+            Some(FilterLevel::Exact(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The `/`-joined MQTT form.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// A Redis glob pattern over `:`-joined channel names. `+` becomes `*`; since every
+    /// topic has exactly six levels and segments cannot contain `:`, a `*` between literal
+    /// separators never spans a level. `#` becomes a trailing `*`.
+    pub fn to_redis_glob(&self) -> String {
+        self.render(':', "*", "*")
+    }
+
+    /// An AMQP topic-exchange binding key: `+` becomes `*`, `#` stays `#`.
+    pub fn to_amqp_binding(&self) -> String {
+        self.render('.', "*", "#")
+    }
+
+    fn render(&self, sep: char, one: &str, rest: &str) -> String {
+        let mut out = String::with_capacity(self.text.len());
+        for (i, level) in self.levels.iter().enumerate() {
+            if i > 0 {
+                out.push(sep);
+            }
+            out.push_str(match level {
+                FilterLevel::Exact(s) => s,
+                FilterLevel::One => one,
+                FilterLevel::Rest => rest,
+            });
+        }
+        out
+    }
+}
+
+impl FromStr for TopicFilter {
+    type Err = TopicError;
+
+    /// Parses the `/`-joined MQTT form.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TopicFilter::from_levels(&s.split('/').collect::<Vec<_>>())
+    }
+}
+
+impl TryFrom<&str> for TopicFilter {
+    type Error = TopicError;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TopicFilter({})", self.text)
+    }
+}
+
+/// A work queue: the performs of one (union, job, task, context), shared by the workers of
+/// one workgroup. Each perform is handled by exactly one worker of each workgroup.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct WorkQueue {
+    union: Box<str>,
+    job: Box<str>,
+    task: Box<str>,
+    context: Box<str>,
+    workgroup: Box<str>,
+}
+
+impl WorkQueue {
+    /// Builds a work queue, validating every part like a topic segment.
+    pub fn new(
+        union: &str,
+        job: &str,
+        task: &str,
+        context: &str,
+        workgroup: &str,
+    ) -> Result<WorkQueue, TopicError> {
+        validate_segment(Level::Union, union)?;
+        validate_segment(Level::Job, job)?;
+        validate_segment(Level::Task, task)?;
+        validate_segment(Level::Context, context)?;
+        validate_segment(Level::Workgroup, workgroup)?;
+        Ok(WorkQueue {
+            union: union.into(),
+            job: job.into(),
+            task: task.into(),
+            context: context.into(),
+            workgroup: workgroup.into(),
+        })
+    }
+
+    /// The queue of `topic`'s (union, job, task, context) for `workgroup`.
+    pub fn of_topic(topic: &Topic, workgroup: &str) -> Result<WorkQueue, TopicError> {
+        WorkQueue::new(
+            topic.union(),
+            topic.job(),
+            topic.task(),
+            topic.context(),
+            workgroup,
+        )
+    }
+
+    /// The union.
+    pub fn union(&self) -> &str {
+        &self.union
+    }
+    /// The job.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+    /// The task.
+    pub fn task(&self) -> &str {
+        &self.task
+    }
+    /// The context.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+    /// The workgroup.
+    pub fn workgroup(&self) -> &str {
+        &self.workgroup
+    }
+
+    /// The topic of a perform with `tid` on this queue.
+    pub fn topic(&self, tid: &str, action: Action) -> Result<Topic, TopicError> {
+        Topic::new(
+            &self.union,
+            &self.job,
+            &self.task,
+            &self.context,
+            tid,
+            action,
+        )
+    }
+
+    /// Whether `topic` is a perform of this queue's (union, job, task, context).
+    pub fn matches(&self, topic: &Topic) -> bool {
+        topic.action() == Action::Perform
+            && topic.union() == &*self.union
+            && topic.job() == &*self.job
+            && topic.task() == &*self.task
+            && topic.context() == &*self.context
+    }
+
+    /// The filter `{union}/{job}/{task}/{context}/+/{action}`: every task's `action` messages.
+    pub fn filter(&self, action: Action) -> TopicFilter {
+        TopicFilter::from_levels(&[
+            &*self.union,
+            &*self.job,
+            &*self.task,
+            &*self.context,
+            "+",
+            action.as_str(),
+        ])
+        .expect("levels were validated")
+    }
+
+    /// `{union}/{job}/{task}/{context}`, joined by `separator`: the part shared by every
+    /// task of the queue (a Redis stream key, say).
+    pub fn key(&self, separator: char) -> String {
+        let mut s = String::with_capacity(64);
+        for (i, part) in [&self.union, &self.job, &self.task, &self.context]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                s.push(separator);
+            }
+            s.push_str(part);
+        }
+        s
+    }
+
+    /// The MQTT shared-subscription filter Python AetherMagic uses:
+    /// `$share/{union}_{job}_{workgroup}/{union}/{job}/{task}/{context}/+/perform`.
+    pub fn mqtt_shared_subscription(&self) -> String {
+        format!(
+            "$share/{u}_{j}_{w}/{u}/{j}/{t}/{c}/+/perform",
+            u = self.union,
+            j = self.job,
+            w = self.workgroup,
+            t = self.task,
+            c = self.context
+        )
+    }
+}
+
+impl fmt::Display for WorkQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{} [{}]",
+            self.union, self.job, self.task, self.context, self.workgroup
+        )
+    }
+}
+
+impl fmt::Debug for WorkQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WorkQueue({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Topic {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn topic_parses_and_renders() {
+        let topic = t("u3/interop/echo/x/72605384/perform");
+        assert_eq!(
+            [
+                topic.union(),
+                topic.job(),
+                topic.task(),
+                topic.context(),
+                topic.tid()
+            ],
+            ["u3", "interop", "echo", "x", "72605384"]
+        );
+        assert_eq!(topic.action(), Action::Perform);
+        assert_eq!(topic.to_string(), "u3/interop/echo/x/72605384/perform");
+        assert_eq!(topic.to_redis(), "u3:interop:echo:x:72605384:perform");
+        assert_eq!(topic.to_amqp(), "u3.interop.echo.x.72605384.perform");
+        assert_eq!(Topic::from_redis(&topic.to_redis()).unwrap(), topic);
+        assert_eq!(Topic::from_amqp(&topic.to_amqp()).unwrap(), topic);
+        let status = topic.with_action(Action::Status);
+        assert_eq!(status.as_str(), "u3/interop/echo/x/72605384/status");
+        assert_eq!(status.tid(), "72605384");
+        // The online topic of Python services: client ids contain '-'.
+        let online = t("u3/system/online/vm/704976d4-e9ff-11f1-a3ec-02fc00000001/online");
+        assert_eq!(online.tid(), "704976d4-e9ff-11f1-a3ec-02fc00000001");
+    }
+
+    #[test]
+    fn bad_topics_say_which_segment_and_why() {
+        let cases: &[(&str, TopicError)] = &[
+            ("u/j/t/x/tid", TopicError::WrongLevels { found: 5 }),
+            (
+                "u/j/t/x/tid/perform/extra",
+                TopicError::WrongLevels { found: 7 },
+            ),
+            (
+                "u//t/x/tid/perform",
+                TopicError::Empty { level: Level::Job },
+            ),
+            (
+                "u/j/t/x/tid/explode",
+                TopicError::UnknownAction("explode".into()),
+            ),
+            (
+                "u/j/t/x/tid/",
+                TopicError::Empty {
+                    level: Level::Action,
+                },
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(&input.parse::<Topic>().unwrap_err(), want, "{input}");
+        }
+        for (bad, ch) in [
+            ("a.b", '.'),
+            ("a:b", ':'),
+            ("a*b", '*'),
+            ("a b", ' '),
+            ("a\tb", '\t'),
+            ("a\u{0}b", '\u{0}'),
+            ("a?b", '?'),
+            ("a[b", '['),
+            ("a$b", '$'),
+            ("a+b", '+'),
+            ("a#b", '#'),
+        ] {
+            match Topic::new("u", "j", "t", "x", bad, Action::Status) {
+                Err(TopicError::ForbiddenChar {
+                    level: Level::Tid,
+                    ch: c,
+                    at: 1,
+                    ..
+                }) => assert_eq!(c, ch),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let long = "a".repeat(MAX_SEGMENT_LEN + 1);
+        assert_eq!(
+            Topic::new("u", &long, "t", "x", "1", Action::Status).unwrap_err(),
+            TopicError::TooLong {
+                level: Level::Job,
+                len: MAX_SEGMENT_LEN + 1,
+                max: MAX_SEGMENT_LEN
+            }
+        );
+        let max = "a".repeat(MAX_SEGMENT_LEN);
+        assert!(matches!(
+            Topic::new(&max, &max, &max, &max, &max, Action::Status),
+            Err(TopicError::TopicTooLong { .. })
+        ));
+        // The error message names the segment and the reason.
+        let msg = "u/j/t/x/a.b/status"
+            .parse::<Topic>()
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("tid") && msg.contains("AMQP"), "{msg}");
+    }
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        let topic = t("u/j/t/x/1/status");
+        let table: &[(&str, bool)] = &[
+            ("u/j/t/x/1/status", true),
+            ("u/j/t/x/+/status", true),
+            ("u/+/+/+/+/+", true),
+            ("u/#", true),
+            ("#", true),
+            ("u/j/t/x/1/#", true),
+            ("u/j/t/x/+/complete", false),
+            ("v/#", false),
+            ("u/j/t/y/+/status", false),
+        ];
+        for (filter, want) in table {
+            let f: TopicFilter = filter.parse().unwrap();
+            assert_eq!(f.matches(&topic), *want, "{filter}");
+        }
+    }
+
+    #[test]
+    fn bad_filters_are_refused() {
+        let table: &[(&str, TopicError)] = &[
+            ("u/#/x", TopicError::HashNotLast),
+            ("u/j/t", TopicError::WrongLevels { found: 3 }),
+            (
+                "u/j/t/x/1/status/more",
+                TopicError::WrongLevels { found: 7 },
+            ),
+            (
+                "u/j+/t/x/1/status",
+                TopicError::PartialWildcard {
+                    segment: "j+".into(),
+                },
+            ),
+            ("u/j/t/x/1/nope", TopicError::UnknownAction("nope".into())),
+            ("u//t/x/1/status", TopicError::Empty { level: Level::Job }),
+        ];
+        for (input, want) in table {
+            assert_eq!(&input.parse::<TopicFilter>().unwrap_err(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn filter_renderings() {
+        let f: TopicFilter = "u/j/+/x/#".parse().unwrap();
+        assert_eq!(f.as_str(), "u/j/+/x/#");
+        assert_eq!(f.to_redis_glob(), "u:j:*:x:*");
+        assert_eq!(f.to_amqp_binding(), "u.j.*.x.#");
+        assert!(f.has_wildcards());
+        assert_eq!(f.union(), Some("u"));
+        let exact = TopicFilter::exact(&t("u/j/t/x/1/status"));
+        assert!(!exact.has_wildcards());
+        assert!(exact.matches(&t("u/j/t/x/1/status")));
+        assert!(!exact.matches(&t("u/j/t/x/2/status")));
+    }
+
+    #[test]
+    fn work_queue_renderings() {
+        let q = WorkQueue::new("u3", "interop", "echo", "x", DEFAULT_WORKGROUP).unwrap();
+        assert_eq!(
+            q.mqtt_shared_subscription(),
+            "$share/u3_interop_workgroup/u3/interop/echo/x/+/perform"
+        );
+        assert_eq!(q.key(':'), "u3:interop:echo:x");
+        assert_eq!(
+            q.filter(Action::Cancel).as_str(),
+            "u3/interop/echo/x/+/cancel"
+        );
+        let p = q.topic("72605384", Action::Perform).unwrap();
+        assert!(q.matches(&p));
+        assert!(!q.matches(&p.with_action(Action::Status)));
+        assert!(matches!(
+            WorkQueue::new("u", "j", "t", "x", "a b"),
+            Err(TopicError::ForbiddenChar {
+                level: Level::Workgroup,
+                ..
+            })
+        ));
+    }
+}
