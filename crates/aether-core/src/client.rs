@@ -296,6 +296,10 @@ struct TaskInner {
     worker_lease: Option<Duration>,
     /// The handle was dropped.
     detached: bool,
+    /// The worker whose statuses are counted, and how many arrived.
+    counted: Option<(String, u32)>,
+    /// A completion waiting for earlier statuses.
+    parked: Option<Parked>,
 }
 
 struct TaskShared {
@@ -318,6 +322,8 @@ impl TaskShared {
                 seen: false,
                 worker_lease: None,
                 detached: false,
+                counted: None,
+                parked: None,
             }),
             wake: Notify::new(),
         }
@@ -378,8 +384,37 @@ impl TaskShared {
         if let Some(ms) = h.lease {
             inner.worker_lease = Some(Duration::from_millis(ms));
         }
+        if event.is_terminal() {
+            // Statuses and completions may travel on different subscriptions: hold a
+            // completion until the statuses its worker sent before it have arrived.
+            let needed = h.seq.unwrap_or(0);
+            let have = inner
+                .counted
+                .as_ref()
+                .filter(|(w, _)| *w == h.client)
+                .map_or(0, |c| c.1);
+            if have < needed && inner.parked.is_none() && inner.outcome.is_none() {
+                inner.parked = Some(Parked {
+                    worker: h.client.clone(),
+                    needed,
+                    until: Instant::now() + PARK,
+                    event,
+                    env,
+                });
+                drop(inner);
+                self.wake.notify_waiters();
+                return;
+            }
+            drop(inner);
+            self.complete(event, env, counters);
+            return;
+        }
+        match &mut inner.counted {
+            Some((w, n)) if *w == h.client => *n += 1,
+            counted => *counted = Some((h.client.clone(), 1)),
+        }
         match inner.state.apply(event) {
-            Ok(Applied::Changed(state)) if !state.is_terminal() => {
+            Ok(Applied::Changed(state)) => {
                 inner.state = state;
                 if inner.progress.len() >= self.progress_cap {
                     inner.progress.pop_front();
@@ -390,16 +425,6 @@ impl TaskShared {
                     envelope: env,
                 });
             }
-            Ok(Applied::Changed(_)) => {
-                drop(inner);
-                let outcome = if event == TaskEvent::Succeeded {
-                    Outcome::Succeeded(env)
-                } else {
-                    Outcome::Failed(env)
-                };
-                self.finish(event, outcome, counters);
-                return;
-            }
             Ok(Applied::Duplicate | Applied::Stale) => {
                 counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
             }
@@ -408,9 +433,48 @@ impl TaskShared {
                 counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let released = match (&inner.parked, &inner.counted) {
+            (Some(p), Some((w, n))) if *w == p.worker && *n >= p.needed => inner.parked.take(),
+            _ => None,
+        };
         drop(inner);
         self.wake.notify_waiters();
+        if let Some(p) = released {
+            self.complete(p.event, p.env, counters);
+        }
     }
+
+    /// Ends the task with a worker's completion.
+    fn complete(&self, event: TaskEvent, env: Envelope, counters: &Counters) {
+        let outcome = if event == TaskEvent::Succeeded {
+            Outcome::Succeeded(env)
+        } else {
+            Outcome::Failed(env)
+        };
+        if !self.finish(event, outcome, counters) {
+            counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Releases a held completion whose statuses did not all arrive in time.
+    fn release_parked(&self, counters: &Counters) {
+        let parked = self.lock().parked.take();
+        if let Some(p) = parked {
+            self.complete(p.event, p.env, counters);
+        }
+    }
+}
+
+/// How long a completion is held for statuses sent before it.
+const PARK: Duration = Duration::from_millis(500);
+
+/// A completion held until the statuses sent before it arrive.
+struct Parked {
+    worker: String,
+    needed: u32,
+    until: Instant,
+    event: TaskEvent,
+    env: Envelope,
 }
 
 /// A task in flight: its progress, its outcome, and the means to cancel it.
@@ -472,15 +536,15 @@ impl TaskHandle {
         let config = self.node.config();
         let header = Header::new(Action::Cancel, &config.host, &config.client_id);
         let bytes = encode_raw(self.codec, &header, empty_object(self.codec));
-        self.transport
-            .publish(&self.topic.with_action(Action::Cancel), bytes)
-            .await?;
+        // Ended here first, so the worker's answer to the cancel cannot overtake it.
         self.shared.finish(
             TaskEvent::Cancelled,
             Outcome::Cancelled,
             self.node.counters(),
         );
-        Ok(())
+        self.transport
+            .publish(&self.topic.with_action(Action::Cancel), bytes)
+            .await
     }
 }
 
@@ -521,21 +585,26 @@ impl Supervisor {
         let counters = self.node.counters();
         let mut attempt = 1u32;
         loop {
-            let lease_at = {
+            let (lease_at, park_at) = {
                 let inner = self.shared.lock();
                 if inner.outcome.is_some() {
                     break;
                 }
+                let park_at = inner.parked.as_ref().map(|p| p.until);
                 let lease_at = match (self.redispatch, inner.seen, inner.worker_lease) {
                     (false, _, _) => None,
                     (true, false, _) => Some(inner.heard + config.lease),
                     (true, true, Some(l)) => Some(inner.heard + l.max(config.lease)),
                     (true, true, None) => None,
                 };
-                if inner.detached && lease_at.is_none() && self.deadline.is_none() {
+                if inner.detached
+                    && lease_at.is_none()
+                    && self.deadline.is_none()
+                    && park_at.is_none()
+                {
                     break;
                 }
-                lease_at
+                (lease_at, park_at)
             };
             let notified = self.shared.wake.notified();
             tokio::pin!(notified);
@@ -545,6 +614,7 @@ impl Supervisor {
             }
             tokio::select! {
                 _ = &mut notified => {}
+                _ = sleep_until_opt(park_at) => self.shared.release_parked(counters),
                 _ = sleep_until_opt(self.deadline) => {
                     if self.shared.finish(TaskEvent::TimedOut, Outcome::DeadlineExceeded, counters) {
                         self.send_cancel().await;

@@ -28,6 +28,8 @@ pub(crate) struct Reporter {
     /// The lease this worker promises to heartbeat within.
     pub(crate) lease: Duration,
     pub(crate) limit: usize,
+    /// Statuses sent so far for this task.
+    pub(crate) seq: std::sync::atomic::AtomicU32,
 }
 
 impl Reporter {
@@ -40,11 +42,11 @@ impl Reporter {
     }
 
     pub(crate) async fn status(&self, progress: u8, data: &[u8]) -> Result<()> {
-        let bytes = encode_raw(
-            self.codec,
-            &self.header(Action::Status, Status::Progress, progress),
-            data,
-        );
+        let mut header = self.header(Action::Status, Status::Progress, progress);
+        // Numbered at encoding; concurrent reports of one task may still be published out
+        // of order, which the client treats like any stale progress.
+        header.seq = Some(self.seq.fetch_add(1, Ordering::AcqRel) + 1);
+        let bytes = encode_raw(self.codec, &header, data);
         self.send(Action::Status, bytes).await
     }
 
@@ -56,6 +58,7 @@ impl Reporter {
         };
         let mut h = self.header(Action::Complete, status, 100);
         h.error = error.map(str::to_owned);
+        h.seq = Some(self.seq.load(Ordering::Acquire));
         encode_raw(self.codec, &h, data)
     }
 

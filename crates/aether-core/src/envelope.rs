@@ -124,6 +124,10 @@ pub struct Header {
     pub headers: Option<BTreeMap<String, String>>,
     /// aether: the error message of a failed completion.
     pub error: Option<String>,
+    /// aether: on a status, its number among the statuses the worker sent for the task
+    /// (from 1); on a complete, how many statuses preceded it. Lets a client hold a
+    /// completion until the progress reports sent before it have arrived.
+    pub seq: Option<u32>,
 }
 
 impl Header {
@@ -146,6 +150,7 @@ impl Header {
             lease: None,
             headers: None,
             error: None,
+            seq: None,
         }
     }
 
@@ -233,6 +238,9 @@ fn write_json(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
         out.extend_from_slice(b",\"error\":");
         s(v, out);
     }
+    if let Some(v) = h.seq {
+        let _ = write!(out, ",\"seq\":{v}");
+    }
     out.push(b'}');
 }
 
@@ -245,6 +253,7 @@ fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
         h.lease.is_some(),
         h.headers.is_some(),
         h.error.is_some(),
+        h.seq.is_some(),
     ];
     let len = 11 + extras.iter().filter(|b| **b).count() as u32;
     w::write_map_len(out, len).expect("write to Vec");
@@ -280,6 +289,10 @@ fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
     }
     if let Some(v) = &h.error {
         kv("error", v, out);
+    }
+    if let Some(v) = h.seq {
+        w::write_str(out, "seq").expect("write to Vec");
+        w::write_uint(out, v.into()).expect("write to Vec");
     }
 }
 
@@ -318,6 +331,8 @@ struct RawHeader {
     headers: Option<BTreeMap<String, String>>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    seq: Option<u32>,
 }
 
 /// A progress number as Python may send it: integer or float.
@@ -394,6 +409,7 @@ impl Envelope {
                 lease: h.lease,
                 headers: h.headers,
                 error: h.error,
+                seq: h.seq,
             },
             codec,
             raw,
@@ -479,6 +495,7 @@ mod tests {
         h.deadline = Some(1_800_000_000_000);
         h.lease = Some(3000);
         h.error = Some("boom".into());
+        h.seq = Some(7);
         h.headers = Some(BTreeMap::from([(
             "traceparent".into(),
             "00-ab-cd-01".into(),

@@ -566,6 +566,7 @@ async fn process(shared: Arc<WorkerShared>, reg: Arc<Registration>, mut delivery
         client: config.client_id.clone(),
         lease,
         limit: shared.limit,
+        seq: Default::default(),
     });
 
     // Already completed here: repeat the completion, if kept, and drop the perform.
@@ -595,9 +596,9 @@ async fn process(shared: Arc<WorkerShared>, reg: Arc<Registration>, mut delivery
     if let Some(deadline) = header.deadline
         && deadline <= unix_ms()
     {
+        // The client has reported the deadline itself; nobody waits for a completion.
         counters.expired.fetch_add(1, Ordering::Relaxed);
-        let bytes = reporter.failure_bytes("the deadline passed before the task started");
-        let _ = reporter.send(Action::Complete, bytes).await;
+        lock(&shared.done).insert(done_key, None);
         return settle(delivery, Settle::Ack).await;
     }
     if delivery.redeliveries >= shared.max_deliveries {
@@ -668,8 +669,10 @@ async fn process(shared: Arc<WorkerShared>, reg: Arc<Registration>, mut delivery
                 break Err(Failure::message("cancelled".into()));
             }
             RunEnd::DeadlineExceeded => {
+                // The client reports the deadline itself; a completion could only race it.
                 counters.expired.fetch_add(1, Ordering::Relaxed);
-                break Err(Failure::message("deadline exceeded".into()));
+                lock(&shared.done).insert(done_key, None);
+                return settle(delivery, Settle::Ack).await;
             }
             RunEnd::Killed(k) => return finish_killed(delivery, k).await,
         }
@@ -696,11 +699,13 @@ async fn process(shared: Arc<WorkerShared>, reg: Arc<Registration>, mut delivery
         bytes
     };
     let last_error = exhausted.then(|| failure_text(&bytes));
-    if let Err(e) = reporter.send(Action::Complete, bytes.clone()).await {
+    // Remembered before it is sent: a repeat that arrives meanwhile, or a redelivery after a
+    // failed send, is answered with this completion instead of running the handler again.
+    lock(&shared.done).insert(done_key, Some(bytes.clone()));
+    if let Err(e) = reporter.send(Action::Complete, bytes).await {
         tracing::warn!(topic = %delivery.topic, error = %e, "could not publish the completion; handing the task back");
         return settle(delivery, Settle::Requeue).await;
     }
-    lock(&shared.done).insert(done_key, Some(bytes));
     match last_error {
         Some(error) => {
             counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -789,16 +794,15 @@ async fn run_once(
         let _ = tx.send(true);
     }
     match tokio::time::timeout(shared.cancel_grace, &mut handle).await {
-        Ok(joined) => {
-            if let RunEnd::Killed(_) = stopped {
-                return stopped;
-            }
-            // A handler that finished anyway still reports its own result.
+        // Shutting down: a handler that finished within the grace period reports its
+        // result rather than handing the task back.
+        Ok(joined) if matches!(stopped, RunEnd::Killed(Kill::Requeue)) => {
             match joined_result(joined, counters) {
                 Ok(p) => RunEnd::Done(Ok(p)),
                 Err(_) => stopped,
             }
         }
+        Ok(_) => stopped,
         Err(_) => {
             handle.abort();
             stopped
