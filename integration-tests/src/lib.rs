@@ -15,6 +15,7 @@
 //! }
 //! ```
 
+pub mod brokers;
 pub mod harness;
 pub mod suite;
 

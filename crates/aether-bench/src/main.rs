@@ -1,1 +1,149 @@
-fn main() {}
+//! Round-trip benchmark harness: perform → worker → complete → client, measured in tasks/s
+//! and p50/p99 latency at several numbers of tasks in flight, for any transport URL, beside
+//! a raw broker-client baseline of the same loop in the same run.
+//!
+//! ```text
+//! cargo run --release -p aether-bench -- [--tasks N] [--inflight 1,64] [--raw NAME] URL...
+//! ```
+//!
+//! Each URL gets its own worker node and client node (separate connections), a warm-up, then
+//! one closed-loop run per in-flight level. `--raw NAME` adds the raw baseline of that
+//! adapter (see `raw.rs`) on the same URL.
+
+mod raw;
+mod runner;
+
+use std::time::Duration;
+
+use aether::{Aether, Error, TaskContext};
+use anyhow::{Context, bail};
+
+use crate::runner::{Report, closed_loop};
+
+struct Args {
+    tasks: usize,
+    inflight: Vec<usize>,
+    raw: Vec<String>,
+    urls: Vec<String>,
+    payload: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        tasks: 20_000,
+        inflight: vec![1, 64],
+        raw: Vec::new(),
+        urls: Vec::new(),
+        payload: 16,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--tasks" => args.tasks = it.next().context("--tasks N")?.parse()?,
+            "--payload" => args.payload = it.next().context("--payload BYTES")?.parse()?,
+            "--inflight" => {
+                args.inflight = it
+                    .next()
+                    .context("--inflight 1,64")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--raw" => args.raw.push(it.next().context("--raw NAME")?),
+            "-h" | "--help" => {
+                println!(
+                    "usage: aether-bench [--tasks N] [--inflight 1,64] [--payload BYTES] [--raw {}] URL...",
+                    raw::NAMES.join("|")
+                );
+                std::process::exit(0);
+            }
+            url if !url.starts_with('-') => args.urls.push(url.to_owned()),
+            other => bail!("unknown option {other}"),
+        }
+    }
+    if args.urls.is_empty() {
+        args.urls.push("memory://bench".into());
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    println!(
+        "{} tasks per run, payload {} bytes, {} cores",
+        args.tasks,
+        args.payload,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("{}", Report::header());
+    for url in &args.urls {
+        for report in bench_aether(url, &args).await? {
+            println!("{}", report.row());
+        }
+        for name in &args.raw {
+            for &inflight in &args.inflight {
+                let r = raw::run(name, url, args.tasks, inflight, args.payload).await?;
+                println!("{}", r.row());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
+    let union = format!("bench{}", std::process::id());
+    let max_inflight = args.inflight.iter().copied().max().unwrap_or(1);
+    let worker_node = Aether::builder()
+        .union(&union)
+        .transport(aether::connect(url).await?)
+        .build()?;
+    let worker = worker_node
+        .worker()
+        .announce(false)
+        .concurrency(max_inflight)
+        .handle(
+            "bench",
+            "echo",
+            "x",
+            |_ctx: TaskContext, v: String| async move { Ok::<_, Error>(v) },
+        )
+        .start()
+        .await?;
+    let client_node = Aether::builder()
+        .union(&union)
+        .transport(aether::connect(url).await?)
+        .build()?;
+    let client = client_node.client();
+    let payload = "x".repeat(args.payload);
+    let name = client_node.transport("")?.name();
+    let one = |client: aether::Client, payload: String| async move {
+        let task = client.perform("bench", "echo", "x", &payload).await?;
+        let _: String = task.result().await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    // Warm-up: connections, subscriptions, allocator.
+    closed_loop(1000.min(args.tasks), max_inflight, || {
+        one(client.clone(), payload.clone())
+    })
+    .await?;
+    let mut reports = Vec::new();
+    for &inflight in &args.inflight {
+        let (wall, lat) = closed_loop(args.tasks, inflight, || {
+            one(client.clone(), payload.clone())
+        })
+        .await?;
+        reports.push(Report::new(format!("aether {name}"), inflight, wall, lat));
+    }
+    worker.shutdown(Duration::from_secs(5)).await?;
+    let stats = client_node.stats();
+    if stats.redispatched + stats.lost > 0 {
+        eprintln!(
+            "note: {} redispatched, {} lost",
+            stats.redispatched, stats.lost
+        );
+    }
+    client_node.close().await?;
+    worker_node.close().await?;
+    Ok(reports)
+}

@@ -29,9 +29,19 @@
 //! | feature | adapter | URL schemes |
 //! |---------|---------|-------------|
 //! | (always) | in-memory, [`aether_core::memory`] | `memory://` |
-//! | `full` | every adapter below | |
+//! | `redis` | [`aether_redis`] | `redis://`, `rediss://` |
+//! | `mqtt` | [`aether_mqtt`] | `mqtt://`, `mqtts://` |
+//! | `amqp` | [`aether_amqp`] | `amqp://`, `amqps://` |
+//! | `full` | every adapter above | |
 
 pub use aether_core::*;
+
+#[cfg(feature = "amqp")]
+pub use aether_amqp;
+#[cfg(feature = "mqtt")]
+pub use aether_mqtt;
+#[cfg(feature = "redis")]
+pub use aether_redis;
 
 /// Connects to the transport a URL names, picking the adapter from its scheme.
 ///
@@ -48,8 +58,17 @@ pub async fn connect(url: &str) -> Result<SharedTransport> {
     };
     match scheme.as_str() {
         "memory" => Ok(std::sync::Arc::new(MemoryTransport::connect(url)?)),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => aether_redis::connect(url).await,
+        #[cfg(not(feature = "redis"))]
         "redis" | "rediss" => Err(disabled("redis")),
+        #[cfg(feature = "mqtt")]
+        "mqtt" | "mqtts" => aether_mqtt::connect(url).await,
+        #[cfg(not(feature = "mqtt"))]
         "mqtt" | "mqtts" => Err(disabled("mqtt")),
+        #[cfg(feature = "amqp")]
+        "amqp" | "amqps" => aether_amqp::connect(url).await,
+        #[cfg(not(feature = "amqp"))]
         "amqp" | "amqps" => Err(disabled("amqp")),
         "ws" | "wss" => Err(disabled("ws")),
         "tcp" | "ipc" | "zmq" => Err(disabled("zmq")),
@@ -61,6 +80,7 @@ pub async fn connect(url: &str) -> Result<SharedTransport> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(not(feature = "mqtt"))]
     #[tokio::test]
     async fn names_the_feature_to_enable() {
         let err = super::connect("mqtt://localhost:1883").await.unwrap_err();
