@@ -68,10 +68,13 @@ pub struct AetherTask {
     running: Option<Running>,
 }
 
+/// Where `complete(succeed, data)` sends its answer; taken by the first call.
+type Completion = Arc<Mutex<Option<oneshot::Sender<(bool, Value)>>>>;
+
 #[derive(Clone)]
 struct Running {
     ctx: TaskContext,
-    done: Arc<Mutex<Option<oneshot::Sender<(bool, Value)>>>>,
+    done: Completion,
 }
 
 impl AetherTask {

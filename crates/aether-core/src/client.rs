@@ -681,10 +681,13 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// A route, created once by the first perform that needs it.
+type RouteCell = Arc<OnceCell<Arc<Route>>>;
+
 /// The subscriptions a node's clients share per (channel, union, job, task, context).
 #[derive(Default)]
 pub(crate) struct Routes {
-    map: Mutex<HashMap<(String, String), Arc<OnceCell<Arc<Route>>>>>,
+    map: Mutex<HashMap<(String, String), RouteCell>>,
 }
 
 impl Routes {

@@ -380,8 +380,7 @@ impl Envelope {
     pub fn decode(raw: Bytes) -> Result<Envelope, DecodeError> {
         let codec = Codec::detect(&raw)?;
         let h: RawHeader = codec.from_slice(&raw)?;
-        let action =
-            Action::from_name(&h.action).ok_or_else(|| DecodeError::UnknownAction(h.action))?;
+        let action = Action::from_name(&h.action).ok_or(DecodeError::UnknownAction(h.action))?;
         let (default_status, default_progress) = Status::default_for(action);
         let status = match h.status {
             Some(s) => s.parse()?,
@@ -526,7 +525,8 @@ mod tests {
 
     #[test]
     fn typed_errors_for_bad_input() {
-        let cases: Vec<(&[u8], fn(&DecodeError) -> bool)> = vec![
+        type Check = fn(&DecodeError) -> bool;
+        let cases: Vec<(&[u8], Check)> = vec![
             (b"", |e| matches!(e, DecodeError::Empty)),
             (b"   ", |e| matches!(e, DecodeError::UnknownFormat(b' '))),
             (b"[1,2]", |e| matches!(e, DecodeError::UnknownFormat(b'['))),

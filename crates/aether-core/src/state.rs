@@ -66,13 +66,10 @@ impl TaskState {
             _ => unreachable!("only called for terminal events"),
         };
         Ok(match (self, event) {
-            (s, ev) if s.is_terminal() => {
-                if ev.is_terminal() && terminal(ev) == s {
-                    Applied::Duplicate
-                } else {
-                    return invalid;
-                }
+            (s, ev) if s.is_terminal() && ev.is_terminal() && terminal(ev) == s => {
+                Applied::Duplicate
             }
+            (s, _) if s.is_terminal() => return invalid,
             (_, ev) if ev.is_terminal() => Applied::Changed(terminal(ev)),
             (S::Submitted, E::Accepted | E::Progress(0)) => Applied::Changed(S::Accepted),
             (S::Submitted | S::Accepted, E::Progress(p)) if p > 100 => return invalid,

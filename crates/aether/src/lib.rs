@@ -29,9 +29,9 @@
 //! | feature | adapter | URL schemes |
 //! |---------|---------|-------------|
 //! | (always) | in-memory, [`aether_core::memory`] | `memory://` |
-//! | `redis` | [`aether_redis`] | `redis://`, `rediss://` |
-//! | `mqtt` | [`aether_mqtt`] | `mqtt://`, `mqtts://` |
-//! | `amqp` | [`aether_amqp`] | `amqp://`, `amqps://` |
+//! | `redis` | [`aether-redis`](https://docs.rs/aether-redis) | `redis://`, `rediss://` |
+//! | `mqtt` | [`aether-mqtt`](https://docs.rs/aether-mqtt) | `mqtt://`, `mqtts://` |
+//! | `amqp` | [`aether-amqp`](https://docs.rs/aether-amqp) | `amqp://`, `amqps://` |
 //! | `full` | every adapter above | |
 
 pub use aether_core::*;
