@@ -36,6 +36,11 @@
 
 pub use aether_core::*;
 
+// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}
+
 #[cfg(feature = "amqp")]
 pub use aether_amqp;
 #[cfg(feature = "mqtt")]
