@@ -42,24 +42,34 @@ async fn main() -> anyhow::Result<()> {
         let worker = node
             .worker()
             .concurrency(2)
-            .handle("images", "resize", "x", move |ctx: TaskContext, job: Resize| {
-                let name = name.clone();
-                async move {
-                    println!("{name}: resizing {} to {}px (task {})", job.image, job.width, ctx.tid());
-                    for step in [25, 50, 75] {
-                        tokio::time::sleep(Duration::from_millis(40)).await;
-                        ctx.progress(step).await?;
+            .handle(
+                "images",
+                "resize",
+                "x",
+                move |ctx: TaskContext, job: Resize| {
+                    let name = name.clone();
+                    async move {
+                        println!(
+                            "{name}: resizing {} to {}px (task {})",
+                            job.image,
+                            job.width,
+                            ctx.tid()
+                        );
+                        for step in [25, 50, 75] {
+                            tokio::time::sleep(Duration::from_millis(40)).await;
+                            ctx.progress(step).await?;
+                        }
+                        if job.width == 0 {
+                            anyhow::bail!("{}: width must be positive", job.image);
+                        }
+                        Ok(Resized {
+                            bytes: u64::from(job.width) * 700,
+                            image: job.image,
+                            by: name,
+                        })
                     }
-                    if job.width == 0 {
-                        anyhow::bail!("{}: width must be positive", job.image);
-                    }
-                    Ok(Resized {
-                        bytes: u64::from(job.width) * 700,
-                        image: job.image,
-                        by: name,
-                    })
-                }
-            })
+                },
+            )
             .start()
             .await?;
         workers.push((node, worker));
@@ -99,7 +109,10 @@ async fn main() -> anyhow::Result<()> {
     for (node, worker) in workers {
         worker.shutdown(Duration::from_secs(5)).await?;
         let s = node.stats();
-        println!("stats: handled {} ok, {} errors", s.handled, s.handler_errors);
+        println!(
+            "stats: handled {} ok, {} errors",
+            s.handled, s.handler_errors
+        );
     }
     Ok(())
 }
