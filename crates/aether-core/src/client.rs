@@ -179,8 +179,15 @@ impl TaskBuilder<'_> {
             .get(node, &self.channel, &transport, &topic)
             .await?;
         let shared = Arc::new(TaskShared::new(tid.clone(), config.progress_buffer));
-        route.insert(&tid, shared.clone());
-        if let Err(e) = transport.enqueue(&topic, bytes.clone()).await {
+        if !route.insert(&tid, shared.clone()) {
+            return Err(Error::Config(format!(
+                "task {tid} is already in flight from this node; tids must be unique"
+            )));
+        }
+        if let Err(e) = node
+            .timed("enqueue", transport.enqueue(&topic, bytes.clone()))
+            .await
+        {
             route.remove(&tid);
             return Err(e);
         }
@@ -542,8 +549,9 @@ impl TaskHandle {
             Outcome::Cancelled,
             self.node.counters(),
         );
-        self.transport
-            .publish(&self.topic.with_action(Action::Cancel), bytes)
+        let topic = self.topic.with_action(Action::Cancel);
+        self.node
+            .timed("cancel", self.transport.publish(&topic, bytes))
             .await
     }
 }
@@ -651,7 +659,8 @@ impl Supervisor {
                     }
                     tracing::info!(topic = %self.topic, attempt, "lease expired; dispatching again");
                     counters.redispatched.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = self.transport.enqueue(&self.topic, self.bytes.clone()).await {
+                    let resend = self.transport.enqueue(&self.topic, self.bytes.clone());
+                    if let Err(e) = self.node.timed("enqueue", resend).await {
                         tracing::warn!(topic = %self.topic, error = %e, "redispatch failed");
                     }
                 }
@@ -708,7 +717,7 @@ impl Routes {
             .or_default()
             .clone();
         let route = cell
-            .get_or_try_init(|| Route::start(node, transport, &queue))
+            .get_or_try_init(|| node.timed("subscribe", Route::start(node, transport, &queue)))
             .await?;
         if route.is_closed() {
             // Its subscriptions ended (transport closed): forget it so a later call retries.
@@ -752,8 +761,15 @@ impl Route {
         }))
     }
 
-    fn insert(&self, tid: &str, task: Arc<TaskShared>) {
-        self.lock().insert(tid.to_owned(), task);
+    /// Adds a task; false if its tid is already routed here.
+    fn insert(&self, tid: &str, task: Arc<TaskShared>) -> bool {
+        match self.lock().entry(tid.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(task);
+                true
+            }
+        }
     }
 
     fn remove(&self, tid: &str) {

@@ -98,6 +98,9 @@ pub struct Config {
     pub progress_buffer: usize,
     /// Completed tids a worker remembers to drop repeated performs. Default 10,000.
     pub dedup_window: usize,
+    /// How long a client waits for the broker to take a perform, a cancel or a
+    /// subscription before failing with [`Error::Timeout`]. Default 10 s.
+    pub operation_timeout: Duration,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             backoff: Backoff::default(),
             progress_buffer: 64,
             dedup_window: 10_000,
+            operation_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -207,6 +211,11 @@ impl AetherBuilder {
     /// Sets [`Config::dedup_window`].
     pub fn dedup_window(mut self, n: usize) -> Self {
         self.config.dedup_window = n;
+        self
+    }
+    /// Sets [`Config::operation_timeout`].
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.config.operation_timeout = timeout;
         self
     }
 
@@ -361,6 +370,17 @@ impl Aether {
             }
             dead.push_back(letter);
         }
+    }
+
+    /// Runs a broker operation under [`Config::operation_timeout`].
+    pub(crate) async fn timed<T>(
+        &self,
+        what: &'static str,
+        op: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.inner.config.operation_timeout, op)
+            .await
+            .map_err(|_| Error::Timeout(what))?
     }
 
     /// The payload limit in force on `transport`.

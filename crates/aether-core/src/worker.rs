@@ -374,7 +374,7 @@ struct DedupWindow {
 }
 
 /// Completions up to this size are kept to answer a repeated perform.
-const CACHED_COMPLETION: usize = 4096;
+const CACHED_COMPLETION: usize = 1024;
 
 impl DedupWindow {
     fn new(cap: usize) -> Self {
