@@ -1,0 +1,165 @@
+//! Builds fred clients from a [`RedisConfig`]: the one place that knows fred's
+//! configuration types, so the client library could be swapped without touching users.
+
+use std::time::Duration;
+
+use aether_core::{Error, Result};
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::ClientLike;
+use fred::types::config::{
+    ClusterDiscoveryPolicy, Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, Server,
+    ServerConfig, TcpConfig,
+};
+
+use crate::config::RedisConfig;
+
+/// The backend name in errors.
+pub(crate) const BACKEND: &str = "redis";
+
+/// Wraps a fred error as an aether transport error.
+pub(crate) fn redis_err(e: fred::error::Error) -> Error {
+    Error::transport(BACKEND, e)
+}
+
+/// Whether `e` is the server's `NOGROUP` (the stream or its group is gone, e.g. after a
+/// restart without persistence).
+pub(crate) fn is_nogroup(e: &fred::error::Error) -> bool {
+    e.details().starts_with("NOGROUP")
+}
+
+/// Whether `e` is a blocking command that timed out without an answer.
+pub(crate) fn is_timeout(e: &fred::error::Error) -> bool {
+    matches!(e.kind(), fred::error::ErrorKind::Timeout)
+}
+
+/// Makes connected fred clients, each with its own connection(s).
+#[derive(Clone)]
+pub(crate) struct Connector {
+    config: Config,
+    connection: ConnectionConfig,
+    policy: ReconnectPolicy,
+    timeout: Duration,
+}
+
+impl Connector {
+    pub(crate) fn new(c: &RedisConfig) -> Result<Connector> {
+        let server = if c.cluster {
+            let mut hosts = vec![Server::new(c.node.host.as_str(), c.node.port)];
+            hosts.extend(
+                c.cluster_nodes
+                    .iter()
+                    .map(|n| Server::new(n.host.as_str(), n.port)),
+            );
+            ServerConfig::Clustered {
+                hosts,
+                policy: ClusterDiscoveryPolicy::UseCache,
+            }
+        } else {
+            ServerConfig::new_centralized(c.node.host.as_str(), c.node.port)
+        };
+        let config = Config {
+            fail_fast: true,
+            username: c.username.clone(),
+            password: c.password.as_ref().map(|p| p.expose().to_owned()),
+            server,
+            database: (c.database != 0).then_some(c.database),
+            #[cfg(feature = "tls")]
+            tls: tls_config(c)?,
+            ..Config::default()
+        };
+        #[cfg(not(feature = "tls"))]
+        if c.tls {
+            return Err(Error::Config(
+                "rediss:// needs the `tls` cargo feature of aether-redis".into(),
+            ));
+        }
+        let connection = ConnectionConfig {
+            connection_timeout: c.connect_timeout,
+            internal_command_timeout: c.connect_timeout,
+            // A command in flight when the connection drops is sent again after the
+            // reconnection, a few times.
+            max_command_attempts: 5,
+            tcp: TcpConfig {
+                nodelay: Some(true),
+                ..TcpConfig::default()
+            },
+            ..ConnectionConfig::default()
+        };
+        let max_delay = c
+            .reconnect_max_delay
+            .as_millis()
+            .clamp(10, u32::MAX as u128) as u32;
+        // Retry forever: 10 ms, 20 ms, ... up to the max delay.
+        let policy = ReconnectPolicy::new_exponential(0, 10, max_delay, 2);
+        Ok(Connector {
+            config,
+            connection,
+            policy,
+            timeout: c.timeout,
+        })
+    }
+
+    fn perf(&self, timeout: Duration) -> PerformanceConfig {
+        PerformanceConfig {
+            default_command_timeout: timeout,
+            // Room for bursts of pub/sub messages before a slow reader loses any.
+            broadcast_channel_capacity: 8192,
+            ..PerformanceConfig::default()
+        }
+    }
+
+    /// A connected client for ordinary commands.
+    pub(crate) async fn client(&self) -> Result<Client> {
+        self.client_with_timeout(self.timeout).await
+    }
+
+    /// A connected client whose commands may take `extra` longer than the timeout: for a
+    /// consumer's blocking reads, which hold their connection.
+    pub(crate) async fn blocking_client(&self, extra: Duration) -> Result<Client> {
+        self.client_with_timeout(self.timeout + extra).await
+    }
+
+    async fn client_with_timeout(&self, timeout: Duration) -> Result<Client> {
+        let client = Client::new(
+            self.config.clone(),
+            Some(self.perf(timeout)),
+            Some(self.connection.clone()),
+            Some(self.policy.clone()),
+        );
+        client.init().await.map_err(redis_err)?;
+        Ok(client)
+    }
+
+    /// A subscriber client, not yet connected (so the caller can listen to its events
+    /// first).
+    pub(crate) fn subscriber(&self) -> SubscriberClient {
+        SubscriberClient::new(
+            self.config.clone(),
+            Some(self.perf(self.timeout)),
+            Some(self.connection.clone()),
+            Some(self.policy.clone()),
+        )
+    }
+}
+
+#[cfg(feature = "tls")]
+fn tls_config(c: &RedisConfig) -> Result<Option<fred::types::config::TlsConfig>> {
+    if !c.tls {
+        return Ok(None);
+    }
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = &c.tls_ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Config(format!("cannot read the TLS CA file {path}: {e}")))?;
+        let cert = native_tls::Certificate::from_pem(&pem)
+            .map_err(|e| Error::Config(format!("the TLS CA file {path} is not PEM: {e}")))?;
+        builder.add_root_certificate(cert);
+    }
+    if c.tls_insecure {
+        builder
+            .danger_accept_invalid_certs(true)
+            .danger_accept_invalid_hostnames(true);
+    }
+    let connector = fred::types::config::TlsConnector::try_from(builder).map_err(redis_err)?;
+    Ok(Some(connector.into()))
+}

@@ -1,0 +1,556 @@
+//! The work queue in list mode: the Python library's `LPUSH`/`BRPOP`, made reliable.
+//!
+//! Workers register their workgroup in the queue's set (`{prefix}:{u:j:t:x}:groups`); a
+//! perform is pushed to every registered workgroup's list in one script, or to a backlog
+//! that the first workgroup to register takes over. A consumer moves elements into a
+//! processing list of its own (`BLMOVE`, or a script taking several when it has the credit),
+//! removes them on ack (`LREM`), and keeps a presence entry fresh (a sorted set scored by
+//! expiry, refreshed every third of the lease). Every half lease a consumer reaps the
+//! processing lists of consumers whose presence expired back into the workgroup's list,
+//! counting a delivery; past `max_deliveries` they go to the dead-letter stream.
+//!
+//! An element is `{redeliveries}:{tid}:{payload}`.
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use aether_core::{
+    Acker, Action, Bytes, ConsumeOptions, Consumed, Consumer, DeadLetter, DeadLetterReason,
+    Delivery, InvalidMessage, Result, Topic, TopicError, WorkQueue,
+};
+use async_trait::async_trait;
+use bytes::BytesMut;
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, EventInterface, ListInterface};
+use fred::types::Value;
+use fred::types::lists::LMoveDirection;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::RedisConfig;
+use crate::connect::{Connector, is_timeout, redis_err};
+use crate::keys::{QueueKeys, consumer_name};
+use crate::pubsub::value_bytes;
+use crate::scripts;
+use crate::streams::{StopGuard, reclaim_interval};
+
+/// Encodes a list element.
+fn element(redeliveries: u32, tid: &str, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(payload.len() + tid.len() + 12);
+    b.extend_from_slice(redeliveries.to_string().as_bytes());
+    b.extend_from_slice(b":");
+    b.extend_from_slice(tid.as_bytes());
+    b.extend_from_slice(b":");
+    b.extend_from_slice(payload);
+    b.freeze()
+}
+
+/// Decodes a list element: redeliveries, tid, payload.
+fn parse_element(e: &Bytes) -> Option<(u32, String, Bytes)> {
+    let first = e.iter().position(|&c| c == b':')?;
+    let r = std::str::from_utf8(&e[..first]).ok()?.parse().ok()?;
+    let rest = &e[first + 1..];
+    let second = rest.iter().position(|&c| c == b':')?;
+    let tid = std::str::from_utf8(&rest[..second]).ok()?.to_owned();
+    Some((r, tid, e.slice(first + 1 + second + 1..)))
+}
+
+/// Pushes a perform to every workgroup of its queue, or to the backlog.
+pub(crate) async fn enqueue(
+    client: &Client,
+    config: &RedisConfig,
+    topic: &Topic,
+    payload: Bytes,
+) -> Result<()> {
+    let keys = QueueKeys::of_topic(&config.prefix, topic);
+    scripts::LIST_ENQUEUE
+        .run::<i64>(
+            client,
+            vec![keys.groups(), keys.backlog()],
+            vec![
+                keys.group_list_prefix().into(),
+                Value::Bytes(element(0, topic.tid(), &payload)),
+                (config.max_len as i64).into(),
+            ],
+        )
+        .await
+        .map_err(redis_err)?;
+    Ok(())
+}
+
+/// What a consumer, its presence task and its deliveries share. When the last of them
+/// is gone, whatever is still in the processing list goes back to the workgroup.
+struct Shared {
+    client: Client,
+    keys: QueueKeys,
+    group: String,
+    name: String,
+    group_list: String,
+    processing: String,
+    consumers: String,
+    dead: String,
+    queue: WorkQueue,
+    lease: Duration,
+    max_deliveries: u32,
+    dead_max_len: u64,
+}
+
+impl Shared {
+    /// Registers the workgroup and refreshes this consumer's presence.
+    async fn register(&self) -> Result<()> {
+        scripts::LIST_REGISTER
+            .run::<i64>(
+                &self.client,
+                vec![
+                    self.keys.groups(),
+                    self.keys.backlog(),
+                    self.group_list.clone(),
+                    self.consumers.clone(),
+                ],
+                vec![
+                    self.group.as_str().into(),
+                    self.name.as_str().into(),
+                    (self.lease.as_millis() as i64).into(),
+                ],
+            )
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    /// Returns the elements of consumers whose presence expired, or all of `only`'s.
+    async fn reap(&self, only: &str) -> Result<i64> {
+        let (keys, args) = self.reap_args(only);
+        scripts::LIST_REAP
+            .run::<i64>(&self.client, keys, args)
+            .await
+            .map_err(redis_err)
+    }
+
+    fn reap_args(&self, only: &str) -> (Vec<String>, Vec<Value>) {
+        (
+            vec![
+                self.consumers.clone(),
+                self.group_list.clone(),
+                self.dead.clone(),
+            ],
+            vec![
+                self.keys.processing_prefix(&self.group).into(),
+                (self.max_deliveries as i64).into(),
+                (self.dead_max_len as i64).into(),
+                self.keys.topic_prefix.as_str().into(),
+                self.group.as_str().into(),
+                only.into(),
+            ],
+        )
+    }
+
+    async fn remove(&self, element: &Bytes) -> Result<()> {
+        self.client
+            .lrem::<i64, _, _>(self.processing.as_str(), 1, Value::Bytes(element.clone()))
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    async fn requeue(&self, element: &Bytes) -> Result<()> {
+        let Some((r, tid, payload)) = parse_element(element) else {
+            return self.remove(element).await;
+        };
+        scripts::LIST_REQUEUE
+            .run::<i64>(
+                &self.client,
+                vec![self.processing.clone(), self.group_list.clone()],
+                vec![
+                    Value::Bytes(element.clone()),
+                    Value::Bytes(self::element(r + 1, &tid, &payload)),
+                ],
+            )
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    async fn reject(&self, element: &Bytes, letter: DeadLetter) -> Result<()> {
+        scripts::LIST_REJECT
+            .run::<i64>(
+                &self.client,
+                vec![self.processing.clone(), self.dead.clone()],
+                vec![
+                    Value::Bytes(element.clone()),
+                    (self.dead_max_len as i64).into(),
+                    letter.topic.into(),
+                    Value::Bytes(letter.payload),
+                    letter.reason.to_string().into(),
+                    self.group.as_str().into(),
+                ],
+            )
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Nothing of this consumer is running any more: give back what its processing
+        // list still holds, and drop its presence.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (keys, args) = self.reap_args(&self.name);
+            let client = self.client.clone();
+            rt.spawn(async move {
+                if let Err(e) = scripts::LIST_REAP.run::<i64>(&client, keys, args).await {
+                    tracing::debug!(error = %e, "redis: returning a stopped consumer's list failed; the reaper will");
+                }
+            });
+        }
+    }
+}
+
+/// Starts a consumer of `queue` on a connection of its own.
+pub(crate) async fn consume(
+    connector: &Connector,
+    client: &Client,
+    config: &RedisConfig,
+    queue: &WorkQueue,
+    options: ConsumeOptions,
+    closed: watch::Receiver<bool>,
+) -> Result<Consumer> {
+    let keys = QueueKeys::new(&config.prefix, queue);
+    let group = queue.workgroup().to_owned();
+    let name = consumer_name();
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        group_list: keys.group_list(&group),
+        processing: format!("{}{name}", keys.processing_prefix(&group)),
+        consumers: keys.consumers(&group),
+        dead: keys.dead(),
+        keys,
+        group,
+        name,
+        queue: queue.clone(),
+        lease: options.lease.max(Duration::from_millis(30)),
+        max_deliveries: options.max_deliveries.max(1),
+        dead_max_len: config.dead_letter_max_len,
+    });
+    shared.register().await?;
+    let blocking = connector.blocking_client(config.block).await?;
+    tokio::spawn(presence_loop(
+        Arc::downgrade(&shared),
+        blocking.reconnect_rx(),
+        closed.clone(),
+    ));
+    let prefetch = options.prefetch.max(1);
+    let (tx, rx) = mpsc::channel(prefetch);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reader = Reader {
+        shared,
+        blocking,
+        tx,
+        credit: Arc::new(Semaphore::new(prefetch)),
+        prefetch,
+        block: config.block,
+    };
+    tokio::spawn(reader.run(stop_rx, closed));
+    Ok(Consumer::new(
+        rx,
+        Some(Box::new(StopGuard { _stop: stop_tx })),
+    ))
+}
+
+/// Refreshes the consumer's presence every third of the lease, and registers the
+/// workgroup again at once after a reconnection (a restarted server may have lost it),
+/// for as long as the consumer or any delivery of it lives.
+async fn presence_loop(
+    shared: Weak<Shared>,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    mut closed: watch::Receiver<bool>,
+) {
+    let Some(lease) = shared.upgrade().map(|s| s.lease) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = reconnects.recv() => {
+                if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    // The blocking connection was closed; keep refreshing on the timer.
+                    reconnects = tokio::sync::broadcast::channel(1).1;
+                }
+            }
+            _ = closed.changed() => return,
+        }
+        let Some(s) = shared.upgrade() else { return };
+        if let Err(e) = s.register().await {
+            tracing::warn!(error = %e, list = %s.group_list, "redis: refreshing consumer presence failed");
+        }
+    }
+}
+
+/// The loop that moves elements into the processing list and hands out deliveries.
+struct Reader {
+    shared: Arc<Shared>,
+    blocking: Client,
+    tx: mpsc::Sender<Consumed>,
+    credit: Arc<Semaphore>,
+    prefetch: usize,
+    block: Duration,
+}
+
+impl Reader {
+    async fn run(self, mut stop: watch::Receiver<bool>, mut closed: watch::Receiver<bool>) {
+        let interval = reclaim_interval(self.shared.lease);
+        let mut next_reap = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let first = tokio::select! {
+                p = self.credit.clone().acquire_owned() => p.expect("never closed"),
+                _ = stop.changed() => break,
+                _ = closed.changed() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.prefetch {
+                match self.credit.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= next_reap {
+                next_reap = Instant::now() + interval;
+                match self.shared.reap("").await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(list = %self.shared.group_list, returned = n, "redis: reaped the work of consumers whose presence expired")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "redis: reaping failed"),
+                }
+            }
+            // Without blocking, as many as the credit allows.
+            let taken = scripts::LIST_TAKE
+                .run::<Value>(
+                    &self.shared.client,
+                    vec![
+                        self.shared.group_list.clone(),
+                        self.shared.processing.clone(),
+                    ],
+                    vec![(permits.len() as i64).into()],
+                )
+                .await;
+            match taken {
+                Ok(Value::Array(items)) if !items.is_empty() => {
+                    backoff = Duration::from_millis(10);
+                    for item in items {
+                        self.hand_out(value_bytes(item), &mut permits);
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis: taking from the list failed; retrying");
+                    if pause(&mut backoff, &mut stop, &mut closed).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            // Nothing there: wait for one.
+            let block = next_reap
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(10), self.block);
+            let moved = tokio::select! {
+                r = self.blocking.blmove::<Value, _, _>(
+                    self.shared.group_list.as_str(),
+                    self.shared.processing.as_str(),
+                    LMoveDirection::Right,
+                    LMoveDirection::Left,
+                    block.as_secs_f64(),
+                ) => r,
+                _ = stop.changed() => break,
+                _ = closed.changed() => break,
+            };
+            match moved {
+                Ok(Value::Null) => {}
+                Ok(v) => {
+                    backoff = Duration::from_millis(10);
+                    self.hand_out(value_bytes(v), &mut permits);
+                }
+                Err(e) if is_timeout(&e) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis: BLMOVE failed; retrying");
+                    if pause(&mut backoff, &mut stop, &mut closed).await {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = self.blocking.quit().await;
+    }
+
+    fn hand_out(&self, element: Bytes, permits: &mut Vec<OwnedSemaphorePermit>) {
+        let s = &self.shared;
+        let Some(permit) = permits.pop() else {
+            // Cannot happen (never more than the credit is taken); the element stays in
+            // the processing list and comes back with it.
+            return;
+        };
+        let parsed = parse_element(&element);
+        let mut acker = ListAcker {
+            shared: s.clone(),
+            element,
+            permit: Some(permit),
+            settled: false,
+        };
+        let (redeliveries, topic, payload) = match parsed {
+            Some((r, tid, payload)) => {
+                let topic = s.queue.topic(&tid, Action::Perform);
+                (r, topic.map_err(|e| (e, tid)), payload)
+            }
+            None => (
+                0,
+                Err((
+                    TopicError::Empty {
+                        level: aether_core::Level::Tid,
+                    },
+                    String::new(),
+                )),
+                acker.element.clone(),
+            ),
+        };
+        let item = match topic {
+            Ok(topic) => Ok(Delivery::new(topic, payload, redeliveries, Box::new(acker))),
+            Err((error, tid)) => {
+                let raw_topic = format!("{}{tid}/perform", s.keys.topic_prefix);
+                let letter = DeadLetter {
+                    topic: raw_topic.clone(),
+                    payload: payload.clone(),
+                    reason: DeadLetterReason::InvalidTopic(error.to_string()),
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = acker.reject(letter).await {
+                        tracing::warn!(error = %e, "redis: cannot dead-letter an invalid element");
+                    }
+                });
+                Err(InvalidMessage {
+                    raw_topic,
+                    payload,
+                    error,
+                })
+            }
+        };
+        let _ = self.tx.try_send(item);
+    }
+}
+
+async fn pause(
+    backoff: &mut Duration,
+    stop: &mut watch::Receiver<bool>,
+    closed: &mut watch::Receiver<bool>,
+) -> bool {
+    let delay = *backoff;
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = stop.changed() => true,
+        _ = closed.changed() => true,
+    }
+}
+
+/// Acknowledges one list element.
+struct ListAcker {
+    shared: Arc<Shared>,
+    element: Bytes,
+    permit: Option<OwnedSemaphorePermit>,
+    settled: bool,
+}
+
+impl ListAcker {
+    fn settle(&mut self) {
+        self.settled = true;
+        self.permit = None;
+    }
+}
+
+impl fmt::Debug for ListAcker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListAcker")
+            .field("list", &self.shared.processing)
+            .field("settled", &self.settled)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Acker for ListAcker {
+    async fn ack(&mut self) -> Result<()> {
+        self.shared.remove(&self.element).await?;
+        self.settle();
+        Ok(())
+    }
+
+    async fn nack(&mut self, requeue: bool) -> Result<()> {
+        if requeue {
+            self.shared.requeue(&self.element).await?;
+        } else {
+            self.shared.remove(&self.element).await?;
+        }
+        self.settle();
+        Ok(())
+    }
+
+    async fn reject(&mut self, letter: DeadLetter) -> Result<()> {
+        self.shared.reject(&self.element, letter).await?;
+        self.settle();
+        Ok(())
+    }
+
+    async fn keep_alive(&mut self) -> Result<()> {
+        let s = &self.shared;
+        scripts::LIST_TOUCH
+            .run::<i64>(
+                &s.client,
+                vec![s.consumers.clone()],
+                vec![s.name.as_str().into(), (s.lease.as_millis() as i64).into()],
+            )
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+}
+
+impl Drop for ListAcker {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Dropped unacknowledged (its handler crashed): back to the workgroup now.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            let element = std::mem::take(&mut self.element);
+            rt.spawn(async move {
+                if let Err(e) = shared.requeue(&element).await {
+                    tracing::debug!(error = %e, "redis: requeue of a dropped delivery failed; the reaper returns it");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_round_trip() {
+        let e = element(3, "abc123", b"{\"x\":\"a:b\"}\n\0");
+        assert_eq!(&e[..9], b"3:abc123:");
+        let (r, tid, payload) = parse_element(&e).unwrap();
+        assert_eq!((r, tid.as_str()), (3, "abc123"));
+        assert_eq!(&payload[..], b"{\"x\":\"a:b\"}\n\0");
+        assert!(parse_element(&Bytes::from_static(b"garbage")).is_none());
+        assert!(parse_element(&Bytes::from_static(b"x:t:p")).is_none());
+    }
+}

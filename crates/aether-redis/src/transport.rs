@@ -1,0 +1,244 @@
+//! [`RedisTransport`]: the [`Transport`] over Redis.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use aether_core::{
+    Action, Bytes, Capabilities, ConsumeOptions, Consumer, DeadLetter, Error, Result, Subscription,
+    Topic, TopicFilter, Transport, WorkQueue,
+};
+use async_trait::async_trait;
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, PubsubInterface, StreamsInterface};
+use fred::types::Value;
+use tokio::sync::watch;
+
+use crate::config::{Mode, RedisConfig};
+use crate::connect::{Connector, redis_err};
+use crate::keys::{QueueKeys, global_dead};
+use crate::pubsub::Broadcast;
+use crate::{list, streams};
+
+/// A transport on a Redis server or cluster: broadcast over pub/sub, the work queue over
+/// streams or lists ([`Mode`]).
+///
+/// It holds one connection for commands, one per subscriber lane (usually one), and one
+/// per consumer (blocking reads stall their connection). Connections that break are made
+/// again, subscriptions and consumers resume, without user code. Dropping the transport
+/// closes it.
+pub struct RedisTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    connector: Connector,
+    client: Client,
+    broadcast: Arc<Broadcast>,
+    closed: AtomicBool,
+    close_tx: watch::Sender<bool>,
+}
+
+impl RedisTransport {
+    /// Connects as a `redis://` or `rediss://` URL says (see [`RedisConfig`]).
+    pub async fn connect(url: &str) -> Result<RedisTransport> {
+        RedisTransport::connect_with(RedisConfig::from_url(url)?).await
+    }
+
+    /// Connects with `config`. Fails if the server cannot be reached now; later
+    /// connection losses are repaired in the background.
+    pub async fn connect_with(config: RedisConfig) -> Result<RedisTransport> {
+        config.check()?;
+        let connector = Connector::new(&config)?;
+        let client = connector.client().await.map_err(|e| {
+            Error::transport(
+                crate::connect::BACKEND,
+                format!("cannot connect to {}: {e}", config.redacted_url()),
+            )
+        })?;
+        let broadcast = Arc::new(Broadcast::new(
+            connector.clone(),
+            config.subscription_capacity,
+        ));
+        let (close_tx, _) = watch::channel(false);
+        Ok(RedisTransport {
+            inner: Arc::new(Inner {
+                config,
+                connector,
+                client,
+                broadcast,
+                closed: AtomicBool::new(false),
+                close_tx,
+            }),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_size(&self, payload: &Bytes) -> Result<()> {
+        let limit = self.inner.config.max_payload;
+        if payload.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RedisTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTransport")
+            .field("url", &self.inner.config.redacted_url())
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.close_tx.send(true);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (client, broadcast) = (self.client.clone(), self.broadcast.clone());
+            rt.spawn(async move {
+                broadcast.close().await;
+                let _ = client.quit().await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    fn name(&self) -> &'static str {
+        match self.inner.config.mode {
+            Mode::Streams => "redis-streams",
+            Mode::List => "redis-list",
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .durable(true)
+            .redelivers_on_crash(true)
+            .wildcards(true)
+            .ordered(true)
+            .max_payload(self.inner.config.max_payload)
+            .dead_letters(true)
+            .shared_between_processes(true)
+    }
+
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        self.check_open()?;
+        self.check_size(&payload)?;
+        self.inner
+            .client
+            .publish::<i64, _, _>(topic.to_redis(), Value::Bytes(payload))
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
+        self.check_open()?;
+        self.inner.broadcast.subscribe(filter).await
+    }
+
+    async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        self.check_open()?;
+        self.check_size(&payload)?;
+        if topic.action() != Action::Perform {
+            return Err(Error::Config(format!(
+                "enqueue takes a perform topic, not {topic}"
+            )));
+        }
+        let inner = &self.inner;
+        // Replies to this perform come by pub/sub: after a reconnection, wait until the
+        // subscriptions are back before sending it.
+        inner.broadcast.ready(inner.config.timeout).await?;
+        match inner.config.mode {
+            Mode::Streams => streams::enqueue(&inner.client, &inner.config, topic, payload).await,
+            Mode::List => list::enqueue(&inner.client, &inner.config, topic, payload).await,
+        }
+    }
+
+    async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
+        self.check_open()?;
+        let inner = &self.inner;
+        let closed = inner.close_tx.subscribe();
+        match inner.config.mode {
+            Mode::Streams => {
+                streams::consume(
+                    &inner.connector,
+                    &inner.client,
+                    &inner.config,
+                    queue,
+                    options,
+                    closed,
+                )
+                .await
+            }
+            Mode::List => {
+                list::consume(
+                    &inner.connector,
+                    &inner.client,
+                    &inner.config,
+                    queue,
+                    options,
+                    closed,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Adds the letter to its queue's dead-letter stream `{prefix}:{u:j:t:x}:dead` (fields
+    /// `topic`, `payload`, `reason`), or to `{prefix}:dead` when its topic is not valid.
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        self.check_open()?;
+        let config = &self.inner.config;
+        let key = match letter.topic.parse::<Topic>() {
+            Ok(topic) => QueueKeys::of_topic(&config.prefix, &topic).dead(),
+            Err(_) => global_dead(&config.prefix),
+        };
+        self.inner
+            .client
+            .xadd::<Value, _, _, _, _>(
+                key,
+                false,
+                ("MAXLEN", "~", config.dead_letter_max_len as i64),
+                "*",
+                vec![
+                    ("topic", Value::from(letter.topic)),
+                    ("payload", Value::Bytes(letter.payload)),
+                    ("reason", Value::from(letter.reason.to_string())),
+                ],
+            )
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _ = self.inner.close_tx.send(true);
+        self.inner.broadcast.close().await;
+        let _ = self.inner.client.quit().await;
+        Ok(())
+    }
+}
