@@ -1,0 +1,419 @@
+//! [`AmqpTransport`]: the [`Transport`] on RabbitMQ, and the task that keeps it connected.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use aether_core::{
+    Action, Capabilities, ConsumeOptions, Consumer, DeadLetter, Error, Result, Subscription, Topic,
+    TopicFilter, Transport, WorkQueue,
+};
+use amqprs::{BasicProperties, FieldTable};
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::broadcast::SubState;
+use crate::channel::lock;
+use crate::config::AmqpConfig;
+use crate::error::AmqpError;
+use crate::session::Session;
+use crate::topology::{Decl, IntoField, Topology, insert};
+use crate::work::ConsumerState;
+
+/// Quick retries of a publish whose channel failed while the connection stayed up.
+const QUICK_RETRIES: u32 = 3;
+
+/// A transport on RabbitMQ (AMQP 0-9-1). See the [crate docs](crate) for the layout on
+/// the broker and the guarantees.
+///
+/// One `AmqpTransport` is one connection, re-established (with every subscription and
+/// consumer) whenever it is lost. Dropping it closes it.
+pub struct AmqpTransport {
+    shared: Arc<Shared>,
+}
+
+impl AmqpTransport {
+    /// Connects to the broker an `amqp://` or `amqps://` URL names (see
+    /// [`AmqpConfig::from_url`]). Fails if the first connection cannot be made; later
+    /// losses are repaired in the background.
+    pub async fn connect(url: &str) -> Result<AmqpTransport> {
+        AmqpTransport::with_config(AmqpConfig::from_url(url)?).await
+    }
+
+    /// Connects with `config`.
+    pub async fn with_config(config: AmqpConfig) -> Result<AmqpTransport> {
+        config.validate()?;
+        let session = Arc::new(Session::open(&config, 1).await?);
+        warn_about_old_brokers(&config, session.server_version());
+        let (closed, closed_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            topology: Topology::new(&config),
+            config,
+            current: watch::channel(None).0,
+            closed,
+            ids: AtomicU64::new(1),
+            subs: Default::default(),
+            consumers: Default::default(),
+        });
+        shared.current.send_replace(Some(session.clone()));
+        tokio::spawn(supervise(Arc::downgrade(&shared), closed_rx, session));
+        Ok(AmqpTransport { shared })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &AmqpConfig {
+        &self.shared.config
+    }
+
+    /// The broker's version (e.g. `3.13.7`), while connected.
+    pub fn server_version(&self) -> Option<String> {
+        self.shared
+            .session_now()
+            .map(|s| s.server_version().to_owned())
+    }
+}
+
+impl fmt::Debug for AmqpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpTransport")
+            .field("broker", &self.shared.config.display_url())
+            .field("connected", &self.shared.session_now().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for AmqpTransport {
+    fn drop(&mut self) {
+        self.shared.shut_down();
+    }
+}
+
+/// What the transport, its subscriptions, consumers and deliveries share.
+pub(crate) struct Shared {
+    pub(crate) config: AmqpConfig,
+    pub(crate) topology: Topology,
+    /// The connection, while it is up and its subscriptions and consumers are restored.
+    current: watch::Sender<Option<Arc<Session>>>,
+    closed: watch::Sender<bool>,
+    ids: AtomicU64,
+    pub(crate) subs: Mutex<HashMap<u64, Arc<SubState>>>,
+    pub(crate) consumers: Mutex<HashMap<u64, Arc<ConsumerState>>>,
+}
+
+impl Shared {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The ready connection, if there is one now.
+    pub(crate) fn session_now(&self) -> Option<Arc<Session>> {
+        self.current.borrow().clone().filter(|s| s.is_alive())
+    }
+
+    /// The ready connection, waiting for a reconnection until `deadline`.
+    pub(crate) async fn session(&self, deadline: Instant) -> Result<Arc<Session>> {
+        let mut current = self.current.subscribe();
+        let mut closed = self.closed.subscribe();
+        let ready = async {
+            loop {
+                if let Some(s) = current.borrow_and_update().clone().filter(|s| s.is_alive()) {
+                    return Ok(s);
+                }
+                tokio::select! {
+                    changed = current.changed() => if changed.is_err() { return Err(Error::Closed) },
+                    _ = closed.wait_for(|c| *c) => return Err(Error::Closed),
+                }
+            }
+        };
+        tokio::select! {
+            r = ready => r,
+            _ = tokio::time::sleep_until(deadline) => Err(Error::Timeout("waiting for the AMQP connection")),
+        }
+    }
+
+    /// Declares what is missing of `decls`, publishes and waits for the broker's confirm,
+    /// riding out a reconnection within the publish timeout. After a lost connection the
+    /// message is sent again, so it may arrive twice.
+    pub(crate) async fn publish(
+        &self,
+        decls: &[Decl],
+        exchange: &str,
+        routing_key: &str,
+        properties: &BasicProperties,
+        body: &[u8],
+    ) -> Result<()> {
+        self.check_open()?;
+        let deadline = Instant::now() + self.config.publish_timeout;
+        let mut quick = 0;
+        loop {
+            let session = self.session(deadline).await?;
+            let attempt = async {
+                session.ensure(decls, false).await?;
+                session
+                    .publish(exchange, routing_key, properties, body)
+                    .await
+            };
+            let err = match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => return Err(Error::Timeout("AMQP publish (no confirm from the broker)")),
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+            };
+            match &err {
+                // An exchange deleted under us: declare again.
+                AmqpError::ChannelClosed { code: 404, .. } if quick < QUICK_RETRIES => {
+                    session.forget_declared();
+                }
+                e if e.is_connection_loss() && !session.is_alive() => {
+                    tracing::debug!(error = %e, "publish interrupted by a lost connection; sending again");
+                    session.lost().await;
+                    continue;
+                }
+                e if e.is_connection_loss() && quick < QUICK_RETRIES => {}
+                _ => return Err(err.into()),
+            }
+            quick += 1;
+        }
+    }
+
+    /// Stores a dead letter in the dead-letter queue, with its reason in headers.
+    pub(crate) async fn dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+        let mut headers = FieldTable::new();
+        insert(
+            &mut headers,
+            "x-aether-reason",
+            letter.reason.to_string().into_field(),
+        );
+        insert(
+            &mut headers,
+            "x-aether-topic",
+            letter.topic.clone().into_field(),
+        );
+        let properties = BasicProperties::default()
+            .with_persistence(true)
+            .with_headers(headers)
+            .finish();
+        let routing_key = truncate(&letter.topic.replace('/', "."), 255).to_owned();
+        self.publish(
+            &self.topology.dead_letters(),
+            self.topology.dead_letter(),
+            &routing_key,
+            &properties,
+            &letter.payload,
+        )
+        .await
+    }
+
+    /// Stops for good: ends subscriptions and consumers; the supervisor closes the
+    /// connection. Returns the connection, the first time.
+    fn shut_down(&self) -> Option<Arc<Session>> {
+        if self.closed.send_replace(true) {
+            return None;
+        }
+        for s in lock(&self.subs).drain() {
+            s.1.close();
+        }
+        for c in lock(&self.consumers).drain() {
+            c.1.close();
+        }
+        self.current.send_replace(None)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Keeps the transport connected: restores subscriptions and consumers on each new
+/// connection before publishes may use it, so a reply to a message sent after a
+/// reconnection finds its subscription in place.
+async fn supervise(
+    shared: Weak<Shared>,
+    mut closed: watch::Receiver<bool>,
+    mut session: Arc<Session>,
+) {
+    let mut first = true;
+    loop {
+        if !first {
+            let Some(s) = shared.upgrade() else { break };
+            restore(&s, &session).await;
+            if s.is_closed() {
+                break;
+            }
+            s.current.send_replace(Some(session.clone()));
+            tracing::info!(connection = %session.conn.connection_name(), "AMQP connection restored");
+        }
+        first = false;
+        tokio::select! {
+            _ = session.lost() => {}
+            _ = closed.wait_for(|c| *c) => break,
+        }
+        let Some(s) = shared.upgrade() else { break };
+        s.current.send_replace(None);
+        let config = s.config.clone();
+        drop(s);
+        tracing::warn!(broker = %config.display_url(), "AMQP connection lost; reconnecting");
+        let mut delay = Duration::from_millis(100);
+        session = loop {
+            match Session::open(&config, session.generation + 1).await {
+                Ok(new) => break Arc::new(new),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "AMQP reconnection failed");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = closed.wait_for(|c| *c) => return,
+            }
+            delay = (delay * 2).min(config.reconnect_max_delay);
+        };
+    }
+    let _ = session.conn.clone().close().await;
+}
+
+/// Attaches every subscription, then every consumer, to `session`.
+async fn restore(shared: &Arc<Shared>, session: &Arc<Session>) {
+    let subs: Vec<_> = lock(&shared.subs).values().cloned().collect();
+    for sub in subs {
+        if let Err(e) = sub.attach(shared, session).await {
+            tracing::warn!(filter = %sub.filter(), error = %e, "could not restore a subscription");
+        }
+    }
+    let consumers: Vec<_> = lock(&shared.consumers).values().cloned().collect();
+    for c in consumers {
+        if let Err(e) = c.attach(shared, session).await {
+            tracing::warn!(queue = %c.queue(), error = %e, "could not restore a consumer");
+        }
+    }
+}
+
+/// RabbitMQ before 3.12 ignores the per-consumer `x-consumer-timeout`; say so once.
+fn warn_about_old_brokers(config: &AmqpConfig, version: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (3, 12) && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            version,
+            wanted = ?config.consumer_timeout,
+            "RabbitMQ before 3.12 ignores per-consumer timeouts: a task running longer than the \
+             broker's consumer_timeout (rabbitmq.conf, 30 min by default) has its channel closed; \
+             aether consumes again and keeps the task, but raise consumer_timeout for long tasks"
+        );
+    }
+}
+
+#[async_trait]
+impl Transport for AmqpTransport {
+    fn name(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .durable(true)
+            .redelivers_on_crash(true)
+            .wildcards(true)
+            .ordered(true)
+            .max_payload(self.shared.config.max_payload)
+            .dead_letters(true)
+            .shared_between_processes(true)
+    }
+
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        self.check_size(&payload)?;
+        let t = &self.shared.topology;
+        let properties = BasicProperties::default().finish();
+        self.shared
+            .publish(
+                &t.broadcast_decls(topic.union()),
+                &t.broadcast(topic.union()),
+                &topic.to_amqp(),
+                &properties,
+                &payload,
+            )
+            .await
+    }
+
+    async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
+        self.shared.check_open()?;
+        if self.shared.topology.per_union() && filter.union().is_none() {
+            return Err(Error::unsupported(
+                "amqp",
+                "a filter with a wildcard union while the exchange name has `{union}` \
+                 (configure one exchange for every union, e.g. exchange=aether)",
+            ));
+        }
+        SubState::subscribe(&self.shared, filter).await
+    }
+
+    async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        self.check_size(&payload)?;
+        if topic.action() != Action::Perform {
+            return Err(Error::Config(format!(
+                "enqueue takes a perform topic, not {topic}"
+            )));
+        }
+        let t = &self.shared.topology;
+        let queue = WorkQueue::of_topic(topic, "_")?;
+        let properties = BasicProperties::default().with_persistence(true).finish();
+        self.shared
+            .publish(
+                &t.enqueue_decls(&queue)?,
+                &t.work(topic.union()),
+                &topic.to_amqp(),
+                &properties,
+                &payload,
+            )
+            .await
+    }
+
+    async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
+        self.shared.check_open()?;
+        ConsumerState::consume(&self.shared, queue, &options).await
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        self.shared.dead_letter(&letter).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if let Some(session) = self.shared.shut_down() {
+            let _ = session.conn.clone().close().await;
+        }
+        Ok(())
+    }
+}
+
+impl AmqpTransport {
+    fn check_size(&self, payload: &Bytes) -> Result<()> {
+        self.shared.check_open()?;
+        let limit = self.shared.config.max_payload;
+        if payload.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+}
