@@ -30,3 +30,199 @@ aether_integration_tests::conformance! {
     worker_process_killed_mid_task,
     broker_restart_workers_resume,
 }
+
+mod amqp_only {
+    //! What only the AMQP adapter promises, against private nodes where the broker must be
+    //! configured or disturbed.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use aether::{Aether, Error, TaskContext};
+    use aether_integration_tests::brokers::amqp::{NodeConfig, PrivateRabbit};
+    use aether_integration_tests::harness::union;
+
+    const WAIT: Duration = Duration::from_secs(60);
+
+    async fn node(rabbit: &PrivateRabbit, u: &str) -> Aether {
+        Aether::builder()
+            .union(u)
+            .transport(rabbit.connect().await)
+            .build()
+            .unwrap()
+    }
+
+    /// A task running longer than the broker's consumer timeout completes, and runs once.
+    ///
+    /// The node's consumer timeout is 2 s, checked every 0.5 s. RabbitMQ 3.12+ applies the
+    /// adapter's per-consumer `x-consumer-timeout` (24 h) instead; older brokers close the
+    /// worker's channel after 2 s, the adapter consumes again, and the running task takes
+    /// over its redelivery instead of being started again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn task_longer_than_the_consumer_timeout_completes_once() {
+        let rabbit = PrivateRabbit::start(NodeConfig {
+            conf: "consumer_timeout = 2000".into(),
+            rabbit_env: vec!["{channel_tick_interval, 500}".into()],
+        })
+        .await;
+        let u = union();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let wn = node(&rabbit, &u).await;
+        let r = runs.clone();
+        let _w = wn
+            .worker()
+            .announce(false)
+            .handle("long", "job", "x", move |_ctx: TaskContext, secs: u64| {
+                r.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    Ok::<_, Error>(secs * 10)
+                }
+            })
+            .start()
+            .await
+            .unwrap();
+        let cn = node(&rabbit, &u).await;
+        let task = cn
+            .client()
+            .perform("long", "job", "x", &6u64)
+            .await
+            .unwrap();
+        let r: u64 = tokio::time::timeout(WAIT, task.result())
+            .await
+            .expect("the long task's result")
+            .unwrap();
+        assert_eq!(r, 60);
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+        // Nothing is left for a second run: the queue is empty and nothing unacknowledged.
+        let queues = rabbit
+            .ctl(&["list_queues", "name", "messages", "messages_unacknowledged"])
+            .await;
+        let line = queues
+            .lines()
+            .find(|l| l.contains(".long.job.x.workgroup"))
+            .expect("the work queue");
+        assert!(line.ends_with("\t0\t0"), "{line}");
+        // The path taken depends on the broker: check it was the one expected.
+        let version = rabbit.version().await;
+        let mut v = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let per_consumer = (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (3, 12);
+        let timed_out = rabbit
+            .log_text()
+            .contains("timed out waiting for delivery acknowledgement");
+        assert_eq!(
+            timed_out, !per_consumer,
+            "RabbitMQ {version}: the channel should time out only where x-consumer-timeout is ignored"
+        );
+    }
+
+    /// A workgroup queue deleted under a running worker, then every connection closed by
+    /// the broker: the worker declares and consumes again, the client reconnects, and tasks
+    /// keep completing without user code. Rejected input lands in the dead-letter queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleted_queue_and_closed_connections_are_recovered() {
+        let rabbit = PrivateRabbit::start(NodeConfig::default()).await;
+        let u = union();
+        let wn = node(&rabbit, &u).await;
+        let _w = wn
+            .worker()
+            .announce(false)
+            .handle("rc", "echo", "x", |_ctx: TaskContext, v: u32| async move {
+                Ok::<_, Error>(v)
+            })
+            .start()
+            .await
+            .unwrap();
+        let cn = node(&rabbit, &u).await;
+        let client = cn.client();
+        let echo = |v: u32| {
+            let client = client.clone();
+            async move {
+                // A send may race a reconnection; retry like the suite's restart case.
+                let start = tokio::time::Instant::now();
+                let task = loop {
+                    match client.perform("rc", "echo", "x", &v).await {
+                        Ok(task) => break task,
+                        Err(e) => {
+                            assert!(start.elapsed() < WAIT, "never sent: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                };
+                tokio::time::timeout(WAIT, task.result::<u32>())
+                    .await
+                    .expect("result in time")
+                    .unwrap()
+            }
+        };
+        assert_eq!(echo(1).await, 1);
+
+        let queue = format!("aether.{u}.rc.echo.x.workgroup");
+        rabbit.ctl(&["delete_queue", &queue]).await;
+        assert_eq!(echo(2).await, 2, "after the work queue was deleted");
+
+        rabbit
+            .ctl(&["close_all_connections", "closed by the aether test"])
+            .await;
+        assert_eq!(echo(3).await, 3, "after the broker closed every connection");
+
+        // Garbage on the queue is rejected into the dead-letter queue.
+        let raw = rabbit.connect().await;
+        let topic: aether::Topic = format!("{u}/rc/echo/x/bad1/perform").parse().unwrap();
+        raw.enqueue(&topic, aether::Bytes::from_static(b"\x00 not an envelope"))
+            .await
+            .unwrap();
+        assert_eq!(echo(4).await, 4);
+        let start = tokio::time::Instant::now();
+        loop {
+            let queues = rabbit.ctl(&["list_queues", "name", "messages"]).await;
+            let dead = queues
+                .lines()
+                .find_map(|l| l.strip_prefix("aether.dead-letters\t"))
+                .and_then(|n| n.trim().parse::<u32>().ok())
+                .unwrap_or(0);
+            if dead >= 1 {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "no dead letter: {queues}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A perform sent before any worker ran reaches a workgroup other than the default one
+/// that starts later: the client never needs to know workgroup names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_task_reaches_a_custom_workgroup() {
+    use aether::{Error, TaskContext};
+    use aether_integration_tests::harness::{Harness, node, union};
+    let h = AmqpHarness::from_env();
+    let u = union();
+    let cn = node(&h, &u, |b| b).await;
+    let task = cn
+        .client()
+        .perform("early", "job", "x", &5u32)
+        .await
+        .unwrap();
+    let wn = node(&h, &u, |b| b).await;
+    let _w = wn
+        .worker()
+        .announce(false)
+        .workgroup("billing")
+        .handle(
+            "early",
+            "job",
+            "x",
+            |_ctx: TaskContext, v: u32| async move { Ok::<_, Error>(v + 1) },
+        )
+        .start()
+        .await
+        .unwrap();
+    let r: u32 = tokio::time::timeout(std::time::Duration::from_secs(30), task.result())
+        .await
+        .expect("the billing worker's result")
+        .unwrap();
+    assert_eq!(r, 6);
+    let _ = h.name();
+}

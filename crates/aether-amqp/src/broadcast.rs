@@ -78,7 +78,7 @@ impl SubState {
         let deadline = Instant::now() + shared.config.publish_timeout;
         loop {
             let session = shared.session(deadline).await?;
-            match state.attach(shared, &session).await {
+            match state.attach(shared, &session, None).await {
                 Ok(()) => break,
                 Err(e) if e.is_connection_loss() && !session.is_alive() => session.lost().await,
                 Err(e) => return Err(e.into()),
@@ -101,9 +101,12 @@ impl SubState {
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         session: &Arc<Session>,
+        ended: Option<&str>,
     ) -> Result<(), AmqpError> {
         let mut attached = self.attached.lock().await;
-        if attached.generation == session.generation
+        let stale = ended.is_some_and(|tag| tag == attached.tag);
+        if !stale
+            && attached.generation == session.generation
             && attached.chan.as_ref().is_some_and(Chan::is_open)
         {
             return Ok(());
@@ -158,6 +161,7 @@ impl SubState {
             Arc::downgrade(shared),
             session.generation,
             chan.clone(),
+            tag.clone(),
             rx,
             tx,
         ));
@@ -179,6 +183,7 @@ async fn forward(
     shared: Weak<Shared>,
     generation: u64,
     chan: Chan,
+    consumer_tag: String,
     mut rx: mpsc::UnboundedReceiver<ConsumerMessage>,
     tx: mpsc::Sender<Received>,
 ) {
@@ -217,7 +222,7 @@ async fn forward(
     if session.generation != generation || lock(&state.tx).is_none() {
         return;
     }
-    reattach(state, shared, session).await;
+    reattach(state, shared, session, consumer_tag).await;
 }
 
 /// Subscribes again; boxed as `Send` to cut the `attach` → `forward` → `attach` cycle the
@@ -226,9 +231,10 @@ fn reattach(
     state: Arc<SubState>,
     shared: Arc<Shared>,
     session: Arc<Session>,
+    consumer_tag: String,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
-        if let Err(e) = state.attach(&shared, &session).await {
+        if let Err(e) = state.attach(&shared, &session, Some(&consumer_tag)).await {
             tracing::warn!(filter = %state.filter, error = %e, "could not subscribe again after the channel closed");
         }
     })

@@ -294,13 +294,13 @@ async fn supervise(
 async fn restore(shared: &Arc<Shared>, session: &Arc<Session>) {
     let subs: Vec<_> = lock(&shared.subs).values().cloned().collect();
     for sub in subs {
-        if let Err(e) = sub.attach(shared, session).await {
+        if let Err(e) = sub.attach(shared, session, None).await {
             tracing::warn!(filter = %sub.filter(), error = %e, "could not restore a subscription");
         }
     }
     let consumers: Vec<_> = lock(&shared.consumers).values().cloned().collect();
     for c in consumers {
-        if let Err(e) = c.attach(shared, session).await {
+        if let Err(e) = c.attach(shared, session, None).await {
             tracing::warn!(queue = %c.queue(), error = %e, "could not restore a consumer");
         }
     }

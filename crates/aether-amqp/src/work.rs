@@ -92,7 +92,7 @@ impl ConsumerState {
         let deadline = Instant::now() + shared.config.publish_timeout;
         loop {
             let session = shared.session(deadline).await?;
-            match state.attach(shared, &session).await {
+            match state.attach(shared, &session, None).await {
                 Ok(()) => break,
                 Err(e) if e.is_connection_loss() && !session.is_alive() => session.lost().await,
                 Err(e) => return Err(e.into()),
@@ -116,9 +116,12 @@ impl ConsumerState {
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         session: &Arc<Session>,
+        ended: Option<&str>,
     ) -> Result<(), AmqpError> {
         let mut attached = self.attached.lock().await;
-        if attached.generation == session.generation
+        let stale = ended.is_some_and(|tag| tag == attached.tag);
+        if !stale
+            && attached.generation == session.generation
             && attached.chan.as_ref().is_some_and(Chan::is_open)
         {
             return Ok(());
@@ -153,6 +156,7 @@ impl ConsumerState {
             Arc::downgrade(shared),
             session.generation,
             chan.clone(),
+            tag.clone(),
             rx,
             tx,
         ));
@@ -214,6 +218,7 @@ async fn forward(
     shared: Weak<Shared>,
     generation: u64,
     chan: Chan,
+    consumer_tag: String,
     mut rx: mpsc::UnboundedReceiver<ConsumerMessage>,
     tx: mpsc::Sender<Consumed>,
 ) {
@@ -286,7 +291,7 @@ async fn forward(
         return;
     }
     tracing::info!(queue = %state.queue, "consumer channel closed; consuming again");
-    reattach(state, shared, session).await;
+    reattach(state, shared, session, consumer_tag).await;
 }
 
 /// Consumes again; boxed as `Send` to cut the `attach` → `forward` → `attach` cycle the
@@ -295,9 +300,10 @@ fn reattach(
     state: Arc<ConsumerState>,
     shared: Arc<Shared>,
     session: Arc<Session>,
+    consumer_tag: String,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
-        if let Err(e) = state.attach(&shared, &session).await {
+        if let Err(e) = state.attach(&shared, &session, Some(&consumer_tag)).await {
             tracing::warn!(queue = %state.queue, error = %e, "could not consume again after the channel closed");
         }
     })

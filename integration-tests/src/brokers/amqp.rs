@@ -288,6 +288,28 @@ impl PrivateRabbit {
         }
     }
 
+    /// The broker's version, e.g. `3.10.8`.
+    pub async fn version(&self) -> String {
+        let status = self.ctl(&["status"]).await;
+        status
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("RabbitMQ version: "))
+            .unwrap_or_else(|| panic!("no version in rabbitmqctl status:\n{status}"))
+            .trim()
+            .to_owned()
+    }
+
+    /// Everything the node logged so far.
+    pub fn log_text(&self) -> String {
+        let mut text = std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("log")) {
+            for e in entries.flatten() {
+                text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        text
+    }
+
     fn log(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(40).collect();
