@@ -117,17 +117,35 @@ impl MqttTransport {
             l.send_modify(|l| l.up = false);
         });
 
-        let options = connect_options(&config, &client_id)?;
+        let options = match connect_options(&config, &client_id) {
+            Ok(o) => o,
+            Err(e) => {
+                retire(client, None);
+                return Err(e);
+            }
+        };
         let uri = config.server_uri();
-        match tokio::time::timeout(
+        let token = client.connect(options);
+        let pending = token.clone();
+        let failure = match tokio::time::timeout(
             config.connect_timeout + Duration::from_secs(1),
-            client.connect(options),
+            token,
         )
         .await
         {
-            Ok(Ok(_)) => {}
-            Ok(Err(source)) => return Err(MqttError::Connect { uri, source }.into()),
-            Err(_) => return Err(Error::Timeout("mqtt connect")),
+            Ok(Ok(_)) => None,
+            Ok(Err(source)) => Some(
+                MqttError::Connect {
+                    uri: uri.clone(),
+                    source,
+                }
+                .into(),
+            ),
+            Err(_) => Some(Error::Timeout("mqtt connect")),
+        };
+        if let Some(e) = failure {
+            retire(client, Some(pending));
+            return Err(e);
         }
         tracing::debug!(%uri, %client_id, "mqtt connected");
         Ok(MqttTransport {
@@ -200,6 +218,26 @@ impl fmt::Debug for MqttTransport {
     }
 }
 
+/// Drops a client whose first connection failed, off paho's threads. The connect token
+/// holds a clone of the client and paho drops it inside its failure callback, with its
+/// global lock held: were that the last clone, destroying the client there would wait on
+/// that lock forever. So wait for the token (on a thread of its own), then take paho's lock
+/// once (`is_connected`) so its callback has returned, and only then drop the client here.
+fn retire(client: paho::AsyncClient, token: Option<paho::Token>) {
+    let retired = std::thread::Builder::new()
+        .name("aether-mqtt-retire".into())
+        .spawn(move || {
+            if let Some(token) = token {
+                let _ = token.wait();
+            }
+            let _ = client.is_connected();
+            drop(client);
+        });
+    if let Err(e) = retired {
+        tracing::warn!(error = %e, "could not start a thread to drop a failed mqtt client");
+    }
+}
+
 fn connect_options(config: &MqttConfig, client_id: &str) -> Result<paho::ConnectOptions> {
     let mut b = match config.version {
         MqttVersion::V5 => paho::ConnectOptionsBuilder::new_v5(),
@@ -236,9 +274,18 @@ fn connect_options(config: &MqttConfig, client_id: &str) -> Result<paho::Connect
     }
     if let Some(tls) = &config.tls {
         let mut s = paho::SslOptionsBuilder::new();
-        let bad_path = |what: &str, e: paho::Error| {
-            Error::Config(format!("TLS {what}: {e} (does the file exist?)"))
-        };
+        for (what, path) in [
+            ("ca_file", &tls.ca_file),
+            ("cert_file", &tls.cert_file),
+            ("key_file", &tls.key_file),
+        ] {
+            if let Some(path) = path
+                && let Err(e) = std::fs::metadata(path)
+            {
+                return Err(Error::Config(format!("TLS {what} {}: {e}", path.display())));
+            }
+        }
+        let bad_path = |what: &str, e: paho::Error| Error::Config(format!("TLS {what}: {e}"));
         if let Some(ca) = &tls.ca_file {
             s.trust_store(ca).map_err(|e| bad_path("ca_file", e))?;
         }
