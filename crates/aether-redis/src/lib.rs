@@ -32,7 +32,7 @@
 //!   context), `{prefix}:{union:job:task:context}:stream`, one consumer group per
 //!   workgroup. Idle entries are reclaimed after the lease (`XAUTOCLAIM`), entries
 //!   delivered more than `max_deliveries` times move to the queue's dead-letter stream,
-//!   acknowledged entries are trimmed. See [`streams`](crate#modules).
+//!   acknowledged entries are trimmed.
 //! - **Work queue, [`Mode::List`]**: a list per workgroup, `BLMOVE` into a per-consumer
 //!   processing list, `LREM` on ack, a reaper for consumers whose presence expired.
 //! - **Dead letters**: the stream `{prefix}:{union:job:task:context}:dead` (fields
