@@ -41,11 +41,12 @@
 //!   subscription is an exclusive, auto-delete queue bound with its filter (`+` becomes
 //!   `*`, `#` stays `#`); messages are acknowledged once in the subscription's buffer, so a
 //!   slow subscriber leaves its backlog on the broker.
-//! - **Performs** go, persistent and with publisher confirms, to the topic exchange
-//!   `aether.{union}.work`. Each workgroup has one durable queue
-//!   `aether.{union}.{job}.{task}.{context}.{workgroup}` bound to it, so every workgroup
-//!   gets every task and the workers of one workgroup share them. `enqueue` returns once the
-//!   broker has confirmed the message.
+//! - **Performs** go, persistent and with publisher confirms, to the direct exchange
+//!   `aether.{union}.work` with the routing key `union.job.task.context` and the tid as the
+//!   message id (a direct exchange costs RabbitMQ far less to route than a topic one). Each
+//!   workgroup has one durable queue `aether.{union}.{job}.{task}.{context}.{workgroup}`
+//!   bound to it, so every workgroup gets every task and the workers of one workgroup share
+//!   them. `enqueue` returns once the broker has confirmed the message.
 //! - **Tasks sent before any worker** of their (job, task, context) ever ran match no
 //!   workgroup queue. The work exchange's alternate exchange `aether.{union}.unrouted`
 //!   puts them in the durable holding queue `aether.{union}.{job}.{task}.{context}:unrouted`,
@@ -110,6 +111,10 @@ mod work;
 pub use config::{AmqpConfig, QueueType};
 pub use error::AmqpError;
 pub use transport::AmqpTransport;
+
+/// The amqprs crate this adapter is built on, for code that needs the raw client (the
+/// benchmark's baseline, say).
+pub use amqprs;
 
 use std::sync::Arc;
 

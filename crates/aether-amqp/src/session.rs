@@ -130,6 +130,21 @@ impl Session {
         Ok(())
     }
 
+    /// Runs the declarations `build` makes unless `key` says they were made on this
+    /// connection: one lookup on the hot path instead of building them each time.
+    pub(crate) async fn ensure_all(
+        &self,
+        key: &str,
+        build: impl FnOnce() -> Result<Vec<Decl>, aether_core::Error>,
+    ) -> Result<(), aether_core::Error> {
+        if lock(&self.declared).contains(key) {
+            return Ok(());
+        }
+        self.ensure(&build()?, false).await?;
+        lock(&self.declared).insert(key.to_owned());
+        Ok(())
+    }
+
     /// Forgets what was declared, e.g. after the broker said an exchange is missing.
     pub(crate) fn forget_declared(&self) {
         lock(&self.declared).clear();

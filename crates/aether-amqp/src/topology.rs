@@ -6,8 +6,8 @@
 //! |------|------|------|
 //! | broadcasts (status, complete, cancel, online, idle) | `aether.u` | topic exchange, routing key `u.job.task.context.tid.action` |
 //! | each subscription | server-named | exclusive, auto-delete queue bound with the filter (`+` → `*`) |
-//! | performs | `aether.u.work` | topic exchange, alternate exchange `aether.u.unrouted` |
-//! | a workgroup's tasks | `aether.u.job.task.context.workgroup` | durable queue bound with `u.job.task.context.*.perform`, dead-lettering to `aether.dead-letters` |
+//! | performs | `aether.u.work` | direct exchange, routing key `u.job.task.context`, the tid as message id; alternate exchange `aether.u.unrouted` |
+//! | a workgroup's tasks | `aether.u.job.task.context.workgroup` | durable queue bound with `u.job.task.context`, dead-lettering to `aether.dead-letters` |
 //! | performs sent before any workgroup queue existed | `aether.u.job.task.context:unrouted` | durable queue bound to `aether.u.unrouted`, moved to the workgroup queues by the first worker |
 //! | dead letters | `aether.dead-letters` | fanout exchange and durable queue (bounded) |
 
@@ -85,9 +85,11 @@ impl Topology {
         checked(format!("{}.{}:unrouted", self.queue_prefix, q.key('.')))
     }
 
-    /// The binding key that selects `q`'s performs.
-    pub(crate) fn work_binding(q: &WorkQueue) -> String {
-        format!("{}.*.perform", q.key('.'))
+    /// The routing (and binding) key of `q`'s performs: `union.job.task.context`. The work
+    /// exchange is a direct exchange, far cheaper for RabbitMQ to route than a topic one;
+    /// the tid travels as the message id.
+    pub(crate) fn work_key(q: &WorkQueue) -> String {
+        q.key('.')
     }
 
     /// The dead-letter exchange and its queue.
@@ -139,12 +141,12 @@ impl Topology {
         decls.extend([
             Decl::Exchange {
                 name: self.unrouted(union),
-                kind: "topic",
+                kind: "direct",
                 args: FieldTable::new(),
             },
             Decl::Exchange {
                 name: self.work(union),
-                kind: "topic",
+                kind: "direct",
                 args: work_args,
             },
             Decl::Queue {
@@ -154,7 +156,7 @@ impl Topology {
             Decl::Bind {
                 queue: self.holding_queue(q)?,
                 exchange: self.unrouted(union),
-                key: Topology::work_binding(q),
+                key: Topology::work_key(q),
             },
         ]);
         Ok(decls)
@@ -171,7 +173,7 @@ impl Topology {
             Decl::Bind {
                 queue: self.work_queue(q)?,
                 exchange: self.work(q.union()),
-                key: Topology::work_binding(q),
+                key: Topology::work_key(q),
             },
         ]);
         Ok(decls)
@@ -327,7 +329,7 @@ mod tests {
             t.holding_queue(&q).unwrap(),
             "aether.u3.img.resize.x:unrouted"
         );
-        assert_eq!(Topology::work_binding(&q), "u3.img.resize.x.*.perform");
+        assert_eq!(Topology::work_key(&q), "u3.img.resize.x");
         let one = Topology::new(&AmqpConfig::default().exchange("bus"));
         assert!(!one.per_union());
         assert_eq!(one.broadcast("u3"), "bus");
@@ -349,7 +351,7 @@ mod tests {
             &consume[enqueue.len()..],
             [
                 "q aether.u.j.t.x.g",
-                "b aether.u.j.t.x.g aether.u.work u.j.t.x.*.perform"
+                "b aether.u.j.t.x.g aether.u.work u.j.t.x"
             ]
         );
     }

@@ -147,12 +147,12 @@ impl Shared {
         }
     }
 
-    /// Declares what is missing of `decls`, publishes and waits for the broker's confirm,
-    /// riding out a reconnection within the publish timeout. After a lost connection the
-    /// message is sent again, so it may arrive twice.
+    /// Declares what `needs` needs, publishes and waits for the broker's confirm, riding
+    /// out a reconnection within the publish timeout. After a lost connection the message
+    /// is sent again, so it may arrive twice.
     pub(crate) async fn publish(
         &self,
-        decls: &[Decl],
+        needs: Needs<'_>,
         exchange: &str,
         routing_key: &str,
         properties: &BasicProperties,
@@ -160,19 +160,30 @@ impl Shared {
     ) -> Result<()> {
         self.check_open()?;
         let deadline = Instant::now() + self.config.publish_timeout;
+        let key = needs.key();
         let mut quick = 0;
         loop {
             let session = self.session(deadline).await?;
             let attempt = async {
-                session.ensure(decls, false).await?;
+                session
+                    .ensure_all(&key, || needs.decls(&self.topology))
+                    .await?;
                 session
                     .publish(exchange, routing_key, properties, body)
                     .await
+                    .map_err(Failure::Amqp)
             };
             let err = match tokio::time::timeout_at(deadline, attempt).await {
                 Err(_) => return Err(Error::Timeout("AMQP publish (no confirm from the broker)")),
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => e,
+                Ok(Err(Failure::Amqp(e))) => e,
+                Ok(Err(Failure::Core(e))) => match e {
+                    Error::Transport { backend, source } => match source.downcast::<AmqpError>() {
+                        Ok(e) => *e,
+                        Err(source) => return Err(Error::Transport { backend, source }),
+                    },
+                    other => return Err(other),
+                },
             };
             match &err {
                 // An exchange deleted under us: declare again.
@@ -210,7 +221,7 @@ impl Shared {
             .finish();
         let routing_key = truncate(&letter.topic.replace('/', "."), 255).to_owned();
         self.publish(
-            &self.topology.dead_letters(),
+            Needs::DeadLetters,
             self.topology.dead_letter(),
             &routing_key,
             &properties,
@@ -232,6 +243,54 @@ impl Shared {
             c.1.close();
         }
         self.current.send_replace(None)
+    }
+}
+
+/// What a publish needs declared first.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Needs<'a> {
+    /// The broadcast exchange of a union.
+    Broadcast(&'a str),
+    /// The work exchange and holding queue of a perform's (union, job, task, context).
+    Enqueue(&'a Topic),
+    /// The dead-letter exchange and queue.
+    DeadLetters,
+}
+
+impl Needs<'_> {
+    /// A key naming the set of declarations, for the per-connection cache.
+    fn key(&self) -> String {
+        match self {
+            Needs::Broadcast(union) => format!("broadcast {union}"),
+            Needs::Enqueue(t) => format!(
+                "enqueue {}/{}/{}/{}",
+                t.union(),
+                t.job(),
+                t.task(),
+                t.context()
+            ),
+            Needs::DeadLetters => "dead letters".into(),
+        }
+    }
+
+    fn decls(&self, t: &Topology) -> Result<Vec<Decl>> {
+        Ok(match self {
+            Needs::Broadcast(union) => t.broadcast_decls(union),
+            Needs::Enqueue(topic) => t.enqueue_decls(&WorkQueue::of_topic(topic, "_")?)?,
+            Needs::DeadLetters => t.dead_letters(),
+        })
+    }
+}
+
+/// Why an attempt to publish failed.
+enum Failure {
+    Amqp(AmqpError),
+    Core(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Core(e)
     }
 }
 
@@ -345,7 +404,7 @@ impl Transport for AmqpTransport {
         let properties = BasicProperties::default().finish();
         self.shared
             .publish(
-                &t.broadcast_decls(topic.union()),
+                Needs::Broadcast(topic.union()),
                 &t.broadcast(topic.union()),
                 &topic.to_amqp(),
                 &properties,
@@ -374,13 +433,16 @@ impl Transport for AmqpTransport {
             )));
         }
         let t = &self.shared.topology;
-        let queue = WorkQueue::of_topic(topic, "_")?;
-        let properties = BasicProperties::default().with_persistence(true).finish();
+        let properties = BasicProperties::default()
+            .with_persistence(true)
+            .with_message_id(topic.tid())
+            .finish();
+        let routing_key = WorkQueue::of_topic(topic, "_")?.key('.');
         self.shared
             .publish(
-                &t.enqueue_decls(&queue)?,
+                Needs::Enqueue(topic),
                 &t.work(topic.union()),
-                &topic.to_amqp(),
+                &routing_key,
                 &properties,
                 &payload,
             )

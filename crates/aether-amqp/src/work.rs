@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use aether_core::transport::InvalidMessage;
 use aether_core::{
-    Acker, Action, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Error, Result, Topic,
-    TopicError, WorkQueue,
+    Acker, Action, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Error, Result,
+    WorkQueue,
 };
 use amqprs::channel::{
     BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicGetArguments,
@@ -231,20 +231,17 @@ async fn forward(
         let Some(st) = state.upgrade() else { break };
         let tag = deliver.delivery_tag();
         let payload = Bytes::from(content);
-        let topic = match Topic::from_amqp(deliver.routing_key()) {
-            Ok(topic) if topic.action() == Action::Perform => topic,
-            parsed => {
-                let error = match parsed {
-                    Err(e) => e,
-                    Ok(t) => TopicError::UnknownAction(format!("{} on a work queue", t.action())),
-                };
+        let tid = properties.message_id().map_or("", String::as_str);
+        let topic = match st.queue.topic(tid, Action::Perform) {
+            Ok(topic) => topic,
+            Err(error) => {
                 // Dead-lettered by the broker through the queue's dead-letter exchange.
                 let _ = chan
                     .channel
                     .basic_reject(BasicRejectArguments::new(tag, false))
                     .await;
                 let invalid = InvalidMessage {
-                    raw_topic: deliver.routing_key().clone(),
+                    raw_topic: format!("{}.{tid}.perform", deliver.routing_key()),
                     payload,
                     error,
                 };
