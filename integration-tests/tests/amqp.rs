@@ -189,6 +189,143 @@ mod amqp_only {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    /// `amqps://` with a private CA: a round trip over TLS, and a clear refusal of a broker
+    /// whose certificate the client does not trust.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_round_trip_and_untrusted_certificate() {
+        let dir = std::env::temp_dir().join(format!("aether-tls-{}", union()));
+        std::fs::create_dir_all(&dir).unwrap();
+        make_certificates(&dir);
+        let tls_port = aether_integration_tests::brokers::spare_port();
+        let p = |f: &str| dir.join(f).display().to_string();
+        let rabbit = PrivateRabbit::start(NodeConfig {
+            conf: format!(
+                "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                p("ca.pem"),
+                p("server.pem"),
+                p("server.key")
+            ),
+            rabbit_env: Vec::new(),
+        })
+        .await;
+        let url = format!(
+            "amqps://guest:guest@localhost:{tls_port}/%2f?tls_ca={}",
+            p("ca.pem")
+        );
+        let u = union();
+        let transport = aether::connect(&url).await.expect("TLS connection");
+        let wn = Aether::builder()
+            .union(&u)
+            .transport(transport)
+            .build()
+            .unwrap();
+        let _w = wn
+            .worker()
+            .announce(false)
+            .handle(
+                "tls",
+                "echo",
+                "x",
+                |_ctx: TaskContext, v: String| async move { Ok::<_, Error>(v) },
+            )
+            .start()
+            .await
+            .unwrap();
+        let cn = Aether::builder()
+            .union(&u)
+            .transport(aether::connect(&url).await.unwrap())
+            .build()
+            .unwrap();
+        let task = cn
+            .client()
+            .perform("tls", "echo", "x", "secret")
+            .await
+            .unwrap();
+        let r: String = tokio::time::timeout(WAIT, task.result())
+            .await
+            .expect("result over TLS")
+            .unwrap();
+        assert_eq!(r, "secret");
+
+        // Without the private CA the broker's certificate is refused.
+        let untrusted = format!("amqps://guest:hunter2@localhost:{tls_port}/%2f");
+        let err = aether::connect(&untrusted).await.unwrap_err().to_string();
+        assert!(err.contains("cannot connect"), "{err}");
+        assert!(!err.contains("hunter2"), "the password leaked: {err}");
+        drop(rabbit);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A CA and a `localhost` server certificate signed by it.
+    fn make_certificates(dir: &std::path::Path) {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.join("server.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=aether test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+    }
 }
 
 /// A perform sent before any worker ran reaches a workgroup other than the default one
