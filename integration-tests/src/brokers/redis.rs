@@ -16,10 +16,14 @@ pub const URL_VAR: &str = "AETHER_TEST_REDIS_URL";
 /// Where the shared Redis is by default.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
-/// Redis in one mode (`streams` or `list`).
-#[derive(Clone, Debug)]
+/// Redis in one mode (`streams` or `list`). Each harness (one per test) uses a key prefix
+/// of its own and deletes its keys when dropped, so tests leave nothing on the shared
+/// server.
+#[derive(Debug)]
 pub struct RedisHarness {
     mode: &'static str,
+    base: String,
+    prefix: String,
     url: String,
 }
 
@@ -27,16 +31,55 @@ impl RedisHarness {
     /// The shared server from the environment, in `mode`.
     pub fn from_env(mode: &'static str) -> RedisHarness {
         let base = std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned());
+        let prefix = format!(
+            "aethertest{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
         RedisHarness {
             mode,
-            url: with_mode(&base, mode),
+            url: with_query(&base, &format!("mode={mode}&prefix={prefix}")),
+            base,
+            prefix,
         }
     }
 }
 
-fn with_mode(base: &str, mode: &str) -> String {
+impl Drop for RedisHarness {
+    fn drop(&mut self) {
+        // Best effort, with the server's own client: SCAN the prefix, DEL what it finds.
+        let url = self.base.split('?').next().unwrap_or(&self.base);
+        let Ok(out) = Command::new("redis-cli")
+            .args([
+                "-u",
+                url,
+                "--scan",
+                "--pattern",
+                &format!("{}:*", self.prefix),
+            ])
+            .stderr(Stdio::null())
+            .output()
+        else {
+            return;
+        };
+        let keys: Vec<&str> = std::str::from_utf8(&out.stdout)
+            .unwrap_or("")
+            .lines()
+            .filter(|k| !k.is_empty())
+            .collect();
+        for chunk in keys.chunks(100) {
+            let _ = Command::new("redis-cli")
+                .args(["-u", url, "DEL"])
+                .args(chunk)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn with_query(base: &str, query: &str) -> String {
     let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}mode={mode}")
+    format!("{base}{sep}{query}")
 }
 
 async fn connect(name: &str, url: &str) -> SharedTransport {
@@ -151,13 +194,13 @@ impl Drop for PrivateRedis {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn mode_is_appended() {
+    fn query_is_appended() {
         assert_eq!(
-            super::with_mode("redis://h:1", "list"),
+            super::with_query("redis://h:1", "mode=list"),
             "redis://h:1?mode=list"
         );
         assert_eq!(
-            super::with_mode("redis://h:1/?timeout=1s", "streams"),
+            super::with_query("redis://h:1/?timeout=1s", "mode=streams"),
             "redis://h:1/?timeout=1s&mode=streams"
         );
     }
