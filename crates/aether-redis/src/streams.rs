@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, StreamsInterface};
 use fred::types::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
@@ -65,6 +65,34 @@ struct Shared {
     queue: WorkQueue,
     max_len: u64,
     dead_max_len: u64,
+    /// To the task that acknowledges in batches.
+    acks: mpsc::Sender<(String, oneshot::Sender<Result<(), fred::error::Error>>)>,
+}
+
+/// Acknowledges in batches: the acks that arrive while one `XACK` is in flight go out
+/// together in the next, so a busy consumer sends one `XACK` per batch, an idle one
+/// acknowledges at once.
+async fn ack_loop(
+    client: Client,
+    stream: String,
+    group: String,
+    mut rx: mpsc::Receiver<(String, oneshot::Sender<Result<(), fred::error::Error>>)>,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
+        let done = client
+            .xack::<i64, _, _, _>(stream.as_str(), group.as_str(), ids)
+            .await
+            .map(drop);
+        for (_, tx) in batch.drain(..) {
+            let _ = tx.send(done.clone());
+        }
+    }
 }
 
 impl Shared {
@@ -81,11 +109,12 @@ impl Shared {
     }
 
     async fn ack(&self, id: &str) -> Result<()> {
-        self.client
-            .xack::<i64, _, _, _>(self.stream.as_str(), self.group.as_str(), id)
+        let (tx, rx) = oneshot::channel();
+        self.acks
+            .send((id.to_owned(), tx))
             .await
-            .map_err(redis_err)?;
-        Ok(())
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?.map_err(redis_err)
     }
 
     async fn requeue(&self, id: &str, redeliveries: u32) -> Result<()> {
@@ -136,6 +165,14 @@ pub(crate) async fn consume(
     closed: watch::Receiver<bool>,
 ) -> Result<Consumer> {
     let keys = QueueKeys::new(&config.prefix, queue);
+    let prefetch = options.prefetch.max(1);
+    let (acks, acks_rx) = mpsc::channel(prefetch);
+    tokio::spawn(ack_loop(
+        client.clone(),
+        keys.stream(),
+        queue.workgroup().to_owned(),
+        acks_rx,
+    ));
     let shared = Arc::new(Shared {
         client: client.clone(),
         stream: keys.stream(),
@@ -146,10 +183,10 @@ pub(crate) async fn consume(
         queue: queue.clone(),
         max_len: config.max_len,
         dead_max_len: config.dead_letter_max_len,
+        acks,
     });
     shared.ensure_group().await?;
     let blocking = connector.blocking_client(config.block).await?;
-    let prefetch = options.prefetch.max(1);
     let (tx, rx) = mpsc::channel(prefetch);
     let (stop_tx, stop_rx) = watch::channel(false);
     let reader = Reader {
