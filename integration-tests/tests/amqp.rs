@@ -363,3 +363,42 @@ async fn early_task_reaches_a_custom_workgroup() {
     assert_eq!(r, 6);
     let _ = h.name();
 }
+
+/// A subscriber slower than the publisher: with a buffer of 4 the consumer pauses and
+/// resumes, and every message still arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_loses_nothing() {
+    use aether::{Bytes, Topic, TopicFilter};
+    use aether_integration_tests::harness::{Harness, union};
+    let h = AmqpHarness::from_env();
+    let url = format!("{}&subscription_capacity=4", h.url().unwrap());
+    let t = aether::connect(&url).await.unwrap();
+    let u = union();
+    let mut sub = t
+        .subscribe(
+            &format!("{u}/j/t/x/+/status")
+                .parse::<TopicFilter>()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    const N: usize = 300;
+    for i in 0..N {
+        let topic: Topic = format!("{u}/j/t/x/{i}/status").parse().unwrap();
+        t.publish(&topic, Bytes::from(i.to_string())).await.unwrap();
+    }
+    for i in 0..N {
+        if i % 50 == 0 {
+            // Let the broker push into a full buffer.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let m = tokio::time::timeout(std::time::Duration::from_secs(20), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} never came"))
+            .expect("subscription open")
+            .expect("valid topic");
+        assert_eq!(m.topic.tid(), i.to_string());
+        assert_eq!(&m.payload[..], i.to_string().as_bytes());
+    }
+    t.close().await.unwrap();
+}

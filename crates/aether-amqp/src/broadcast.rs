@@ -1,6 +1,12 @@
-//! Broadcast subscriptions: an exclusive, auto-delete queue per subscription, bound to the
-//! union's topic exchange with the filter, consumed on the connection's subscription
-//! channel and declared again on every new connection.
+//! Broadcast subscriptions: an exclusive queue per subscription, bound to the union's topic
+//! exchange with the filter, consumed on the connection's subscription channel and
+//! declared again on every new connection.
+//!
+//! Broadcasts promise nothing to absent subscribers, so they are consumed without
+//! acknowledgements (a third less work for RabbitMQ per message than acking each). The
+//! subscription's buffer is still bounded: when it is full, the consumer is cancelled, so
+//! further messages wait in the queue (itself bounded, oldest dropped first), and it
+//! consumes again once the subscriber has caught up.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,11 +17,12 @@ use aether_core::transport::{InvalidMessage, Message};
 use aether_core::{Received, Result, Subscription, Topic, TopicFilter};
 use amqprs::FieldTable;
 use amqprs::channel::{
-    BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicQosArguments,
-    ConsumerMessage, QueueBindArguments, QueueDeclareArguments,
+    BasicCancelArguments, BasicConsumeArguments, ConsumerMessage, QueueBindArguments,
+    QueueDeclareArguments, QueueDeleteArguments,
 };
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
 use crate::channel::{Chan, lock};
@@ -37,7 +44,6 @@ pub(crate) struct SubState {
     decls: Vec<Decl>,
     exchange: String,
     binding: String,
-    capacity: usize,
     /// Where messages go; `None` once the subscription or the transport is closed.
     tx: Mutex<Option<mpsc::Sender<Received>>>,
     attached: tokio::sync::Mutex<Attached>,
@@ -47,6 +53,8 @@ pub(crate) struct SubState {
 #[derive(Default)]
 struct Attached {
     generation: u64,
+    /// Its queue on that connection (exclusive: it goes with the connection).
+    queue: Option<String>,
     chan: Option<Chan>,
     tag: String,
 }
@@ -66,7 +74,6 @@ impl SubState {
             decls: shared.topology.broadcast_decls(union),
             exchange: shared.topology.broadcast(union),
             binding: filter.to_amqp_binding(),
-            capacity,
             tx: Mutex::new(Some(tx)),
             attached: Default::default(),
         });
@@ -114,44 +121,24 @@ impl SubState {
         let Some(tx) = lock(&self.tx).clone() else {
             return Ok(());
         };
-        session.ensure(&self.decls, false).await?;
-        let queue = {
-            let control = session.control().await?;
-            let mut args = FieldTable::new();
-            insert(&mut args, "x-max-length", SUB_QUEUE_MAX.into_field());
-            let declared = control
-                .channel
-                .queue_declare(
-                    QueueDeclareArguments::exclusive_server_named()
-                        .auto_delete(true)
-                        .arguments(args)
-                        .finish(),
-                )
-                .await
-                .map_err(|e| control.failure(e))?;
-            let (queue, ..) = declared.expect("declared without no_wait");
-            control
-                .channel
-                .queue_bind(QueueBindArguments::new(
-                    &queue,
-                    &self.exchange,
-                    &self.binding,
-                ))
-                .await
-                .map_err(|e| control.failure(e))?;
-            queue
+        // The queue outlives a paused or cancelled consumer on the same connection, with
+        // what arrived meanwhile.
+        let queue = match attached.queue.clone() {
+            Some(q) if attached.generation == session.generation => q,
+            _ => self.declare_queue(session).await?,
         };
+        attached.generation = session.generation;
+        attached.queue = Some(queue.clone());
         let tag = format!("aether-sub-{}", TAGS.fetch_add(1, Ordering::Relaxed));
         let (chan, rx) = {
             let subs = session.subscriptions().await?;
-            let prefetch = u16::try_from(self.capacity).unwrap_or(u16::MAX);
-            subs.channel
-                .basic_qos(BasicQosArguments::new(0, prefetch, false))
-                .await
-                .map_err(|e| subs.failure(e))?;
             let (_, rx) = subs
                 .channel
-                .basic_consume_rx(BasicConsumeArguments::new(&queue, &tag))
+                .basic_consume_rx(
+                    BasicConsumeArguments::new(&queue, &tag)
+                        .auto_ack(true)
+                        .finish(),
+                )
                 .await
                 .map_err(|e| subs.failure(e))?;
             (subs.clone(), rx)
@@ -159,34 +146,60 @@ impl SubState {
         tokio::spawn(forward(
             Arc::downgrade(self),
             Arc::downgrade(shared),
-            session.generation,
+            Arc::downgrade(session),
             chan.clone(),
             tag.clone(),
             rx,
             tx,
         ));
-        *attached = Attached {
-            generation: session.generation,
-            chan: Some(chan),
-            tag,
-        };
+        attached.chan = Some(chan);
+        attached.tag = tag;
         Ok(())
+    }
+
+    /// A new exclusive queue bound with the filter.
+    async fn declare_queue(&self, session: &Session) -> Result<String, AmqpError> {
+        session.ensure(&self.decls, false).await?;
+        let control = session.control().await?;
+        let mut args = FieldTable::new();
+        insert(&mut args, "x-max-length", SUB_QUEUE_MAX.into_field());
+        let declared = control
+            .channel
+            .queue_declare(
+                QueueDeclareArguments::exclusive_server_named()
+                    .arguments(args)
+                    .finish(),
+            )
+            .await
+            .map_err(|e| control.failure(e))?;
+        let (queue, ..) = declared.expect("declared without no_wait");
+        control
+            .channel
+            .queue_bind(QueueBindArguments::new(
+                &queue,
+                &self.exchange,
+                &self.binding,
+            ))
+            .await
+            .map_err(|e| control.failure(e))?;
+        Ok(queue)
     }
 }
 
-/// Hands received messages to the subscription, acknowledging each to the broker once it
-/// is in the subscription's buffer (so a slow subscriber leaves its backlog on the broker,
-/// not in memory). When the channel ends while the connection lives, consumes
-/// again.
+/// Hands received messages to the subscription. When its buffer is full, cancels the
+/// consumer (the broker confirms it, so every message it sent is here) and waits for room;
+/// when the consumer has ended (paused, or its channel closed), consumes again on a live
+/// connection. After a lost connection the supervisor restores every subscription.
 async fn forward(
     state: Weak<SubState>,
     shared: Weak<Shared>,
-    generation: u64,
+    session: Weak<Session>,
     chan: Chan,
     consumer_tag: String,
     mut rx: mpsc::UnboundedReceiver<ConsumerMessage>,
     tx: mpsc::Sender<Received>,
 ) {
+    let mut paused = false;
     while let Some(msg) = rx.recv().await {
         let (Some(deliver), Some(content)) = (msg.deliver, msg.content) else {
             continue;
@@ -200,29 +213,50 @@ async fn forward(
                 error,
             }),
         };
-        if tx.send(received).await.is_err() {
-            return;
-        }
-        // One by one: subscriptions share the channel, and a `multiple` ack would settle
-        // another subscription's deliveries, which the broker refuses to see acked twice.
-        let ack = BasicAckArguments::new(deliver.delivery_tag(), false);
-        if chan.channel.basic_ack(ack).await.is_err() {
-            break;
+        match tx.try_send(received) {
+            Ok(()) => {}
+            Err(TrySendError::Closed(_)) => return,
+            Err(TrySendError::Full(received)) => {
+                if !paused {
+                    paused = true;
+                    pause(&session, &chan, &consumer_tag).await;
+                }
+                if tx.send(received).await.is_err() {
+                    return;
+                }
+            }
         }
     }
     drop(tx);
-    // The channel or the connection ended. On a live connection, consume again at once;
-    // after a lost one, the supervisor restores every subscription.
-    let (Some(state), Some(shared)) = (state.upgrade(), shared.upgrade()) else {
+    let (Some(state), Some(shared), Some(session)) =
+        (state.upgrade(), shared.upgrade(), session.upgrade())
+    else {
         return;
     };
-    let Some(session) = shared.session_now() else {
-        return;
-    };
-    if session.generation != generation || lock(&state.tx).is_none() {
+    if !session.is_alive() || lock(&state.tx).is_none() {
         return;
     }
+    if !paused {
+        tracing::info!(filter = %state.filter, "subscription consumer ended; consuming again");
+    }
     reattach(state, shared, session, consumer_tag).await;
+}
+
+/// Cancels a subscription's consumer until its subscriber catches up.
+async fn pause(session: &Weak<Session>, chan: &Chan, consumer_tag: &str) {
+    let Some(session) = session.upgrade() else {
+        return;
+    };
+    // Under the channel's lock: amqprs keeps one responder per method and channel.
+    let Ok(subs) = session.subscriptions().await else {
+        return;
+    };
+    if subs.channel.channel_id() == chan.channel.channel_id() && subs.is_open() {
+        let _ = subs
+            .channel
+            .basic_cancel(BasicCancelArguments::new(consumer_tag))
+            .await;
+    }
 }
 
 /// Subscribes again; boxed as `Send` to cut the `attach` → `forward` → `attach` cycle the
@@ -249,7 +283,8 @@ struct SubGuard {
 impl Drop for SubGuard {
     fn drop(&mut self) {
         self.state.close();
-        if let Some(shared) = self.shared.upgrade() {
+        let shared = self.shared.upgrade();
+        if let Some(shared) = &shared {
             lock(&shared.subs).remove(&self.state.id);
         }
         let state = self.state.clone();
@@ -257,10 +292,20 @@ impl Drop for SubGuard {
             rt.spawn(async move {
                 let attached = state.attached.lock().await;
                 if let Some(chan) = attached.chan.as_ref().filter(|c| c.is_open()) {
-                    // The queue is auto-delete: cancelling its consumer deletes it.
                     let mut cancel = BasicCancelArguments::new(&attached.tag);
                     cancel.no_wait(true);
                     let _ = chan.channel.basic_cancel(cancel).await;
+                }
+                // The queue would go with the connection; delete it now.
+                let session = shared.and_then(|s| s.session_now());
+                if let (Some(session), Some(queue)) = (session, &attached.queue)
+                    && session.generation == attached.generation
+                    && let Ok(control) = session.control().await
+                {
+                    let _ = control
+                        .channel
+                        .queue_delete(QueueDeleteArguments::new(queue))
+                        .await;
                 }
             });
         }
