@@ -38,9 +38,11 @@
 //!
 //! - **Broadcasts** (status, complete, cancel, online, idle) go to the topic exchange
 //!   `aether.{union}` with the routing key `union.job.task.context.tid.action`. Each
-//!   subscription is an exclusive, auto-delete queue bound with its filter (`+` becomes
-//!   `*`, `#` stays `#`); messages are acknowledged once in the subscription's buffer, so a
-//!   slow subscriber leaves its backlog on the broker.
+//!   subscription is an exclusive queue bound with its filter (`+` becomes `*`, `#` stays
+//!   `#`), consumed without acknowledgements (broadcasts promise nothing to absent
+//!   subscribers). A subscriber whose buffer is full pauses its consumer, leaving the
+//!   backlog in the queue on the broker (bounded, oldest dropped first) rather than in
+//!   memory.
 //! - **Performs** go, persistent and with publisher confirms, to the direct exchange
 //!   `aether.{union}.work` with the routing key `union.job.task.context` and the tid as the
 //!   message id (a direct exchange costs RabbitMQ far less to route than a topic one). Each
