@@ -1,12 +1,13 @@
 //! [`MqttConfig`]: everything the MQTT transport can be told, with its defaults, and the
 //! URL form that sets it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use aether_core::envelope::{Codec, Header, encode_raw};
 use aether_core::url::{BrokerUrl, Secret, parse_bool, parse_duration, parse_value};
-use aether_core::{Action, Error, Level, Result, Status, Topic};
+use aether_core::{Error, Level, Result};
+
+use crate::presence::Presence;
+use crate::tls::TlsConfig;
 
 /// The MQTT protocol version spoken to the broker.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -32,114 +33,6 @@ impl std::str::FromStr for MqttVersion {
                 "unknown MQTT version {other:?}; expected 5 or 3.1.1"
             ))),
         }
-    }
-}
-
-/// TLS settings (`mqtts://`). Without a CA file the system's trust store verifies the
-/// broker.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TlsConfig {
-    /// PEM file of the certificate authorities that sign the broker's certificate.
-    /// Default: none (the system's trust store).
-    pub ca_file: Option<PathBuf>,
-    /// PEM file of this client's certificate, for brokers that require one. Default: none.
-    pub cert_file: Option<PathBuf>,
-    /// PEM file of this client's private key (if not in `cert_file`). Default: none.
-    pub key_file: Option<PathBuf>,
-    /// Password of the private key. Default: none.
-    pub key_password: Option<Secret>,
-    /// Whether the broker's certificate must name the host connected to. Default true.
-    pub verify_hostname: bool,
-}
-
-impl TlsConfig {
-    /// Verifies the broker against the system's trust store and its host name.
-    pub fn new() -> Self {
-        TlsConfig {
-            verify_hostname: true,
-            ..TlsConfig::default()
-        }
-    }
-    /// Sets [`TlsConfig::ca_file`].
-    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.ca_file = Some(path.into());
-        self
-    }
-    /// Sets [`TlsConfig::cert_file`] and [`TlsConfig::key_file`].
-    pub fn client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        self.cert_file = Some(cert.into());
-        self.key_file = Some(key.into());
-        self
-    }
-    /// Sets [`TlsConfig::key_password`].
-    pub fn key_password(mut self, password: impl Into<String>) -> Self {
-        self.key_password = Some(Secret::new(password));
-        self
-    }
-    /// Sets [`TlsConfig::verify_hostname`].
-    pub fn verify_hostname(mut self, on: bool) -> Self {
-        self.verify_hostname = on;
-        self
-    }
-}
-
-/// Presence through the MQTT last will: if the connection dies without a clean close, the
-/// broker publishes an `online` message with status `dismissed` and progress 0 on
-/// `{union}/system/online/{host}/{client}/online`, the topic where workers announce
-/// themselves (`connected`, progress 100). A clean [`close`](aether_core::Transport::close)
-/// publishes the same message itself.
-///
-/// Build the node with the same host and client id
-/// (`Aether::builder().host(..).client_id(..)`) so its announcements and its will share
-/// one topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Presence {
-    /// The union.
-    pub union: String,
-    /// The host name. Default: this machine's, up to its first dot (as the core's).
-    pub host: String,
-    /// The client id. Default: the MQTT client id.
-    pub client: Option<String>,
-}
-
-impl Presence {
-    /// Presence in `union` for this host, with the MQTT client id.
-    pub fn new(union: impl Into<String>) -> Self {
-        Presence {
-            union: union.into(),
-            host: short_hostname(),
-            client: None,
-        }
-    }
-    /// Sets [`Presence::host`].
-    pub fn host(mut self, host: impl Into<String>) -> Self {
-        self.host = host.into();
-        self
-    }
-    /// Sets [`Presence::client`].
-    pub fn client(mut self, client: impl Into<String>) -> Self {
-        self.client = Some(client.into());
-        self
-    }
-
-    /// The will's topic and payload for a connection whose MQTT client id is `client_id`.
-    pub(crate) fn will(&self, client_id: &str) -> Result<(Topic, Vec<u8>)> {
-        let client = self.client.as_deref().unwrap_or(client_id);
-        let topic = Topic::new(
-            &self.union,
-            "system",
-            "online",
-            &self.host,
-            client,
-            Action::Online,
-        )?;
-        let header = Header::new(Action::Online, &self.host, client)
-            .status(Status::Dismissed)
-            .progress(0);
-        let payload = encode_raw(Codec::Json, &header, b"{}").to_vec();
-        Ok((topic, payload))
     }
 }
 
@@ -507,22 +400,6 @@ impl MqttConfig {
     }
 }
 
-/// This machine's host name up to its first dot, as the core names hosts; `localhost` if
-/// it is not a valid topic segment.
-pub(crate) fn short_hostname() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_default();
-    let short = raw.trim().split('.').next().unwrap_or_default().to_owned();
-    if aether_core::topic::validate_segment(Level::Context, &short).is_ok() {
-        short
-    } else {
-        "localhost".to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,16 +476,5 @@ mod tests {
         }
         let c = MqttConfig::from_url("mqtt://h?dead_letter_topic=").unwrap();
         assert_eq!(c.dead_letter_topic, None);
-    }
-
-    #[test]
-    fn the_will_is_an_offline_presence_message() {
-        let p = Presence::new("u3").host("vm");
-        let (topic, payload) = p.will("aether-1").unwrap();
-        assert_eq!(topic.as_str(), "u3/system/online/vm/aether-1/online");
-        let env = aether_core::Envelope::decode(payload.into()).unwrap();
-        assert_eq!(env.header().action, Action::Online);
-        assert_eq!(env.header().status, Status::Dismissed);
-        assert_eq!(env.header().progress, 0);
     }
 }

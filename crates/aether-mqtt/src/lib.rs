@@ -93,13 +93,18 @@
 //! [paho-mqtt]: https://crates.io/crates/paho-mqtt
 
 mod config;
+mod connection;
 mod error;
+mod presence;
 mod queue;
 mod router;
+mod tls;
 mod transport;
 
-pub use config::{MqttConfig, MqttVersion, Presence, TlsConfig};
+pub use config::{MqttConfig, MqttVersion};
 pub use error::MqttError;
+pub use presence::Presence;
+pub use tls::TlsConfig;
 pub use transport::MqttTransport;
 
 /// The paho-mqtt crate this adapter is built on, for code that needs the raw client (the

@@ -12,11 +12,13 @@
 //! buffer is full loses the message, and the loss is counted.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use aether_core::{Bytes, InvalidMessage, Message, Received, Topic, TopicFilter, WorkQueue};
 use tokio::sync::mpsc;
+
+use crate::queue::{Job, Slot};
 
 /// The largest MQTT 5 subscription identifier.
 const MAX_SUBSCRIPTION_ID: u32 = 268_435_455;
@@ -24,19 +26,6 @@ const MAX_SUBSCRIPTION_ID: u32 = 268_435_455;
 /// The MQTT 5 user property that counts how often a perform was given back to its
 /// workgroup.
 pub(crate) const REDELIVERIES: &str = "aether-redeliveries";
-
-/// What a consumer's forwarder receives.
-#[derive(Debug)]
-pub(crate) enum Inbound {
-    /// A perform.
-    Job {
-        topic: Topic,
-        payload: Bytes,
-        redeliveries: u32,
-    },
-    /// A message on the queue's filter whose topic the grammar refuses.
-    Invalid(InvalidMessage),
-}
 
 /// A local subscription or consumer: its broker subscription and its own id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +36,7 @@ pub(crate) struct Local {
 
 enum Rx {
     Subscription(mpsc::Sender<Received>),
-    Consumer(mpsc::Sender<Inbound>),
+    Consumer(Arc<Slot>),
 }
 
 enum Kind {
@@ -57,7 +46,7 @@ enum Kind {
     },
     Queue {
         queue: WorkQueue,
-        consumers: Vec<(u64, mpsc::Sender<Inbound>)>,
+        consumers: Vec<(u64, Arc<Slot>)>,
         next: usize,
     },
 }
@@ -147,15 +136,17 @@ impl Router {
     pub(crate) fn add_consumer(
         &self,
         queue: &WorkQueue,
-        tx: mpsc::Sender<Inbound>,
+        slot: Arc<Slot>,
     ) -> Option<(Local, String)> {
-        self.add(&queue.mqtt_shared_subscription(), Rx::Consumer(tx), || {
-            Kind::Queue {
+        self.add(
+            &queue.mqtt_shared_subscription(),
+            Rx::Consumer(slot),
+            || Kind::Queue {
                 queue: queue.clone(),
                 consumers: Vec::new(),
                 next: 0,
-            }
-        })
+            },
+        )
     }
 
     fn add(&self, filter: &str, rx: Rx, create: impl FnOnce() -> Kind) -> Option<(Local, String)> {
@@ -222,10 +213,20 @@ impl Router {
     /// Ends every local subscription and consumer (their receivers see the end) and refuses
     /// new ones.
     pub(crate) fn close(&self) {
-        let mut st = self.lock();
-        st.closed = true;
-        st.entries.clear();
-        st.by_filter.clear();
+        let entries = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.by_filter.clear();
+            std::mem::take(&mut st.entries)
+        };
+        // Outside the lock: ending a consumer drops what waited in its line.
+        for entry in entries.into_values() {
+            if let Kind::Queue { consumers, .. } = entry.kind {
+                for (_, slot) in consumers {
+                    drop(slot.close());
+                }
+            }
+        }
     }
 
     /// Routes one arriving message.
@@ -292,25 +293,36 @@ fn deliver(
         Kind::Queue {
             consumers, next, ..
         } => {
-            let mut item = match parsed {
-                Ok(topic) => Inbound::Job {
+            let mut job = match parsed {
+                Ok(topic) => Job {
                     topic: topic.clone(),
                     payload: m.payload.clone(),
                     redeliveries: m.redeliveries,
                 },
-                Err(e) => Inbound::Invalid(invalid(m, e)),
-            };
-            // Round-robin over the consumers with room.
-            let n = consumers.len();
-            for i in 0..n {
-                let idx = (*next + i) % n;
-                match consumers[idx].1.try_send(item) {
-                    Ok(()) => {
-                        *next = idx + 1;
-                        return 0;
+                Err(e) => {
+                    // Refused by the grammar: dead-lettered, reported to one consumer.
+                    if let Some((_, slot)) = consumers.get(*next % consumers.len().max(1)) {
+                        slot.refuse(invalid(m, e));
                     }
-                    Err(mpsc::error::TrySendError::Full(back))
-                    | Err(mpsc::error::TrySendError::Closed(back)) => item = back,
+                    return 0;
+                }
+            };
+            // Round-robin: a consumer with credit first, else one with room in its line.
+            let n = consumers.len();
+            for with_credit in [true, false] {
+                for i in 0..n {
+                    let idx = (*next + i) % n;
+                    let slot = &consumers[idx].1;
+                    if with_credit && !slot.has_credit() {
+                        continue;
+                    }
+                    match slot.offer(job) {
+                        Ok(()) => {
+                            *next = idx + 1;
+                            return 0;
+                        }
+                        Err(back) => job = back,
+                    }
                 }
             }
             1
@@ -413,23 +425,32 @@ mod tests {
         assert!(wide.try_recv().unwrap().is_err());
     }
 
-    #[test]
-    fn queues_round_robin_and_count_overflow() {
+    #[tokio::test]
+    async fn queues_hand_out_by_credit_then_line() {
         let r = Router::new();
         let q = WorkQueue::new("u", "j", "t", "x", "workgroup").unwrap();
-        let (tx1, mut c1) = mpsc::channel(1);
-        let (tx2, mut c2) = mpsc::channel(1);
-        let (a, filter) = r.add_consumer(&q, tx1).unwrap();
-        r.add_consumer(&q, tx2).unwrap();
+        let (s1, mut c1) = Slot::new(std::sync::Weak::new(), 1, 1);
+        let (s2, mut c2) = Slot::new(std::sync::Weak::new(), 1, 1);
+        let (a, filter) = r.add_consumer(&q, s1).unwrap();
+        r.add_consumer(&q, s2).unwrap();
         assert_eq!(filter, "$share/u_j_workgroup/u/j/t/x/+/perform");
-        for tid in ["1", "2", "3"] {
+        for tid in ["1", "2", "3", "4", "5"] {
             r.dispatch(arrival(&format!("u/j/t/x/{tid}/perform"), &[a.sub]));
         }
-        assert!(matches!(c1.try_recv(), Ok(Inbound::Job { .. })));
-        assert!(matches!(c2.try_recv(), Ok(Inbound::Job { .. })));
-        assert_eq!(r.overflowed(), 1, "both buffers were full for the third");
+        // One delivery each (prefetch 1), one waiting each (line 1), the fifth lost.
+        let d1 = c1.try_recv().unwrap().unwrap();
+        let d2 = c2.try_recv().unwrap().unwrap();
+        assert_eq!((d1.topic.tid(), d2.topic.tid()), ("1", "2"));
+        assert!(c1.try_recv().is_err() && c2.try_recv().is_err());
+        assert_eq!(r.overflowed(), 1);
+        // Settling frees the credit for the next in line.
+        d1.ack().await.unwrap();
+        assert_eq!(c1.try_recv().unwrap().unwrap().topic.tid(), "3");
         r.close();
-        assert!(r.add_consumer(&q, mpsc::channel(1).0).is_none());
-        assert!(c1.try_recv().is_err());
+        assert!(
+            r.add_consumer(&q, Slot::new(std::sync::Weak::new(), 1, 1).0)
+                .is_none()
+        );
+        drop(d2);
     }
 }

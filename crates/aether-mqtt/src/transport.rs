@@ -15,9 +15,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::{MqttConfig, MqttVersion};
+use crate::connection::{self, Link};
 use crate::error::{MqttError, is_disconnect, paho as paho_err};
-use crate::queue;
-use crate::router::{Arrival, Local, REDELIVERIES, Router};
+use crate::queue::{ConsumerGuard, Slot};
+use crate::router::{Local, Router};
 
 /// The MQTT transport: broadcast over plain subscriptions, work queues over shared
 /// subscriptions (`$share/{union}_{job}_{workgroup}/...`, the topics Python AetherMagic
@@ -26,16 +27,6 @@ use crate::router::{Arrival, Local, REDELIVERIES, Router};
 #[derive(Clone)]
 pub struct MqttTransport {
     inner: Arc<Inner>,
-}
-
-/// The state of the connection, as the paho callbacks report it.
-#[derive(Clone, Copy, Debug, Default)]
-struct Link {
-    up: bool,
-    /// Connections established so far (the first one included).
-    connects: u64,
-    /// The latest connection on which every subscription has been restored.
-    restored: u64,
 }
 
 pub(crate) struct Inner {
@@ -66,61 +57,14 @@ impl MqttTransport {
                 &uuid::Uuid::new_v4().simple().to_string()[..16]
             )
         });
-        let version = match config.version {
-            MqttVersion::V5 => paho::MQTT_VERSION_5,
-            MqttVersion::V3_1_1 => paho::MQTT_VERSION_3_1_1,
-        };
-        // Publishes wait for a permit before reaching paho, so its buffer never overflows;
-        // the margin is for the few it gets without one (give-backs from dropped consumers).
-        let buffered = i32::try_from(config.max_inflight * 2 + 4096).unwrap_or(i32::MAX);
-        let create = paho::CreateOptionsBuilder::new()
-            .server_uri(config.server_uri())
-            .client_id(&client_id)
-            .persistence(paho::PersistenceType::None)
-            .mqtt_version(version)
-            .max_buffered_messages(buffered)
-            .send_while_disconnected(true)
-            .finalize();
-        let client = paho::AsyncClient::new(create).map_err(paho_err)?;
         let router = Arc::new(Router::new());
         let link = Arc::new(watch::channel(Link::default()).0);
-        let v5 = config.version == MqttVersion::V5;
+        let client = connection::create(&config, &client_id, &router, &link)?;
 
-        let r = router.clone();
-        client.set_message_callback(move |_cli, msg| {
-            if let Some(msg) = msg {
-                dispatch(&r, &msg, v5);
-            }
-        });
-        let (r, l) = (router.clone(), link.clone());
-        let runtime = tokio::runtime::Handle::try_current().ok();
-        client.set_connected_callback(move |cli| {
-            // Restore the subscriptions first: on a clean session the broker forgot them.
-            let n = l.borrow().connects + 1;
-            let pending = restore(cli, &r, v5, n, &l, runtime.as_ref());
-            l.send_modify(|l| {
-                l.up = true;
-                l.connects = n;
-                if !pending {
-                    l.restored = n;
-                }
-            });
-        });
-        let l = link.clone();
-        client.set_connection_lost_callback(move |_cli| {
-            tracing::warn!("mqtt connection lost; reconnecting");
-            l.send_modify(|l| l.up = false);
-        });
-        let l = link.clone();
-        client.set_disconnected_callback(move |_cli, _props, reason| {
-            tracing::warn!(%reason, "the mqtt broker disconnected us; reconnecting");
-            l.send_modify(|l| l.up = false);
-        });
-
-        let options = match connect_options(&config, &client_id) {
+        let options = match connection::connect_options(&config, &client_id) {
             Ok(o) => o,
             Err(e) => {
-                retire(client, None);
+                connection::retire(client, None, false);
                 return Err(e);
             }
         };
@@ -144,9 +88,12 @@ impl MqttTransport {
             Err(_) => Some(Error::Timeout("mqtt connect")),
         };
         if let Some(e) = failure {
-            retire(client, Some(pending));
+            connection::retire(client, Some(pending), false);
             return Err(e);
         }
+        // paho may run the connected callback just after completing the connect token.
+        let mut up = link.subscribe();
+        let _ = tokio::time::timeout(config.connect_timeout, up.wait_for(|l| l.connects > 0)).await;
         tracing::debug!(%uri, %client_id, "mqtt connected");
         Ok(MqttTransport {
             inner: Arc::new(Inner {
@@ -215,192 +162,6 @@ impl fmt::Debug for MqttTransport {
             .field("config", &self.inner.config)
             .field("link", &*self.inner.link.borrow())
             .finish_non_exhaustive()
-    }
-}
-
-/// Drops a client whose first connection failed, off paho's threads. The connect token
-/// holds a clone of the client and paho drops it inside its failure callback, with its
-/// global lock held: were that the last clone, destroying the client there would wait on
-/// that lock forever. So wait for the token (on a thread of its own), then take paho's lock
-/// once (`is_connected`) so its callback has returned, and only then drop the client here.
-fn retire(client: paho::AsyncClient, token: Option<paho::Token>) {
-    let retired = std::thread::Builder::new()
-        .name("aether-mqtt-retire".into())
-        .spawn(move || {
-            if let Some(token) = token {
-                let _ = token.wait();
-            }
-            let _ = client.is_connected();
-            drop(client);
-        });
-    if let Err(e) = retired {
-        tracing::warn!(error = %e, "could not start a thread to drop a failed mqtt client");
-    }
-}
-
-fn connect_options(config: &MqttConfig, client_id: &str) -> Result<paho::ConnectOptions> {
-    let mut b = match config.version {
-        MqttVersion::V5 => paho::ConnectOptionsBuilder::new_v5(),
-        MqttVersion::V3_1_1 => paho::ConnectOptionsBuilder::new_v3(),
-    };
-    b.keep_alive_interval(config.keep_alive)
-        .connect_timeout(config.connect_timeout)
-        .automatic_reconnect(config.reconnect_min, config.reconnect_max);
-    match config.version {
-        MqttVersion::V5 => {
-            b.clean_start(config.clean_session);
-            if !config.clean_session {
-                let mut props = paho::Properties::new();
-                let secs = u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX);
-                props
-                    .push_u32(paho::PropertyCode::SessionExpiryInterval, secs)
-                    .map_err(paho_err)?;
-                b.properties(props);
-            }
-        }
-        MqttVersion::V3_1_1 => {
-            b.clean_session(config.clean_session);
-        }
-    }
-    if let Some(user) = &config.username {
-        b.user_name(user.as_str());
-    }
-    if let Some(password) = &config.password {
-        b.password(password.expose());
-    }
-    if let Some(presence) = &config.presence {
-        let (topic, payload) = presence.will(client_id)?;
-        b.will_message(paho::Message::new(topic.as_str(), payload, 1));
-    }
-    if let Some(tls) = &config.tls {
-        let mut s = paho::SslOptionsBuilder::new();
-        for (what, path) in [
-            ("ca_file", &tls.ca_file),
-            ("cert_file", &tls.cert_file),
-            ("key_file", &tls.key_file),
-        ] {
-            if let Some(path) = path
-                && let Err(e) = std::fs::metadata(path)
-            {
-                return Err(Error::Config(format!("TLS {what} {}: {e}", path.display())));
-            }
-        }
-        let bad_path = |what: &str, e: paho::Error| Error::Config(format!("TLS {what}: {e}"));
-        if let Some(ca) = &tls.ca_file {
-            s.trust_store(ca).map_err(|e| bad_path("ca_file", e))?;
-        }
-        if let Some(cert) = &tls.cert_file {
-            s.key_store(cert).map_err(|e| bad_path("cert_file", e))?;
-        }
-        if let Some(key) = &tls.key_file {
-            s.private_key(key).map_err(|e| bad_path("key_file", e))?;
-        }
-        if let Some(pw) = &tls.key_password {
-            s.private_key_password(pw.expose());
-        }
-        s.enable_server_cert_auth(true).verify(tls.verify_hostname);
-        b.ssl_options(s.finalize());
-    }
-    Ok(b.finalize())
-}
-
-/// Routes one message from paho's callback thread.
-fn dispatch(router: &Router, msg: &paho::Message, v5: bool) {
-    let mut ids = [0u32; 4];
-    let mut n = 0;
-    let mut redeliveries = 0;
-    if v5 {
-        let props = msg.properties();
-        for p in props.iter(paho::PropertyCode::SubscriptionIdentifier) {
-            if let (Some(id), true) = (p.get_int(), n < ids.len()) {
-                ids[n] = id as u32;
-                n += 1;
-            }
-        }
-        if let Some(r) = props.find_user_property(REDELIVERIES) {
-            redeliveries = r.parse().unwrap_or(0);
-        }
-    }
-    router.dispatch(Arrival {
-        topic: msg.topic(),
-        payload: Bytes::copy_from_slice(msg.payload()),
-        subscriptions: &ids[..n],
-        redeliveries,
-    });
-}
-
-/// The SUBSCRIBE of one broker subscription: QoS 1, tagged with its identifier on MQTT 5.
-fn subscribe_token(client: &paho::AsyncClient, filter: &str, id: u32, v5: bool) -> paho::Token {
-    if v5 {
-        let mut props = paho::Properties::new();
-        if props
-            .push_int(paho::PropertyCode::SubscriptionIdentifier, id as i32)
-            .is_err()
-        {
-            // Cannot happen: the identifier is an integer property. Fails the SUBSCRIBE.
-            return paho::Token::from_error(-1);
-        }
-        client.subscribe_with_options(filter, 1, paho::SubscribeOptions::default(), props)
-    } else {
-        client.subscribe(filter, 1)
-    }
-}
-
-/// Re-subscribes everything after connection number `n` is up, from paho's callback
-/// thread. Returns whether answers are pending (`link` is marked restored when they come).
-fn restore(
-    client: &paho::AsyncClient,
-    router: &Router,
-    v5: bool,
-    n: u64,
-    link: &Arc<watch::Sender<Link>>,
-    runtime: Option<&tokio::runtime::Handle>,
-) -> bool {
-    let subs = router.subscriptions();
-    if subs.is_empty() {
-        return false;
-    }
-    tracing::info!(
-        count = subs.len(),
-        "mqtt connected; restoring subscriptions"
-    );
-    let tokens: Vec<(String, paho::Token)> = subs
-        .into_iter()
-        .map(|(filter, id)| {
-            let tok = subscribe_token(client, &filter, id, v5);
-            (filter, tok)
-        })
-        .collect();
-    // Wait for the answers where a runtime can; paho completes the tokens either way.
-    let Some(rt) = runtime else { return false };
-    let link = link.clone();
-    rt.spawn(async move {
-        for (filter, tok) in tokens {
-            if let Err(e) = check_suback(&filter, tok.await) {
-                tracing::error!(%filter, error = %e, "could not restore a subscription");
-            }
-        }
-        link.send_modify(|l| l.restored = l.restored.max(n));
-    });
-    true
-}
-
-fn check_suback(filter: &str, rsp: paho::Result<paho::ServerResponse>) -> Result<()> {
-    match rsp {
-        Ok(rsp) => match rsp.subscribe_response() {
-            Some(code) if code >= 0x80 => Err(MqttError::SubscribeRefused {
-                filter: filter.to_owned(),
-                code,
-            }
-            .into()),
-            _ => Ok(()),
-        },
-        Err(paho::Error::ReasonCode(code, _)) => Err(MqttError::SubscribeRefused {
-            filter: filter.to_owned(),
-            code: code as i32,
-        }
-        .into()),
-        Err(e) => Err(paho_err(e)),
     }
 }
 
@@ -511,7 +272,7 @@ impl Inner {
         let deadline = Instant::now() + self.config.operation_timeout;
         loop {
             let connects = self.link.borrow().connects;
-            let token = subscribe_token(&self.client, filter, id, self.v5());
+            let token = connection::subscribe_token(&self.client, filter, id, self.v5());
             let rsp = tokio::time::timeout_at(deadline, token)
                 .await
                 .map_err(|_| Error::Timeout("mqtt subscribe"))?;
@@ -519,7 +280,7 @@ impl Inner {
                 Err(e) if is_disconnect(&e) && !self.is_closed() => {
                     self.reconnected(connects, deadline).await?;
                 }
-                other => return check_suback(filter, other),
+                other => return connection::check_suback(filter, other),
             }
         }
     }
@@ -534,8 +295,8 @@ impl Inner {
         }
     }
 
-    /// Publishes a dead letter on `{dead_letter_topic}/{topic}`.
-    pub(crate) async fn dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+    /// The topic of a dead letter: `{dead_letter_topic}/{topic}`, wildcards replaced.
+    fn dead_letter_topic(&self, letter: &DeadLetter) -> Result<String> {
         let Some(prefix) = &self.config.dead_letter_topic else {
             return Err(Error::unsupported(
                 "mqtt",
@@ -553,7 +314,12 @@ impl Inner {
                 }
             })
             .collect();
-        let topic = format!("{prefix}/{tail}");
+        Ok(format!("{prefix}/{tail}"))
+    }
+
+    /// Publishes a dead letter on `{dead_letter_topic}/{topic}`.
+    pub(crate) async fn dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+        let topic = self.dead_letter_topic(letter)?;
         let reason = letter.reason.to_string();
         tracing::warn!(%topic, %reason, "dead letter");
         self.publish(Publish {
@@ -564,14 +330,36 @@ impl Inner {
         })
         .await
     }
+
+    /// Publishes a dead letter without waiting (from paho's callback thread).
+    pub(crate) fn dead_letter_detached(&self, letter: &DeadLetter) {
+        let reason = letter.reason.to_string();
+        match self.dead_letter_topic(letter) {
+            Ok(topic) => {
+                tracing::warn!(%topic, %reason, "dead letter");
+                self.publish_detached(Publish {
+                    topic: &topic,
+                    payload: &letter.payload,
+                    retain: self.config.dead_letter_retain,
+                    user: &[("aether-reason", &reason), ("aether-topic", &letter.topic)],
+                });
+            }
+            Err(_) => {
+                tracing::warn!(topic = %letter.topic, %reason, "dead letter dropped: no dead_letter_topic");
+            }
+        }
+    }
 }
 
 impl Drop for Inner {
+    /// Disconnects (if not closed) and destroys the client on a thread of its own: this may
+    /// run on any thread, paho's included, where touching the client would deadlock.
     fn drop(&mut self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
+        let disconnect = !self.closed.swap(true, Ordering::AcqRel);
+        if disconnect {
             self.router.close();
-            drop(self.client.disconnect(None));
         }
+        connection::retire(self.client.clone(), None, disconnect);
     }
 }
 
@@ -659,20 +447,16 @@ impl Transport for MqttTransport {
     /// `$share/{union}_{job}_{workgroup}/{union}/{job}/{task}/{context}/+/perform`.
     async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
         self.inner.check_open()?;
-        let (tx, rx) = mpsc::channel(self.inner.config.buffer);
+        let weak = Arc::downgrade(&self.inner);
+        let (slot, rx) = Slot::new(weak.clone(), options.prefetch, self.inner.config.buffer);
         let (local, broker_filter) = self
             .inner
             .router
-            .add_consumer(queue, tx)
+            .add_consumer(queue, slot.clone())
             .ok_or(Error::Closed)?;
-        let guard = queue::ConsumerGuard::new(Arc::downgrade(&self.inner), local);
+        let guard = ConsumerGuard::new(weak, local, slot);
         self.inner.subscribe(&broker_filter, local.sub).await?;
-        Ok(queue::consumer(
-            Arc::downgrade(&self.inner),
-            rx,
-            options.prefetch,
-            guard,
-        ))
+        Ok(Consumer::new(rx, Some(Box::new(guard))))
     }
 
     /// Publishes the letter's payload on `{dead_letter_topic}/{topic}` (retained by
