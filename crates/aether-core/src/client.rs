@@ -172,7 +172,21 @@ impl TaskBuilder<'_> {
             });
         }
         let caps = transport.capabilities();
-        let redispatch = config.redispatch.unwrap_or(!caps.redelivers_on_crash);
+        // Before a worker accepts: wait on transports that keep the perform queued; chase it
+        // on those that may have dropped it. After a worker accepted and promised
+        // heartbeats: silence means the worker died or its completion was lost (a
+        // subscriber reconnecting), and a redispatch recovers both (a worker that already
+        // completed the tid repeats its completion), so that is on unless turned off.
+        let redispatch = match config.redispatch {
+            Some(on) => Redispatch {
+                before_accept: on,
+                after_accept: on,
+            },
+            None => Redispatch {
+                before_accept: !caps.redelivers_on_crash,
+                after_accept: true,
+            },
+        };
         let route = node
             .inner
             .routes
@@ -583,8 +597,17 @@ struct Supervisor {
     header: Header,
     data: Vec<u8>,
     bytes: bytes::Bytes,
-    redispatch: bool,
+    redispatch: Redispatch,
     deadline: Option<Instant>,
+}
+
+/// When a silent task is dispatched again.
+#[derive(Clone, Copy, Debug)]
+struct Redispatch {
+    /// No worker accepted it within the lease.
+    before_accept: bool,
+    /// The worker that accepted it stopped heartbeating.
+    after_accept: bool,
 }
 
 impl Supervisor {
@@ -599,11 +622,12 @@ impl Supervisor {
                     break;
                 }
                 let park_at = inner.parked.as_ref().map(|p| p.until);
-                let lease_at = match (self.redispatch, inner.seen, inner.worker_lease) {
-                    (false, _, _) => None,
-                    (true, false, _) => Some(inner.heard + config.lease),
-                    (true, true, Some(l)) => Some(inner.heard + l.max(config.lease)),
-                    (true, true, None) => None,
+                let lease_at = match (inner.seen, inner.worker_lease) {
+                    (false, _) if self.redispatch.before_accept => Some(inner.heard + config.lease),
+                    (true, Some(l)) if self.redispatch.after_accept => {
+                        Some(inner.heard + l.max(config.lease))
+                    }
+                    _ => None,
                 };
                 if inner.detached
                     && lease_at.is_none()

@@ -366,15 +366,20 @@ struct WorkerShared {
     idle: Notify,
 }
 
-/// A bounded memory of completed tasks: the oldest are forgotten past the capacity.
+/// A bounded memory of completed tasks: the oldest are forgotten past `cap` entries, and
+/// the oldest completions' bytes are dropped (the tid is still remembered) past
+/// [`CACHED_BYTES`].
 struct DedupWindow {
     map: HashMap<String, Option<Bytes>>,
     order: VecDeque<String>,
     cap: usize,
+    bytes: usize,
+    /// Keys whose completion is still cached, oldest first.
+    cached: VecDeque<String>,
 }
 
-/// Completions up to this size are kept to answer a repeated perform.
-const CACHED_COMPLETION: usize = 1024;
+/// Total completion bytes a worker keeps to answer repeated performs.
+const CACHED_BYTES: usize = 16 << 20;
 
 impl DedupWindow {
     fn new(cap: usize) -> Self {
@@ -382,6 +387,8 @@ impl DedupWindow {
             map: HashMap::new(),
             order: VecDeque::new(),
             cap: cap.max(1),
+            bytes: 0,
+            cached: VecDeque::new(),
         }
     }
 
@@ -390,14 +397,37 @@ impl DedupWindow {
     }
 
     fn insert(&mut self, key: String, completion: Option<Bytes>) {
-        let completion = completion.filter(|b| b.len() <= CACHED_COMPLETION);
-        if self.map.insert(key.clone(), completion).is_none() {
-            self.order.push_back(key);
-            while self.order.len() > self.cap {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
+        let completion = completion.filter(|b| b.len() <= CACHED_BYTES / 16);
+        if let Some(b) = &completion {
+            self.bytes += b.len();
+            self.cached.push_back(key.clone());
+        }
+        match self.map.insert(key.clone(), completion) {
+            None => self.order.push_back(key),
+            Some(Some(old)) => self.bytes -= old.len(),
+            Some(None) => {}
+        }
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front()
+                && let Some(Some(b)) = self.map.remove(&old)
+            {
+                self.bytes -= b.len();
             }
+        }
+        while self.bytes > CACHED_BYTES {
+            let Some(old) = self.cached.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.map.get_mut(&old)
+                && let Some(b) = slot.take()
+            {
+                self.bytes -= b.len();
+            }
+        }
+        // `cached` may hold keys already evicted or replaced; keep it from growing past
+        // the window.
+        while self.cached.len() > 2 * self.cap {
+            self.cached.pop_front();
         }
     }
 }
@@ -553,10 +583,13 @@ async fn process(shared: Arc<WorkerShared>, reg: Arc<Registration>, mut delivery
     let header = env.header();
     let tid = delivery.topic.tid().to_owned();
     let done_key = format!("{}/{tid}", header.client);
+    // Heartbeats must satisfy both the client's lease and the transport's reclaim of idle
+    // work, which uses this worker's lease.
     let lease = header
         .lease
         .map(Duration::from_millis)
         .unwrap_or(config.lease)
+        .min(config.lease)
         .max(Duration::from_millis(30));
     let reporter = Arc::new(Reporter {
         transport: shared.transport.clone(),
@@ -938,5 +971,34 @@ impl fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("running", &self.running())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_window_is_bounded_in_entries_and_bytes() {
+        let mut w = DedupWindow::new(3);
+        for i in 0..5 {
+            w.insert(format!("k{i}"), Some(Bytes::from(vec![0u8; 10])));
+        }
+        assert!(w.get("k0").is_none() && w.get("k1").is_none());
+        assert!(matches!(w.get("k4"), Some(Some(_))));
+        assert_eq!(w.bytes, 30);
+        w.insert("k4".into(), None);
+        assert_eq!(w.bytes, 20);
+        let mut w = DedupWindow::new(1000);
+        let big = CACHED_BYTES / 16;
+        for i in 0..40 {
+            w.insert(format!("b{i}"), Some(Bytes::from(vec![0u8; big])));
+        }
+        assert!(w.bytes <= CACHED_BYTES);
+        assert!(
+            matches!(w.get("b0"), Some(None)),
+            "oldest bytes dropped, tid kept"
+        );
+        assert!(matches!(w.get("b39"), Some(Some(_))));
     }
 }
