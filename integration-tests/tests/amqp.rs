@@ -402,3 +402,25 @@ async fn slow_subscriber_loses_nothing() {
     }
     t.close().await.unwrap();
 }
+
+/// A wrong password is a clear connection error that does not print the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_refused_without_printing_it() {
+    use aether_integration_tests::harness::Harness;
+    let url = AmqpHarness::from_env().url().unwrap();
+    let u = aether::BrokerUrl::parse(&url).unwrap();
+    let port = u.port.unwrap_or(5672);
+    let bad = format!(
+        "amqp://{}:wrong-hunter2@{}:{port}/{}",
+        u.username.as_deref().unwrap_or("guest"),
+        u.host,
+        u.path.replace('/', "%2f")
+    );
+    let err = aether::connect(&bad).await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("cannot connect"), "{text}");
+    assert!(
+        !text.contains("wrong-hunter2"),
+        "the password leaked: {text}"
+    );
+}

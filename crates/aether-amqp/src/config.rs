@@ -269,6 +269,16 @@ impl AmqpConfig {
         if self.heartbeat.as_secs() > u64::from(u16::MAX) {
             return bad(format!("heartbeat {:?} is too long", self.heartbeat));
         }
+        if !self.heartbeat.is_zero() && self.heartbeat < Duration::from_secs(1) {
+            return bad(format!(
+                "heartbeat {:?}: AMQP counts it in whole seconds; use at least 1s (0s turns it off)",
+                self.heartbeat
+            ));
+        }
+        // AMQP short strings; the exchange name also gets `.unrouted` and a union appended.
+        if self.vhost.len() > 255 || self.exchange.len() > 170 || self.dead_letter.len() > 255 {
+            return bad("the vhost, exchange or dead_letter name is too long for AMQP".into());
+        }
         if self.consumer_timeout.as_millis() > i32::MAX as u128 {
             return bad(format!(
                 "consumer_timeout {:?} is longer than RabbitMQ accepts (24.8 days)",
@@ -434,6 +444,7 @@ mod tests {
             ("amqp://h?tls_cert=/c.pem", "go together"),
             ("amqp://h?exchange=amq.topic", "reserved"),
             ("amqp://h?consumer_timeout=2200000s", "24.8 days"),
+            ("amqp://h?heartbeat=500ms", "whole seconds"),
         ] {
             let err = AmqpConfig::from_url(url).unwrap_err().to_string();
             assert!(err.contains(says), "{url}: {err}");

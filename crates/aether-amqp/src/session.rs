@@ -57,6 +57,12 @@ impl Session {
         let conn = match tokio::time::timeout(config.connect_timeout, Connection::open(&args)).await
         {
             Ok(Ok(conn)) => conn,
+            Ok(Err(e @ amqprs::error::Error::NetworkError(_))) => {
+                // RabbitMQ drops the socket on a wrong user, password or vhost.
+                return Err(failed(format!(
+                    "{e} (is the broker up, and are the user, password and vhost right?)"
+                )));
+            }
             Ok(Err(e)) => return Err(failed(e.to_string())),
             Err(_) => {
                 return Err(failed(format!(
