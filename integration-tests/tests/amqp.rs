@@ -424,3 +424,82 @@ async fn wrong_password_is_refused_without_printing_it() {
         "the password leaked: {text}"
     );
 }
+
+/// The consumer contract on RabbitMQ: dropping a consumer gives back what it had buffered,
+/// a delivery already handed out can still be acknowledged afterwards (its channel stays
+/// open), and a delivery dropped unacknowledged comes back, marked as a redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_consumer_and_delivery_give_work_back() {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use aether::{Action, Bytes, ConsumeOptions, WorkQueue};
+    use aether_integration_tests::harness::{Harness, union};
+    let h = AmqpHarness::from_env();
+    let t = h.connect().await;
+    let u = union();
+    let q = WorkQueue::new(&u, "j", "t", "x", "g").unwrap();
+    let mut c1 = t
+        .consume(&q, ConsumeOptions::new().prefetch(3))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let topic = q.topic(&format!("tid{i}"), Action::Perform).unwrap();
+        t.enqueue(&topic, Bytes::from(format!("p{i}")))
+            .await
+            .unwrap();
+    }
+    let wait = Duration::from_secs(20);
+    let held = tokio::time::timeout(wait, c1.next())
+        .await
+        .expect("a delivery")
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.redeliveries, 0);
+    // Let the broker fill the prefetch, then stop consuming.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(c1);
+
+    let mut c2 = t
+        .consume(&q, ConsumeOptions::new().prefetch(10))
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    while seen.len() < 4 {
+        let d = tokio::time::timeout(wait, c2.next())
+            .await
+            .expect("the other four tasks")
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            d.topic.tid(),
+            held.topic.tid(),
+            "the held delivery came back"
+        );
+        seen.insert(d.topic.tid().to_owned());
+        if seen.len() == 4 {
+            // Dropped unacknowledged: it must come back.
+            let tid = d.topic.tid().to_owned();
+            drop(d);
+            let again = tokio::time::timeout(wait, c2.next())
+                .await
+                .expect("the dropped delivery again")
+                .unwrap()
+                .unwrap();
+            assert_eq!(again.topic.tid(), tid);
+            assert_eq!(again.redeliveries, 1);
+            again.ack().await.unwrap();
+        } else {
+            d.ack().await.unwrap();
+        }
+    }
+    // The first consumer is gone, but its delivery is still acknowledged on its channel.
+    held.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), c2.next())
+            .await
+            .is_err(),
+        "nothing else is delivered"
+    );
+    t.close().await.unwrap();
+}

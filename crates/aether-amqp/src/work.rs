@@ -222,7 +222,17 @@ async fn forward(
     mut rx: mpsc::UnboundedReceiver<ConsumerMessage>,
     tx: mpsc::Sender<Consumed>,
 ) {
-    while let Some(msg) = rx.recv().await {
+    loop {
+        let msg = tokio::select! {
+            msg = rx.recv() => msg,
+            // The `Consumer` was dropped.
+            _ = tx.closed() => break,
+        };
+        let Some(msg) = msg else {
+            // The channel (or connection) ended: consume again below.
+            drop(tx);
+            return resume(state, shared, generation, consumer_tag).await;
+        };
         let (Some(deliver), Some(properties), Some(content)) =
             (msg.deliver, msg.basic_properties, msg.content)
         else {
@@ -277,7 +287,28 @@ async fn forward(
             break;
         }
     }
-    drop(tx);
+    // The consumer is gone: stop the broker sending (after cancel-ok nothing more comes),
+    // then give back everything it sent meanwhile.
+    let _ = chan
+        .channel
+        .basic_cancel(BasicCancelArguments::new(&consumer_tag))
+        .await;
+    while let Some(msg) = rx.recv().await {
+        if let Some(deliver) = msg.deliver {
+            let nack = BasicNackArguments::new(deliver.delivery_tag(), false, true);
+            let _ = chan.channel.basic_nack(nack).await;
+        }
+    }
+}
+
+/// After the consumer's channel ended: consume again if the connection lives (the
+/// supervisor restores consumers on a new connection).
+async fn resume(
+    state: Weak<ConsumerState>,
+    shared: Weak<Shared>,
+    generation: u64,
+    consumer_tag: String,
+) {
     let (Some(state), Some(shared)) = (state.upgrade(), shared.upgrade()) else {
         return;
     };
@@ -453,8 +484,8 @@ impl Drop for AmqpAcker {
     }
 }
 
-/// Stops consuming when the [`Consumer`] is dropped; deliveries already handed out keep
-/// the channel open until they are settled.
+/// Forgets the consumer when the [`Consumer`] is dropped (its forwarder stops consuming);
+/// deliveries already handed out keep the channel open until they are settled.
 struct ConsumerGuard {
     shared: Weak<Shared>,
     state: Arc<ConsumerState>,
@@ -466,17 +497,7 @@ impl Drop for ConsumerGuard {
         if let Some(shared) = self.shared.upgrade() {
             lock(&shared.consumers).remove(&self.state.id);
         }
-        let state = self.state.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let mut attached = state.attached.lock().await;
-                if let Some(chan) = attached.chan.take().filter(|c| c.is_open()) {
-                    let mut cancel = BasicCancelArguments::new(&attached.tag);
-                    cancel.no_wait(true);
-                    let _ = chan.channel.basic_cancel(cancel).await;
-                }
-            });
-        }
+        // The forwarder sees the `Consumer` gone, cancels and gives back what it holds.
     }
 }
 
