@@ -9,8 +9,8 @@
 //! no topology per (job, task, context): the floor aether's cost is measured against.
 //!
 //! With `AETHER_BENCH_RAW_AMQP=pattern` the loop instead sends what aether asks of the
-//! broker per task: the reply and an acceptance (status) message go through a topic
-//! exchange to two exclusive queues the client consumes with manual acks. That separates
+//! broker per task: the reply and an acceptance (status) message, both confirmed, go
+//! through a topic exchange to two exclusive queues the client consumes. That separates
 //! the cost of the message pattern (RabbitMQ's work) from the cost of aether's code.
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -61,7 +61,7 @@ pub(crate) async fn run(
     let exchange = format!("rawbench.{}.x", std::process::id());
     if pattern {
         // Replies and status messages through a topic exchange, each kind to its own
-        // queue, both acknowledged one by one: what aether's subscriptions do.
+        // queue: what aether's subscriptions do.
         replies_ch
             .exchange_declare(ExchangeDeclareArguments::new(&exchange, "topic"))
             .await?;
@@ -83,40 +83,26 @@ pub(crate) async fn run(
                 "u.j.t.x.*.status",
             ))
             .await?;
-        replies_ch
-            .basic_qos(BasicQosArguments::new(0, 1024, false))
-            .await?;
         let (_, mut status_rx) = replies_ch
-            .basic_consume_rx(BasicConsumeArguments::new(&status, "raw-status"))
+            .basic_consume_rx(
+                BasicConsumeArguments::new(&status, "raw-status")
+                    .auto_ack(true)
+                    .finish(),
+            )
             .await?;
-        let ch = replies_ch.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = status_rx.recv().await {
-                if let Some(d) = msg.deliver {
-                    let _ = ch
-                        .basic_ack(BasicAckArguments::new(d.delivery_tag(), false))
-                        .await;
-                }
-            }
-        });
+        tokio::spawn(async move { while status_rx.recv().await.is_some() {} });
     }
     let (_, mut reply_rx) = replies_ch
         .basic_consume_rx(
             BasicConsumeArguments::new(&replies, "raw-replies")
-                .auto_ack(!pattern)
+                .auto_ack(true)
                 .finish(),
         )
         .await?;
     let waiters: Waiters = Arc::default();
     let w = waiters.clone();
-    let ch = replies_ch.clone();
     let router = tokio::spawn(async move {
         while let Some(msg) = reply_rx.recv().await {
-            if let (true, Some(d)) = (pattern, &msg.deliver) {
-                let _ = ch
-                    .basic_ack(BasicAckArguments::new(d.delivery_tag(), false))
-                    .await;
-            }
             let id = msg
                 .basic_properties
                 .as_ref()
