@@ -72,11 +72,14 @@
 //! [`MqttConfig`] lists every setting with its default and URL key: MQTT 5 (default) or
 //! 3.1.1 (`version=3.1.1`), client id, clean or persistent session, keep-alive, TLS
 //! (`mqtts://`, CA file, client certificate and key), user name and password (never
-//! printed), and the last will used for [`Presence`]. The connection reconnects by itself
-//! with backoff and restores every subscription when it is back (on a clean session the
-//! broker forgot them), without user code; publishes made meanwhile wait for it (up to
-//! `operation_timeout`). Messages arriving faster than a subscriber takes them are buffered
-//! up to `buffer` per subscription, then dropped and counted
+//! printed), and the last will that announces a dead connection offline ([`Presence`]).
+//!
+//! The connection reconnects by itself with backoff and restores every subscription when
+//! it is back (on a clean session the broker forgot them), without user code; publishes
+//! made meanwhile wait for it, up to `operation_timeout`. [`MqttTransport::is_connected`],
+//! [`MqttTransport::connections`] and [`MqttTransport::wait_restored`] tell where it
+//! stands. Messages arriving faster than a subscriber takes them are buffered up to
+//! `buffer` per subscription and consumer, then dropped and counted
 //! ([`MqttTransport::overflowed`]): dispatch runs on paho's network thread and never
 //! blocks it.
 //!
