@@ -327,7 +327,12 @@ struct TaskShared {
     tid: String,
     progress_cap: usize,
     inner: Mutex<TaskInner>,
+    /// Wakes the handle's waiters: progress or outcome.
     wake: Notify,
+    /// Wakes the supervisor: outcome, a held completion, acceptance (which changes the
+    /// lease), or the handle dropped. Plain progress does not wake it: on its lease timer
+    /// it re-reads when the task was last heard of.
+    wake_supervisor: Notify,
 }
 
 impl TaskShared {
@@ -347,6 +352,7 @@ impl TaskShared {
                 parked: None,
             }),
             wake: Notify::new(),
+            wake_supervisor: Notify::new(),
         }
     }
 
@@ -387,6 +393,7 @@ impl TaskShared {
         inner.outcome = Some(outcome);
         drop(inner);
         self.wake.notify_waiters();
+        self.wake_supervisor.notify_one();
         true
     }
 
@@ -401,9 +408,14 @@ impl TaskShared {
         };
         let mut inner = self.lock();
         inner.heard = Instant::now();
+        let lease = h.lease.map(Duration::from_millis);
+        let lease_changed = !inner.seen || (lease.is_some() && inner.worker_lease != lease);
         inner.seen = true;
-        if let Some(ms) = h.lease {
-            inner.worker_lease = Some(Duration::from_millis(ms));
+        if lease.is_some() {
+            inner.worker_lease = lease;
+        }
+        if lease_changed {
+            self.wake_supervisor.notify_one();
         }
         if event.is_terminal() {
             // Statuses and completions may travel on different subscriptions: hold a
@@ -423,7 +435,7 @@ impl TaskShared {
                     env,
                 });
                 drop(inner);
-                self.wake.notify_waiters();
+                self.wake_supervisor.notify_one();
                 return;
             }
             drop(inner);
@@ -573,7 +585,7 @@ impl TaskHandle {
 impl Drop for TaskHandle {
     fn drop(&mut self) {
         self.shared.lock().detached = true;
-        self.shared.wake.notify_waiters();
+        self.shared.wake_supervisor.notify_one();
     }
 }
 
@@ -612,8 +624,9 @@ struct Redispatch {
 
 impl Supervisor {
     async fn run(mut self) {
-        let config = self.node.config().clone();
-        let counters = self.node.counters();
+        let node = self.node.clone();
+        let config = node.config();
+        let counters = node.counters();
         let mut attempt = 1u32;
         loop {
             let (lease_at, park_at) = {
@@ -622,13 +635,7 @@ impl Supervisor {
                     break;
                 }
                 let park_at = inner.parked.as_ref().map(|p| p.until);
-                let lease_at = match (inner.seen, inner.worker_lease) {
-                    (false, _) if self.redispatch.before_accept => Some(inner.heard + config.lease),
-                    (true, Some(l)) if self.redispatch.after_accept => {
-                        Some(inner.heard + l.max(config.lease))
-                    }
-                    _ => None,
-                };
+                let lease_at = self.lease_deadline(&inner, config.lease);
                 if inner.detached
                     && lease_at.is_none()
                     && self.deadline.is_none()
@@ -638,14 +645,9 @@ impl Supervisor {
                 }
                 (lease_at, park_at)
             };
-            let notified = self.shared.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.shared.lock().outcome.is_some() {
-                break;
-            }
+            // `notify_one` keeps a permit if the supervisor is not waiting yet.
             tokio::select! {
-                _ = &mut notified => {}
+                _ = self.shared.wake_supervisor.notified() => {}
                 _ = sleep_until_opt(park_at) => self.shared.release_parked(counters),
                 _ = sleep_until_opt(self.deadline) => {
                     if self.shared.finish(TaskEvent::TimedOut, Outcome::DeadlineExceeded, counters) {
@@ -654,6 +656,11 @@ impl Supervisor {
                     break;
                 }
                 _ = sleep_until_opt(lease_at) => {
+                    let now_due = self.lease_deadline(&self.shared.lock(), config.lease);
+                    if now_due.is_some_and(|at| at > Instant::now()) {
+                        // Heard of since the timer was set: sleep again.
+                        continue;
+                    }
                     if attempt >= config.max_attempts {
                         if self.shared.finish(TaskEvent::TimedOut, Outcome::Lost(attempt), counters) {
                             let letter = DeadLetter {
@@ -693,6 +700,15 @@ impl Supervisor {
         self.route.remove(&self.shared.tid);
     }
 
+    /// When the task's lease runs out if nothing more is heard, where it is watched.
+    fn lease_deadline(&self, inner: &TaskInner, lease: Duration) -> Option<Instant> {
+        match (inner.seen, inner.worker_lease) {
+            (false, _) if self.redispatch.before_accept => Some(inner.heard + lease),
+            (true, Some(l)) if self.redispatch.after_accept => Some(inner.heard + l.max(lease)),
+            _ => None,
+        }
+    }
+
     async fn send_cancel(&self) {
         let config = self.node.config();
         let header = Header::new(Action::Cancel, &config.host, &config.client_id);
@@ -717,10 +733,11 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// A route, created once by the first perform that needs it.
 type RouteCell = Arc<OnceCell<Arc<Route>>>;
 
-/// The subscriptions a node's clients share per (channel, union, job, task, context).
+/// The subscriptions a node's clients share per (channel, union, job, task, context):
+/// channel, then `union/job/task/context`, so a lookup allocates nothing.
 #[derive(Default)]
 pub(crate) struct Routes {
-    map: Mutex<HashMap<(String, String), RouteCell>>,
+    map: Mutex<HashMap<String, HashMap<Box<str>, RouteCell>>>,
 }
 
 impl Routes {
@@ -731,24 +748,33 @@ impl Routes {
         transport: &SharedTransport,
         topic: &Topic,
     ) -> Result<Arc<Route>> {
-        let queue = WorkQueue::of_topic(topic, "_")?;
-        let key = (channel.to_owned(), queue.key('/'));
-        let cell = self
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let prefix = topic.queue_prefix();
+        let cell = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            let routes = match map.get_mut(channel) {
+                Some(r) => r,
+                None => map.entry(channel.to_owned()).or_default(),
+            };
+            match routes.get(prefix) {
+                Some(cell) => cell.clone(),
+                None => routes.entry(prefix.into()).or_default().clone(),
+            }
+        };
         let route = cell
-            .get_or_try_init(|| node.timed("subscribe", Route::start(node, transport, &queue)))
+            .get_or_try_init(|| {
+                let start = async {
+                    let queue = WorkQueue::of_topic(topic, "_")?;
+                    Route::start(node, transport, &queue).await
+                };
+                node.timed("subscribe", start)
+            })
             .await?;
         if route.is_closed() {
             // Its subscriptions ended (transport closed): forget it so a later call retries.
-            self.map
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(routes) = map.get_mut(channel) {
+                routes.remove(prefix);
+            }
             return Err(Error::Closed);
         }
         Ok(route.clone())

@@ -189,6 +189,11 @@ impl Topic {
         self.action
     }
 
+    /// `union/job/task/context`: the part every task of one work queue shares.
+    pub fn queue_prefix(&self) -> &str {
+        &self.text[..self.seps[3] as usize]
+    }
+
     /// The same address with another action.
     pub fn with_action(&self, action: Action) -> Topic {
         if action == self.action {
@@ -597,6 +602,7 @@ mod tests {
         assert_eq!(topic.to_amqp(), "u3.interop.echo.x.72605384.perform");
         assert_eq!(Topic::from_redis(&topic.to_redis()).unwrap(), topic);
         assert_eq!(Topic::from_amqp(&topic.to_amqp()).unwrap(), topic);
+        assert_eq!(topic.queue_prefix(), "u3/interop/echo/x");
         let status = topic.with_action(Action::Status);
         assert_eq!(status.as_str(), "u3/interop/echo/x/72605384/status");
         assert_eq!(status.tid(), "72605384");
