@@ -162,6 +162,40 @@ mod amqp_only {
         rabbit.ctl(&["delete_queue", &queue]).await;
         assert_eq!(echo(2).await, 2, "after the work queue was deleted");
 
+        // The subscriptions' queues too (the client's status and complete, the worker's
+        // cancel): each subscribes again on a new queue.
+        let queues = rabbit.ctl(&["list_queues", "name"]).await;
+        let subs: Vec<&str> = queues
+            .lines()
+            .filter(|l| l.starts_with("amq.gen-"))
+            .collect();
+        assert!(subs.len() >= 3, "subscription queues: {queues}");
+        let deleted: Vec<String> = subs.iter().map(|q| q.to_string()).collect();
+        for q in &deleted {
+            rabbit.ctl(&["delete_queue", q]).await;
+        }
+        // Broadcasts sent before a subscription is back are not kept (none are promised):
+        // wait until the new queues have their consumers.
+        let start = tokio::time::Instant::now();
+        loop {
+            let queues = rabbit.ctl(&["list_queues", "name", "consumers"]).await;
+            let back = queues
+                .lines()
+                .filter(|l| l.starts_with("amq.gen-") && l.ends_with("\t1"))
+                .filter(|l| !deleted.iter().any(|d| l.starts_with(d.as_str())))
+                .count();
+            if back >= deleted.len() {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "subscriptions not back: {queues}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            echo(5).await,
+            5,
+            "after the subscription queues were deleted"
+        );
+
         rabbit
             .ctl(&["close_all_connections", "closed by the aether test"])
             .await;

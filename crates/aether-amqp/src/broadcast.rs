@@ -122,10 +122,15 @@ impl SubState {
             return Ok(());
         };
         // The queue outlives a paused or cancelled consumer on the same connection, with
-        // what arrived meanwhile.
-        let queue = match attached.queue.clone() {
-            Some(q) if attached.generation == session.generation => q,
-            _ => self.declare_queue(session).await?,
+        // what arrived meanwhile, unless someone deleted it.
+        let kept = if attached.generation == session.generation {
+            exists(session, attached.queue.as_deref()).await
+        } else {
+            None
+        };
+        let queue = match kept {
+            Some(q) => q,
+            None => self.declare_queue(session).await?,
         };
         attached.generation = session.generation;
         attached.queue = Some(queue.clone());
@@ -240,6 +245,20 @@ async fn forward(
         tracing::info!(filter = %state.filter, "subscription consumer ended; consuming again");
     }
     reattach(state, shared, session, consumer_tag).await;
+}
+
+/// `queue`, if it still exists. Asked on the control channel, which the broker closes if
+/// the queue is gone (consuming a missing queue would close the subscription channel, and
+/// every subscription on it).
+async fn exists(session: &Session, queue: Option<&str>) -> Option<String> {
+    let queue = queue?;
+    let control = session.control().await.ok()?;
+    control
+        .channel
+        .queue_declare(QueueDeclareArguments::new(queue).passive(true).finish())
+        .await
+        .ok()
+        .map(|_| queue.to_owned())
 }
 
 /// Cancels a subscription's consumer until its subscriber catches up.
