@@ -163,7 +163,10 @@ impl Shared {
         let key = needs.key();
         let mut quick = 0;
         loop {
-            let session = self.session(deadline).await?;
+            let session = match self.session_now() {
+                Some(s) => s,
+                None => self.session(deadline).await?,
+            };
             let attempt = async {
                 session
                     .ensure_all(&key, || needs.decls(&self.topology))
