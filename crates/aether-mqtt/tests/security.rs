@@ -10,7 +10,8 @@ use aether_core::{Action, Bytes, Topic, TopicFilter, Transport};
 use aether_mqtt::MqttTransport;
 use common::{Mosquitto, TempDir, openssl, union};
 
-/// A CA, a server certificate for `localhost` and 127.0.0.1, and a client certificate.
+/// A CA, a server certificate for `localhost` and 127.0.0.1, one for another name, and a
+/// client certificate.
 fn certificates(dir: &TempDir) {
     let d = &dir.0;
     openssl(
@@ -36,8 +37,14 @@ fn certificates(dir: &TempDir) {
         "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
     )
     .unwrap();
+    std::fs::write(
+        dir.path("other.ext"),
+        "subjectAltName=DNS:elsewhere.example\n",
+    )
+    .unwrap();
     for (name, subject, ext) in [
         ("server", "/CN=localhost", Some("server.ext")),
+        ("other", "/CN=elsewhere.example", Some("other.ext")),
         ("client", "/CN=aether-client", None),
     ] {
         let key = format!("{name}.key");
@@ -71,7 +78,13 @@ fn certificates(dir: &TempDir) {
         openssl(d, &args);
     }
     // Mosquitto started as root reads its files as the `mosquitto` user.
-    for f in ["ca.pem", "server.pem", "server.key"] {
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "other.pem",
+        "other.key",
+    ] {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
@@ -102,7 +115,7 @@ async fn tls_with_a_ca_file_and_a_client_certificate() {
         p("server.pem"),
         p("server.key")
     ));
-    let base = format!("mqtts://localhost:{}?ca_file={}", broker.port, p("ca.pem"));
+    let base = format!("mqtts://127.0.0.1:{}?ca_file={}", broker.port, p("ca.pem"));
     let with_cert = format!(
         "{base}&cert_file={}&key_file={}",
         p("client.pem"),
@@ -119,7 +132,7 @@ async fn tls_with_a_ca_file_and_a_client_certificate() {
     assert!(err.to_string().contains("cannot connect"), "{err}");
     // The broker's certificate must come from a CA this client trusts.
     let untrusted = format!(
-        "mqtts://localhost:{}?cert_file={}&key_file={}&connect_timeout=2s",
+        "mqtts://127.0.0.1:{}?cert_file={}&key_file={}&connect_timeout=2s",
         broker.port,
         p("client.pem"),
         p("client.key")
@@ -127,12 +140,34 @@ async fn tls_with_a_ca_file_and_a_client_certificate() {
     assert!(MqttTransport::connect(&untrusted).await.is_err());
     // A missing file is a configuration error that says which.
     let err = MqttTransport::connect(&format!(
-        "mqtts://localhost:{}?ca_file=/nonexistent.pem",
+        "mqtts://127.0.0.1:{}?ca_file=/nonexistent.pem",
         broker.port
     ))
     .await
     .unwrap_err();
     assert!(err.to_string().contains("ca_file"), "{err}");
+
+    // The broker's certificate must name the host connected to, unless told otherwise.
+    let other = Mosquitto::start(&format!(
+        "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        p("ca.pem"),
+        p("other.pem"),
+        p("other.key")
+    ));
+    let url = format!(
+        "mqtts://127.0.0.1:{}?ca_file={}&connect_timeout=2s",
+        other.port,
+        p("ca.pem")
+    );
+    assert!(
+        MqttTransport::connect(&url).await.is_err(),
+        "a certificate for another name"
+    );
+    let t = MqttTransport::connect(&format!("{url}&verify_hostname=false"))
+        .await
+        .expect("verify_hostname=false accepts it");
+    round_trip(&t).await;
+    t.close().await.unwrap();
 }
 
 #[tokio::test]
