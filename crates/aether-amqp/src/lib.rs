@@ -42,7 +42,8 @@
 //!   `#`), consumed without acknowledgements (broadcasts promise nothing to absent
 //!   subscribers). A subscriber whose buffer is full pauses its consumer, leaving the
 //!   backlog in the queue on the broker (bounded, oldest dropped first) rather than in
-//!   memory.
+//!   memory. A filter whose union is a wildcard needs one exchange for every union (an
+//!   `exchange` name without `{union}`); with the default it is refused as unsupported.
 //! - **Performs** go, persistent and with publisher confirms, to the direct exchange
 //!   `aether.{union}.work` with the routing key `union.job.task.context` and the tid as the
 //!   message id (a direct exchange costs RabbitMQ far less to route than a topic one). Each
