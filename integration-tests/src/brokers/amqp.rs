@@ -40,6 +40,8 @@ pub fn with_test_query(url: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct AmqpHarness {
     url: String,
+    /// Extra URL settings, for the private nodes too.
+    query: Option<String>,
 }
 
 impl AmqpHarness {
@@ -48,7 +50,16 @@ impl AmqpHarness {
         let base = UrlHarness::from_env("amqp", "AETHER_TEST_AMQP_URL", DEFAULT_URL);
         AmqpHarness {
             url: with_test_query(base.url()),
+            query: None,
         }
+    }
+
+    /// The same with `query` (e.g. `queue_type=quorum`) added to every URL.
+    pub fn with_query(query: &str) -> AmqpHarness {
+        let mut h = AmqpHarness::from_env();
+        h.url = format!("{}&{query}", h.url);
+        h.query = Some(query.to_owned());
+        h
     }
 }
 
@@ -77,14 +88,17 @@ impl Harness for AmqpHarness {
     }
 
     async fn private_broker(&self) -> Option<Box<dyn PrivateBroker>> {
-        Some(Box::new(LazyRabbit::default()))
+        Some(Box::new(LazyRabbit {
+            node: OnceCell::new(),
+            query: self.query.clone(),
+        }))
     }
 }
 
 /// A private node started on first use, so listing the cases costs nothing.
-#[derive(Default)]
 struct LazyRabbit {
     node: OnceCell<PrivateRabbit>,
+    query: Option<String>,
 }
 
 impl LazyRabbit {
@@ -98,7 +112,13 @@ impl LazyRabbit {
 #[async_trait]
 impl PrivateBroker for LazyRabbit {
     async fn connect(&self) -> SharedTransport {
-        self.node().await.connect().await
+        let node = self.node().await;
+        match &self.query {
+            None => node.connect().await,
+            Some(q) => aether::connect(&format!("{}&{q}", node.url()))
+                .await
+                .unwrap_or_else(|e| panic!("connect to the private RabbitMQ node: {e}")),
+        }
     }
 
     async fn restart(&self) {
