@@ -1,9 +1,9 @@
 //! The conformance suite on RabbitMQ (`AETHER_TEST_AMQP_URL`, default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`), with classic and with quorum queues, then the
-//! cases only AMQP has: long tasks past
-//! the consumer timeout, dead letters with their reasons, and recovery from deleted queues
-//! and closed connections. The restart and long-task cases start private RabbitMQ nodes
-//! (see `brokers::amqp`).
+//! cases only AMQP has: long tasks past the consumer timeout, TLS, recovery from deleted
+//! queues and closed connections, dead letters, slow subscribers, the consumer contract.
+//! The restart, long-task, TLS and recovery cases start private RabbitMQ nodes (see
+//! `brokers::amqp`).
 
 use aether_integration_tests::brokers::amqp::AmqpHarness;
 
