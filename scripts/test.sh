@@ -62,10 +62,13 @@ wait_for 5672 RabbitMQ 120
 if command -v rabbitmqctl >/dev/null && ! (command -v docker >/dev/null && docker compose ps -q rabbitmq 2>/dev/null | grep -q .); then
   as_root rabbitmqctl -q await_startup >/dev/null 2>&1 || true
 fi
-# Private brokers for restart tests are started by the tests themselves from these binaries.
-for bin in redis-server mosquitto; do
-  command -v "$bin" >/dev/null || { log "installing $bin for private-broker tests"; apt_install "$bin"; }
-done
+# Restart, long-task and TLS tests start private brokers on spare ports from these, even
+# when the shared brokers run in Docker: redis-server, mosquitto, rabbitmq-server (with its
+# rabbitmqctl and epmd), and the openssl CLI for test certificates.
+missing=()
+for bin in redis-server mosquitto openssl; do command -v "$bin" >/dev/null || missing+=("$bin"); done
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
+[ ${#missing[@]} -eq 0 ] || { log "installing ${missing[*]} for private-broker tests"; apt_install "${missing[@]}"; }
 
 log "Python AetherMagic for interop tests"
 PYENV=target/pyenv
