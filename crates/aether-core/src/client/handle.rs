@@ -1,0 +1,375 @@
+//! The state a task shares between its handle, its supervisor and the router.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::action::{Action, Status};
+use crate::envelope::{Codec, Envelope, Header, empty_object, encode_raw};
+use crate::error::{DecodeError, Error, Result};
+use crate::node::Aether;
+use crate::state::{Applied, TaskEvent, TaskState};
+use crate::stats::Counters;
+use crate::topic::Topic;
+use crate::transport::SharedTransport;
+
+/// A progress report of a task.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// 0-100; 0 is the worker's acceptance.
+    pub percent: u8,
+    envelope: Envelope,
+}
+
+impl Progress {
+    /// The data the worker sent with it.
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        self.envelope.data()
+    }
+    /// The whole message.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+}
+
+/// How a task ended, as stored until the handle asks.
+#[derive(Clone, Debug)]
+pub(super) enum Outcome {
+    Succeeded(Envelope),
+    Failed(Envelope),
+    Cancelled,
+    DeadlineExceeded,
+    Lost(u32),
+    Closed,
+}
+
+impl Outcome {
+    pub(super) fn into_result(self, tid: &str) -> Result<Envelope> {
+        let tid = tid.to_owned();
+        match self {
+            Outcome::Succeeded(env) => Ok(env),
+            Outcome::Failed(env) => Err(Error::TaskFailed {
+                tid,
+                message: env
+                    .header()
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| failure_message(&env)),
+                data: env.data_value(),
+            }),
+            Outcome::Cancelled => Err(Error::Cancelled { tid }),
+            Outcome::DeadlineExceeded => Err(Error::DeadlineExceeded { tid }),
+            Outcome::Lost(attempts) => Err(Error::WorkerLost { tid, attempts }),
+            Outcome::Closed => Err(Error::Closed),
+        }
+    }
+}
+
+/// A failure message for a completion without aether's `error` key (a Python worker's).
+pub(super) fn failure_message(env: &Envelope) -> String {
+    match env.data_value() {
+        serde_json::Value::Null => "failed".to_owned(),
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Object(map) if map.is_empty() => "failed".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+pub(super) struct TaskInner {
+    pub(super) state: TaskState,
+    pub(super) progress: VecDeque<Progress>,
+    pub(super) outcome: Option<Outcome>,
+    /// When the task last showed a sign of life, or was last dispatched.
+    pub(super) heard: Instant,
+    /// Whether any worker reported on it since the last dispatch.
+    pub(super) seen: bool,
+    /// The lease the worker that has it promised to heartbeat within.
+    pub(super) worker_lease: Option<Duration>,
+    /// The handle was dropped.
+    pub(super) detached: bool,
+    /// The worker whose statuses are counted, and how many arrived.
+    pub(super) counted: Option<(String, u32)>,
+    /// A completion waiting for earlier statuses.
+    pub(super) parked: Option<Parked>,
+}
+
+pub(super) struct TaskShared {
+    pub(super) tid: String,
+    pub(super) progress_cap: usize,
+    pub(super) inner: Mutex<TaskInner>,
+    /// Wakes the handle's waiters: progress or outcome.
+    pub(super) wake: Notify,
+    /// Wakes the supervisor: outcome, a held completion, acceptance (which changes the
+    /// lease), or the handle dropped. Plain progress does not wake it: on its lease timer
+    /// it re-reads when the task was last heard of.
+    pub(super) wake_supervisor: Notify,
+}
+
+impl TaskShared {
+    pub(super) fn new(tid: String, progress_cap: usize) -> TaskShared {
+        TaskShared {
+            tid,
+            progress_cap: progress_cap.max(1),
+            inner: Mutex::new(TaskInner {
+                state: TaskState::Submitted,
+                progress: VecDeque::new(),
+                outcome: None,
+                heard: Instant::now(),
+                seen: false,
+                worker_lease: None,
+                detached: false,
+                counted: None,
+                parked: None,
+            }),
+            wake: Notify::new(),
+            wake_supervisor: Notify::new(),
+        }
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, TaskInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `f` returns `Some`, re-checking after every change.
+    pub(super) async fn wait_for<T>(&self, mut f: impl FnMut(&mut TaskInner) -> Option<T>) -> T {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(v) = f(&mut self.lock()) {
+                return v;
+            }
+            notified.await;
+        }
+    }
+
+    /// Ends the task with `outcome` unless it already ended; returns whether it did.
+    pub(super) fn finish(&self, event: TaskEvent, outcome: Outcome, counters: &Counters) -> bool {
+        let mut inner = self.lock();
+        if inner.outcome.is_some() {
+            return false;
+        }
+        if let Ok(Applied::Changed(s)) = inner.state.apply(event) {
+            inner.state = s;
+        }
+        let counter = match &outcome {
+            Outcome::Succeeded(_) => &counters.succeeded,
+            Outcome::Failed(_) => &counters.failed,
+            Outcome::Cancelled => &counters.cancelled,
+            Outcome::DeadlineExceeded => &counters.deadline_exceeded,
+            Outcome::Lost(_) | Outcome::Closed => &counters.lost,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        inner.outcome = Some(outcome);
+        drop(inner);
+        self.wake.notify_waiters();
+        self.wake_supervisor.notify_one();
+        true
+    }
+
+    /// Applies a status or complete from a worker.
+    pub(super) fn on_update(&self, env: Envelope, counters: &Counters) {
+        let h = env.header();
+        let event = match (h.action, h.status) {
+            (Action::Status, _) => TaskEvent::Progress(h.progress),
+            (Action::Complete, Status::Succeed) => TaskEvent::Succeeded,
+            (Action::Complete, _) => TaskEvent::Failed,
+            _ => return,
+        };
+        let mut inner = self.lock();
+        inner.heard = Instant::now();
+        let lease = h.lease.map(Duration::from_millis);
+        let lease_changed = !inner.seen || (lease.is_some() && inner.worker_lease != lease);
+        inner.seen = true;
+        if lease.is_some() {
+            inner.worker_lease = lease;
+        }
+        if lease_changed {
+            self.wake_supervisor.notify_one();
+        }
+        if event.is_terminal() {
+            // Statuses and completions may travel on different subscriptions: hold a
+            // completion until the statuses its worker sent before it have arrived.
+            let needed = h.seq.unwrap_or(0);
+            let have = inner
+                .counted
+                .as_ref()
+                .filter(|(w, _)| *w == h.client)
+                .map_or(0, |c| c.1);
+            if have < needed && inner.parked.is_none() && inner.outcome.is_none() {
+                inner.parked = Some(Parked {
+                    worker: h.client.clone(),
+                    needed,
+                    until: Instant::now() + PARK,
+                    event,
+                    env,
+                });
+                drop(inner);
+                self.wake_supervisor.notify_one();
+                return;
+            }
+            drop(inner);
+            self.complete(event, env, counters);
+            return;
+        }
+        match &mut inner.counted {
+            Some((w, n)) if *w == h.client => *n += 1,
+            counted => *counted = Some((h.client.clone(), 1)),
+        }
+        match inner.state.apply(event) {
+            Ok(Applied::Changed(state)) => {
+                inner.state = state;
+                if inner.progress.len() >= self.progress_cap {
+                    inner.progress.pop_front();
+                    counters.progress_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                inner.progress.push_back(Progress {
+                    percent: state.progress(),
+                    envelope: env,
+                });
+            }
+            Ok(Applied::Duplicate | Applied::Stale) => {
+                counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(tid = %self.tid, error = %e, "late update ignored");
+                counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let released = match (&inner.parked, &inner.counted) {
+            (Some(p), Some((w, n))) if *w == p.worker && *n >= p.needed => inner.parked.take(),
+            _ => None,
+        };
+        drop(inner);
+        self.wake.notify_waiters();
+        if let Some(p) = released {
+            self.complete(p.event, p.env, counters);
+        }
+    }
+
+    /// Ends the task with a worker's completion.
+    pub(super) fn complete(&self, event: TaskEvent, env: Envelope, counters: &Counters) {
+        let outcome = if event == TaskEvent::Succeeded {
+            Outcome::Succeeded(env)
+        } else {
+            Outcome::Failed(env)
+        };
+        if !self.finish(event, outcome, counters) {
+            counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Releases a held completion whose statuses did not all arrive in time.
+    pub(super) fn release_parked(&self, counters: &Counters) {
+        let parked = self.lock().parked.take();
+        if let Some(p) = parked {
+            self.complete(p.event, p.env, counters);
+        }
+    }
+}
+
+/// How long a completion is held for statuses sent before it.
+pub(super) const PARK: Duration = Duration::from_millis(500);
+
+/// A completion held until the statuses sent before it arrive.
+pub(super) struct Parked {
+    pub(super) worker: String,
+    pub(super) needed: u32,
+    pub(super) until: Instant,
+    pub(super) event: TaskEvent,
+    pub(super) env: Envelope,
+}
+
+/// A task in flight: its progress, its outcome, and the means to cancel it.
+///
+/// Dropping the handle does not cancel the task; the client still sees it through to an
+/// outcome (redispatching if needed) while a lease or deadline applies.
+pub struct TaskHandle {
+    pub(super) shared: Arc<TaskShared>,
+    pub(super) topic: Topic,
+    pub(super) transport: SharedTransport,
+    pub(super) node: Aether,
+    pub(super) codec: Codec,
+}
+
+impl TaskHandle {
+    /// The task id.
+    pub fn tid(&self) -> &str {
+        self.topic.tid()
+    }
+
+    /// The perform's topic.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// Where the task stands now.
+    pub fn state(&self) -> TaskState {
+        self.shared.lock().state
+    }
+
+    /// The next progress update, in order; `None` once the task has ended and every
+    /// buffered update was taken. If updates are not taken, the oldest are dropped past
+    /// [`Config::progress_buffer`](crate::Config::progress_buffer).
+    pub async fn next_progress(&mut self) -> Option<Progress> {
+        self.shared
+            .wait_for(|inner| match inner.progress.pop_front() {
+                Some(p) => Some(Some(p)),
+                None if inner.outcome.is_some() => Some(None),
+                None => None,
+            })
+            .await
+    }
+
+    /// Waits for the outcome and returns the completion message of a successful task.
+    pub async fn outcome(&self) -> Result<Envelope> {
+        let outcome = self.shared.wait_for(|inner| inner.outcome.clone()).await;
+        outcome.into_result(&self.shared.tid)
+    }
+
+    /// Waits for the outcome and decodes a successful task's data as `R`.
+    pub async fn result<R: DeserializeOwned>(self) -> Result<R> {
+        let env = self.outcome().await?;
+        env.data().map_err(Error::Decode)
+    }
+
+    /// Asks the worker to stop the task, and ends it here as cancelled (unless it already
+    /// ended). The worker's handler sees the cancellation through its context.
+    pub async fn cancel(&self) -> Result<()> {
+        let config = self.node.config();
+        let header = Header::new(Action::Cancel, &config.host, &config.client_id);
+        let bytes = encode_raw(self.codec, &header, empty_object(self.codec));
+        // Ended here first, so the worker's answer to the cancel cannot overtake it.
+        self.shared.finish(
+            TaskEvent::Cancelled,
+            Outcome::Cancelled,
+            self.node.counters(),
+        );
+        let topic = self.topic.with_action(Action::Cancel);
+        self.node
+            .timed("cancel", self.transport.publish(&topic, bytes))
+            .await
+    }
+}
+
+impl Drop for TaskHandle {
+    fn drop(&mut self) {
+        self.shared.lock().detached = true;
+        self.shared.wake_supervisor.notify_one();
+    }
+}
+
+impl fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("topic", &self.topic)
+            .field("state", &self.state())
+            .finish()
+    }
+}

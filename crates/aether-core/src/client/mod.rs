@@ -1,0 +1,246 @@
+//! The client: performs tasks and follows them to exactly one outcome.
+//!
+//! Each perform gets a supervisor that watches the task's lease: if no worker accepts the
+//! task, or the worker that has it stops sending heartbeats, within the lease, the client
+//! sends the perform again with the same tid and `attempt + 1` (bounded, with backoff).
+//! Workers drop tids they already completed, and the client surfaces the first outcome
+//! only, so a task whose worker died is still completed exactly once as far as the caller
+//! can see, on every transport.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::action::Action;
+use crate::envelope::{Codec, Header, encode_raw};
+use crate::error::{Error, Result};
+use crate::node::{Aether, DEFAULT_CONTEXT};
+use crate::topic::Topic;
+
+mod handle;
+mod route;
+mod supervisor;
+
+use handle::TaskShared;
+pub use handle::{Progress, TaskHandle};
+pub(crate) use route::{Routes, accept_broadcast};
+use supervisor::{Redispatch, Supervisor};
+
+/// Performs tasks. Cheap to clone.
+///
+/// ```
+/// # async fn demo(aether: aether_core::Aether) -> aether_core::Result<()> {
+/// use std::time::Duration;
+///
+/// let client = aether.client();
+/// let mut task = client
+///     .task("math", "add")
+///     .deadline(Duration::from_secs(5))
+///     .perform(&(2, 3))
+///     .await?;
+/// while let Some(p) = task.next_progress().await {
+///     println!("{}%", p.percent);
+/// }
+/// let sum: i32 = task.result().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    node: Aether,
+}
+
+impl Client {
+    pub(crate) fn new(node: Aether) -> Client {
+        Client { node }
+    }
+
+    /// Starts describing a perform of `task` in `job` (context `x`, default channel).
+    pub fn task(&self, job: &str, task: &str) -> TaskBuilder<'_> {
+        TaskBuilder {
+            client: self,
+            job: job.to_owned(),
+            task: task.to_owned(),
+            context: DEFAULT_CONTEXT.to_owned(),
+            channel: String::new(),
+            tid: None,
+            deadline: None,
+            headers: None,
+            codec: None,
+        }
+    }
+
+    /// Performs `task` of `job` in `context` with `payload` on the default channel.
+    pub async fn perform<P: Serialize + ?Sized>(
+        &self,
+        job: &str,
+        task: &str,
+        context: &str,
+        payload: &P,
+    ) -> Result<TaskHandle> {
+        self.task(job, task).context(context).perform(payload).await
+    }
+
+    /// The node this client belongs to.
+    pub fn node(&self) -> &Aether {
+        &self.node
+    }
+}
+
+/// A perform being described: context, channel, tid, deadline, headers, codec.
+#[derive(Debug)]
+#[must_use = "call .perform(&payload) to send it"]
+pub struct TaskBuilder<'a> {
+    client: &'a Client,
+    job: String,
+    task: String,
+    context: String,
+    channel: String,
+    tid: Option<String>,
+    deadline: Option<Duration>,
+    headers: Option<BTreeMap<String, String>>,
+    codec: Option<Codec>,
+}
+
+impl TaskBuilder<'_> {
+    /// The context (fourth topic level). Default `x`.
+    pub fn context(mut self, context: &str) -> Self {
+        self.context = context.to_owned();
+        self
+    }
+    /// The channel to send on. Default: the default channel.
+    pub fn channel(mut self, channel: &str) -> Self {
+        self.channel = channel.to_owned();
+        self
+    }
+    /// The task id. Default: 16 random hex digits.
+    pub fn tid(mut self, tid: &str) -> Self {
+        self.tid = Some(tid.to_owned());
+        self
+    }
+    /// Gives up (and cancels the task) if it has not completed this long after sending.
+    /// Default: no deadline.
+    pub fn deadline(mut self, after: Duration) -> Self {
+        self.deadline = Some(after);
+        self
+    }
+    /// Adds a string header, e.g. `traceparent`.
+    pub fn header(mut self, key: &str, value: &str) -> Self {
+        self.headers
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+    /// The codec of this perform. Default: the node's.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+
+    /// Sends the perform. Returns once the transport has accepted it; the task's progress
+    /// and outcome come through the returned handle.
+    pub async fn perform<P: Serialize + ?Sized>(self, payload: &P) -> Result<TaskHandle> {
+        let node = &self.client.node;
+        let config = node.config();
+        let transport = node.transport(&self.channel)?.clone();
+        let tid = match self.tid {
+            Some(t) => t,
+            None => new_tid(),
+        };
+        let topic = Topic::new(
+            &config.union,
+            &self.job,
+            &self.task,
+            &self.context,
+            &tid,
+            Action::Perform,
+        )?;
+        let codec = self.codec.unwrap_or(config.codec);
+        let data = codec.to_vec(payload)?;
+        let mut header = Header::new(Action::Perform, &config.host, &config.client_id);
+        header.attempt = Some(1);
+        header.lease = Some(config.lease.as_millis() as u64);
+        header.deadline = self.deadline.map(|d| unix_ms() + d.as_millis() as u64);
+        header.headers = self.headers;
+        let bytes = encode_raw(codec, &header, &data);
+        let limit = node.payload_limit(&transport);
+        if bytes.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        let caps = transport.capabilities();
+        // Before a worker accepts: wait on transports that keep the perform queued; chase it
+        // on those that may have dropped it. After a worker accepted and promised
+        // heartbeats: silence means the worker died or its completion was lost (a
+        // subscriber reconnecting), and a redispatch recovers both (a worker that already
+        // completed the tid repeats its completion), so that is on unless turned off.
+        let redispatch = match config.redispatch {
+            Some(on) => Redispatch {
+                before_accept: on,
+                after_accept: on,
+            },
+            None => Redispatch {
+                before_accept: !caps.redelivers_on_crash,
+                after_accept: true,
+            },
+        };
+        let route = node
+            .inner
+            .routes
+            .get(node, &self.channel, &transport, &topic)
+            .await?;
+        let shared = Arc::new(TaskShared::new(tid.clone(), config.progress_buffer));
+        if !route.insert(&tid, shared.clone()) {
+            return Err(Error::Config(format!(
+                "task {tid} is already in flight from this node; tids must be unique"
+            )));
+        }
+        if let Err(e) = node
+            .timed("enqueue", transport.enqueue(&topic, bytes.clone()))
+            .await
+        {
+            route.remove(&tid);
+            return Err(e);
+        }
+        node.counters().performed.fetch_add(1, Ordering::Relaxed);
+        let supervisor = Supervisor {
+            node: node.clone(),
+            transport: transport.clone(),
+            route: route.clone(),
+            shared: shared.clone(),
+            topic: topic.clone(),
+            codec,
+            header,
+            data,
+            bytes,
+            redispatch,
+            deadline: self.deadline.map(|d| Instant::now() + d),
+        };
+        tokio::spawn(supervisor.run());
+        Ok(TaskHandle {
+            shared,
+            topic,
+            transport,
+            node: node.clone(),
+            codec,
+        })
+    }
+}
+
+/// 16 random hex digits. Python services use 8; aether uses more so tids of many
+/// concurrent clients do not collide in workers' duplicate windows.
+fn new_tid() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..16].to_owned()
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

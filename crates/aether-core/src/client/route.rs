@@ -1,0 +1,195 @@
+//! Routing of status and complete messages to the tasks that wait for them.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
+use super::handle::{Outcome, TaskShared};
+use crate::action::Action;
+use crate::envelope::Envelope;
+use crate::error::{DecodeError, Error, Result};
+use crate::node::Aether;
+use crate::state::TaskEvent;
+use crate::stats::Counters;
+use crate::topic::{Topic, TopicFilter, WorkQueue};
+use crate::transport::{Received, SharedTransport, Subscription};
+
+/// A route, created once by the first perform that needs it.
+type RouteCell = Arc<OnceCell<Arc<Route>>>;
+
+/// The subscriptions a node's clients share per (channel, union, job, task, context):
+/// channel, then `union/job/task/context`, so a lookup allocates nothing.
+#[derive(Default)]
+pub(crate) struct Routes {
+    map: Mutex<HashMap<String, HashMap<Box<str>, RouteCell>>>,
+}
+
+impl Routes {
+    pub(super) async fn get(
+        &self,
+        node: &Aether,
+        channel: &str,
+        transport: &SharedTransport,
+        topic: &Topic,
+    ) -> Result<Arc<Route>> {
+        let prefix = topic.queue_prefix();
+        let cell = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            let routes = match map.get_mut(channel) {
+                Some(r) => r,
+                None => map.entry(channel.to_owned()).or_default(),
+            };
+            match routes.get(prefix) {
+                Some(cell) => cell.clone(),
+                None => routes.entry(prefix.into()).or_default().clone(),
+            }
+        };
+        let route = cell
+            .get_or_try_init(|| {
+                let start = async {
+                    let queue = WorkQueue::of_topic(topic, "_")?;
+                    Route::start(node, transport, &queue).await
+                };
+                node.timed("subscribe", start)
+            })
+            .await?;
+        if route.is_closed() {
+            // Its subscriptions ended (transport closed): forget it so a later call retries.
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(routes) = map.get_mut(channel) {
+                routes.remove(prefix);
+            }
+            return Err(Error::Closed);
+        }
+        Ok(route.clone())
+    }
+}
+
+/// Routes status and complete messages of one (union, job, task, context) to the tasks.
+pub(crate) struct Route {
+    tasks: Mutex<HashMap<String, Arc<TaskShared>>>,
+    closed: std::sync::atomic::AtomicBool,
+    routers: Vec<JoinHandle<()>>,
+}
+
+impl Route {
+    pub(super) async fn start(
+        node: &Aether,
+        transport: &SharedTransport,
+        queue: &WorkQueue,
+    ) -> Result<Arc<Route>> {
+        let filters: [TopicFilter; 2] =
+            [queue.filter(Action::Status), queue.filter(Action::Complete)];
+        let mut subs = Vec::with_capacity(2);
+        for f in &filters {
+            subs.push(transport.subscribe(f).await?);
+        }
+        let limit = node.payload_limit(transport);
+        Ok(Arc::new_cyclic(|weak: &Weak<Route>| Route {
+            tasks: Mutex::new(HashMap::new()),
+            closed: Default::default(),
+            routers: subs
+                .into_iter()
+                .map(|sub| tokio::spawn(route_loop(weak.clone(), node.clone(), sub, limit)))
+                .collect(),
+        }))
+    }
+
+    /// Adds a task; false if its tid is already routed here.
+    pub(super) fn insert(&self, tid: &str, task: Arc<TaskShared>) -> bool {
+        match self.lock().entry(tid.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(task);
+                true
+            }
+        }
+    }
+
+    pub(super) fn remove(&self, tid: &str) {
+        self.lock().remove(tid);
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TaskShared>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        for r in &self.routers {
+            r.abort();
+        }
+    }
+}
+
+pub(super) async fn route_loop(
+    route: Weak<Route>,
+    node: Aether,
+    mut sub: Subscription,
+    limit: usize,
+) {
+    let counters = node.counters();
+    while let Some(received) = sub.next().await {
+        let Some(route) = route.upgrade() else { return };
+        let Some(msg) = accept_broadcast(received, limit, counters) else {
+            continue;
+        };
+        let task = route.lock().get(msg.0.tid()).cloned();
+        if let Some(task) = task {
+            task.on_update(msg.1, counters);
+        }
+    }
+    if let Some(route) = route.upgrade() {
+        route.closed.store(true, Ordering::Release);
+        let tasks: Vec<_> = route.lock().drain().map(|(_, t)| t).collect();
+        for t in tasks {
+            t.finish(TaskEvent::TimedOut, Outcome::Closed, counters);
+        }
+    }
+}
+
+/// Checks a broadcast message: topic, size, envelope. Bad ones are counted and dropped.
+pub(crate) fn accept_broadcast(
+    received: Received,
+    limit: usize,
+    counters: &Counters,
+) -> Option<(Topic, Envelope)> {
+    let msg = match received {
+        Ok(msg) => msg,
+        Err(invalid) => {
+            counters.invalid_topic.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %invalid.raw_topic, error = %invalid.error, "message on an invalid topic dropped");
+            return None;
+        }
+    };
+    if msg.payload.len() > limit {
+        counters.oversized.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(topic = %msg.topic, size = msg.payload.len(), limit, "oversized message dropped");
+        return None;
+    }
+    match Envelope::decode(msg.payload) {
+        Ok(env) if env.header().action == msg.topic.action() => Some((msg.topic, env)),
+        Ok(env) => {
+            counters.unexpected_action.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %msg.topic, action = %env.header().action, "action does not match the topic; dropped");
+            None
+        }
+        Err(e) => {
+            let counter = match e {
+                DecodeError::UnknownAction(_) => &counters.unknown_action,
+                _ => &counters.malformed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %msg.topic, error = %e, "malformed message dropped");
+            None
+        }
+    }
+}

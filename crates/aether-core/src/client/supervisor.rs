@@ -1,0 +1,148 @@
+//! The supervisor of a task: redispatches on lease expiry, enforces the deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::handle::{Outcome, TaskInner, TaskShared};
+use super::route::Route;
+use crate::action::Action;
+use crate::envelope::{Codec, Header, empty_object, encode_raw};
+use crate::node::Aether;
+use crate::state::TaskEvent;
+use crate::topic::Topic;
+use crate::transport::{DeadLetter, DeadLetterReason, SharedTransport};
+
+/// Follows one task until it ends: redispatches on lease expiry, enforces the deadline.
+pub(super) struct Supervisor {
+    pub(super) node: Aether,
+    pub(super) transport: SharedTransport,
+    pub(super) route: Arc<Route>,
+    pub(super) shared: Arc<TaskShared>,
+    pub(super) topic: Topic,
+    pub(super) codec: Codec,
+    pub(super) header: Header,
+    pub(super) data: Vec<u8>,
+    pub(super) bytes: bytes::Bytes,
+    pub(super) redispatch: Redispatch,
+    pub(super) deadline: Option<Instant>,
+}
+
+/// When a silent task is dispatched again.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Redispatch {
+    /// No worker accepted it within the lease.
+    pub(super) before_accept: bool,
+    /// The worker that accepted it stopped heartbeating.
+    pub(super) after_accept: bool,
+}
+
+impl Supervisor {
+    pub(super) async fn run(mut self) {
+        let node = self.node.clone();
+        let config = node.config();
+        let counters = node.counters();
+        let mut attempt = 1u32;
+        loop {
+            let (lease_at, park_at) = {
+                let inner = self.shared.lock();
+                if inner.outcome.is_some() {
+                    break;
+                }
+                let park_at = inner.parked.as_ref().map(|p| p.until);
+                let lease_at = self.lease_deadline(&inner, config.lease);
+                if inner.detached
+                    && lease_at.is_none()
+                    && self.deadline.is_none()
+                    && park_at.is_none()
+                {
+                    break;
+                }
+                (lease_at, park_at)
+            };
+            // `notify_one` keeps a permit if the supervisor is not waiting yet.
+            tokio::select! {
+                _ = self.shared.wake_supervisor.notified() => {}
+                _ = sleep_until_opt(park_at) => self.shared.release_parked(counters),
+                _ = sleep_until_opt(self.deadline) => {
+                    if self.shared.finish(TaskEvent::TimedOut, Outcome::DeadlineExceeded, counters) {
+                        self.send_cancel().await;
+                    }
+                    break;
+                }
+                _ = sleep_until_opt(lease_at) => {
+                    let now_due = self.lease_deadline(&self.shared.lock(), config.lease);
+                    if now_due.is_some_and(|at| at > Instant::now()) {
+                        // Heard of since the timer was set: sleep again.
+                        continue;
+                    }
+                    if attempt >= config.max_attempts {
+                        if self.shared.finish(TaskEvent::TimedOut, Outcome::Lost(attempt), counters) {
+                            let letter = DeadLetter {
+                                topic: self.topic.to_string(),
+                                payload: self.bytes.clone(),
+                                reason: DeadLetterReason::AttemptsExhausted { attempts: attempt },
+                            };
+                            self.node.dead_letter(&self.transport, letter).await;
+                        }
+                        break;
+                    }
+                    attempt += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(config.backoff.delay(attempt)) => {}
+                        _ = sleep_until_opt(self.deadline) => continue,
+                    }
+                    if self.shared.lock().outcome.is_some() {
+                        break;
+                    }
+                    self.header.attempt = Some(attempt);
+                    self.bytes = encode_raw(self.codec, &self.header, &self.data);
+                    {
+                        let mut inner = self.shared.lock();
+                        inner.heard = Instant::now();
+                        inner.seen = false;
+                        inner.worker_lease = None;
+                    }
+                    tracing::info!(topic = %self.topic, attempt, "lease expired; dispatching again");
+                    counters.redispatched.fetch_add(1, Ordering::Relaxed);
+                    let resend = self.transport.enqueue(&self.topic, self.bytes.clone());
+                    if let Err(e) = self.node.timed("enqueue", resend).await {
+                        tracing::warn!(topic = %self.topic, error = %e, "redispatch failed");
+                    }
+                }
+            }
+        }
+        self.route.remove(&self.shared.tid);
+    }
+
+    /// When the task's lease runs out if nothing more is heard, where it is watched.
+    pub(super) fn lease_deadline(&self, inner: &TaskInner, lease: Duration) -> Option<Instant> {
+        match (inner.seen, inner.worker_lease) {
+            (false, _) if self.redispatch.before_accept => Some(inner.heard + lease),
+            (true, Some(l)) if self.redispatch.after_accept => Some(inner.heard + l.max(lease)),
+            _ => None,
+        }
+    }
+
+    pub(super) async fn send_cancel(&self) {
+        let config = self.node.config();
+        let header = Header::new(Action::Cancel, &config.host, &config.client_id);
+        let bytes = encode_raw(self.codec, &header, empty_object(self.codec));
+        if let Err(e) = self
+            .transport
+            .publish(&self.topic.with_action(Action::Cancel), bytes)
+            .await
+        {
+            tracing::debug!(topic = %self.topic, error = %e, "cancel after deadline not sent");
+        }
+    }
+}
+
+pub(super) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
