@@ -1,0 +1,226 @@
+//! The conformance cases, written once and run against every transport by
+//! [`conformance!`](crate::conformance): the list with what each needs, and the shared
+//! helpers; the cases themselves live in one file per theme.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aether::{
+    Action, AetherTask, Bytes, Capabilities, Codec, Error, Header, Subscription, TaskContext,
+    Topic, TopicFilter,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::harness::{Harness, capabilities, eventually, node, union};
+
+mod broadcast;
+mod failures;
+mod recovery;
+mod work;
+
+pub use broadcast::*;
+pub use failures::*;
+pub use recovery::*;
+pub use work::*;
+
+/// The path of the `aether-test-worker` binary, known only to integration test targets;
+/// [`conformance!`](crate::conformance) sets it.
+pub static WORKER_BIN: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// How long any one wait in a case may take before the case fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A short lease for cases about dead workers.
+pub(crate) const SHORT_LEASE: Duration = Duration::from_millis(1000);
+
+pub(crate) async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+pub(crate) async fn next_msg(sub: &mut Subscription, what: &str) -> (Topic, Bytes) {
+    let m = within(what, sub.next())
+        .await
+        .unwrap_or_else(|| panic!("subscription ended: {what}"))
+        .unwrap_or_else(|e| panic!("invalid message: {e:?}"));
+    (m.topic, m.payload)
+}
+
+pub(crate) fn t(union: &str, rest: &str) -> Topic {
+    format!("{union}/{rest}").parse().expect("topic")
+}
+
+pub(crate) fn f(union: &str, rest: &str) -> TopicFilter {
+    format!("{union}/{rest}").parse().expect("filter")
+}
+
+pub(crate) fn announce(b: aether::WorkerBuilder) -> aether::WorkerBuilder {
+    b.announce(false)
+}
+
+/// A name and what the case needs of a transport. Every case is listed here.
+#[derive(Debug)]
+pub struct Case {
+    /// The case's function name.
+    pub name: &'static str,
+    /// `Err(why)` when a transport with these capabilities cannot pass it.
+    pub requires: fn(&Capabilities, bool) -> Result<(), &'static str>,
+}
+
+fn always(_: &Capabilities, _: bool) -> Result<(), &'static str> {
+    Ok(())
+}
+
+/// Every case, with its requirement. `check_listing` holds each transport's list to it.
+pub const CASES: &[Case] = &[
+    Case {
+        name: "broadcast_reaches_matching_subscribers_only",
+        requires: always,
+    },
+    Case {
+        name: "wildcard_filters",
+        requires: |c, _| {
+            if c.wildcards {
+                Ok(())
+            } else {
+                Err("no wildcard subscriptions")
+            }
+        },
+    },
+    Case {
+        name: "one_of_n_exactly_once",
+        requires: always,
+    },
+    Case {
+        name: "every_workgroup_gets_every_task",
+        requires: always,
+    },
+    Case {
+        name: "progress_arrives_in_order",
+        requires: always,
+    },
+    Case {
+        name: "typed_result_round_trip_in_both_codecs",
+        requires: always,
+    },
+    Case {
+        name: "handler_error_fails_the_task",
+        requires: always,
+    },
+    Case {
+        name: "handler_panic_fails_the_task_and_worker_survives",
+        requires: always,
+    },
+    Case {
+        name: "cancel_reaches_the_running_handler",
+        requires: always,
+    },
+    Case {
+        name: "deadline_expiry",
+        requires: always,
+    },
+    Case {
+        name: "dropped_worker_task_completed_by_another",
+        requires: always,
+    },
+    Case {
+        name: "repeated_perform_is_handled_once",
+        requires: always,
+    },
+    Case {
+        name: "malformed_input_is_dead_lettered_and_worker_keeps_serving",
+        requires: always,
+    },
+    Case {
+        name: "oversized_payload_is_a_typed_error",
+        requires: always,
+    },
+    Case {
+        name: "graceful_shutdown_finishes_in_flight_tasks",
+        requires: always,
+    },
+    Case {
+        name: "invalid_segments_are_refused",
+        requires: always,
+    },
+    Case {
+        name: "workers_announce_online_and_idle",
+        requires: |c, _| {
+            if c.wildcards {
+                Ok(())
+            } else {
+                Err("no wildcard subscriptions")
+            }
+        },
+    },
+    Case {
+        name: "callback_style_round_trip",
+        requires: always,
+    },
+    Case {
+        name: "task_enqueued_before_any_worker_is_handled",
+        requires: |c, _| {
+            if c.durable {
+                Ok(())
+            } else {
+                Err("not durable")
+            }
+        },
+    },
+    Case {
+        name: "worker_process_killed_mid_task",
+        requires: |c, _| {
+            if c.shared_between_processes {
+                Ok(())
+            } else {
+                Err("no broker shared between processes")
+            }
+        },
+    },
+    Case {
+        name: "broker_restart_workers_resume",
+        requires: |_, private| {
+            if private {
+                Ok(())
+            } else {
+                Err("no broker to restart")
+            }
+        },
+    },
+];
+
+/// Checks a transport's listing: every case present, and each `#[ignore]` matching what
+/// the transport reports through its capabilities at run time.
+pub async fn check_listing(h: &dyn Harness, listed: &[(&str, bool)]) {
+    let caps = capabilities(h).await;
+    let private = h.private_broker().await.is_some();
+    for case in CASES {
+        let Some((_, ignored)) = listed.iter().find(|(n, _)| *n == case.name) else {
+            panic!("{}: case {} is not listed", h.name(), case.name);
+        };
+        match ((case.requires)(&caps, private), ignored) {
+            (Ok(()), true) => panic!(
+                "{}: {} is ignored, but the transport's capabilities say it can pass",
+                h.name(),
+                case.name
+            ),
+            (Err(why), false) => panic!(
+                "{}: {} is not ignored, but the transport cannot pass it: {why}",
+                h.name(),
+                case.name
+            ),
+            _ => {}
+        }
+    }
+    for (name, _) in listed {
+        assert!(
+            CASES.iter().any(|c| c.name == *name),
+            "{name} is listed but is not a case"
+        );
+    }
+}

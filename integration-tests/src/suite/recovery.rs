@@ -1,0 +1,222 @@
+//! Recovery: dead workers, killed processes, repeated performs, broker restarts.
+
+use super::*;
+
+/// A worker dropped mid-task without acknowledging: another worker of its workgroup
+/// completes the task, and the client sees exactly one outcome.
+pub async fn dropped_worker_task_completed_by_another(h: &dyn Harness) {
+    let u = union();
+    let lease = |b: aether::AetherBuilder| b.lease(SHORT_LEASE);
+    let started = Arc::new(Notify::new());
+    let node_a = node(h, &u, lease).await;
+    let s = started.clone();
+    let worker_a = announce(node_a.worker())
+        .handle("k", "work", "x", move |_ctx: TaskContext, _: u32| {
+            let s = s.clone();
+            async move {
+                s.notify_one();
+                std::future::pending::<()>().await;
+                Ok::<_, Error>("a")
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let client_node = node(h, &u, lease).await;
+    let task = client_node
+        .client()
+        .perform("k", "work", "x", &7u32)
+        .await
+        .unwrap();
+    within("worker A to start the task", started.notified()).await;
+
+    let runs_b = Arc::new(AtomicUsize::new(0));
+    let node_b = node(h, &u, lease).await;
+    let r = runs_b.clone();
+    let _worker_b = announce(node_b.worker())
+        .handle("k", "work", "x", move |_ctx: TaskContext, n: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, Error>(format!("b{n}")) }
+        })
+        .start()
+        .await
+        .unwrap();
+    // A dies: nothing acknowledged, its connection gone.
+    worker_a.abort();
+    node_a.close().await.unwrap();
+
+    let r: String = within("another worker to complete it", task.result())
+        .await
+        .unwrap();
+    assert_eq!(r, "b7");
+    assert!(runs_b.load(Ordering::SeqCst) >= 1);
+    let stats = client_node.stats();
+    assert_eq!(stats.succeeded, 1, "exactly one outcome: {stats:?}");
+    assert_eq!(stats.failed + stats.lost, 0, "{stats:?}");
+}
+
+/// A perform repeated with the same tid (a redelivery or redispatch) runs the handler once;
+/// the repeat is answered from the worker's memory of completed tasks.
+pub async fn repeated_perform_is_handled_once(h: &dyn Harness) {
+    let u = union();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let wn = node(h, &u, |b| b).await;
+    let r = runs.clone();
+    let _w = announce(wn.worker())
+        .handle("r", "once", "x", move |_ctx: TaskContext, v: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, Error>(v + 1) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let cn = node(h, &u, |b| b).await;
+    let task = cn
+        .client()
+        .task("r", "once")
+        .tid("fixedtid01")
+        .perform(&1u32)
+        .await
+        .unwrap();
+    assert_eq!(within("result", task.result::<u32>()).await.unwrap(), 2);
+    // The same perform again, as a redelivery would bring it.
+    let transport = cn.transport("").unwrap().clone();
+    let topic = t(&u, "r/once/x/fixedtid01/perform");
+    let mut header = Header::new(Action::Perform, &cn.config().host, &cn.config().client_id);
+    header.attempt = Some(2);
+    let mut sub = transport
+        .subscribe(&TopicFilter::exact(&topic.with_action(Action::Complete)))
+        .await
+        .unwrap();
+    transport
+        .enqueue(
+            &topic,
+            aether::envelope::encode(Codec::Json, &header, &1u32).unwrap(),
+        )
+        .await
+        .unwrap();
+    let (_, repeated) = next_msg(&mut sub, "the repeated completion").await;
+    let env = aether::Envelope::decode(repeated).unwrap();
+    assert_eq!(env.data::<u32>().unwrap(), 2);
+    eventually(WAIT, "the duplicate to be counted", || {
+        wn.stats().duplicate_performs >= 1
+    })
+    .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A worker process killed with SIGKILL mid-task: another worker completes the task.
+pub async fn worker_process_killed_mid_task(h: &dyn Harness) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let url = h.url().expect("capability says shared between processes");
+    let u = union();
+    let bin = WORKER_BIN
+        .get()
+        .expect("conformance! sets the worker binary");
+    let mut child = tokio::process::Command::new(bin)
+        .args([&url, &u, "kill", "work", "x"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn aether-test-worker");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = within("the worker process to start", lines.next_line())
+        .await
+        .unwrap();
+    assert_eq!(ready.as_deref(), Some("ready"));
+    let lease = |b: aether::AetherBuilder| b.lease(SHORT_LEASE);
+    let cn = node(h, &u, lease).await;
+    let task = cn
+        .client()
+        .perform("kill", "work", "x", &5u32)
+        .await
+        .unwrap();
+    let started = within("the worker process to take the task", lines.next_line())
+        .await
+        .unwrap();
+    assert_eq!(
+        started.as_deref(),
+        Some(format!("started {}", task.tid()).as_str())
+    );
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "killed");
+
+    let wn = node(h, &u, lease).await;
+    let _w = announce(wn.worker())
+        .handle(
+            "kill",
+            "work",
+            "x",
+            |_ctx: TaskContext, v: u32| async move { Ok::<_, Error>(v + 100) },
+        )
+        .start()
+        .await
+        .unwrap();
+    let r: u32 = within("another worker to complete it", task.result())
+        .await
+        .unwrap();
+    assert_eq!(r, 105);
+    assert_eq!(cn.stats().succeeded, 1);
+}
+
+/// Workers and clients carry on by themselves after their broker restarts.
+pub async fn broker_restart_workers_resume(h: &dyn Harness) {
+    let broker = h
+        .private_broker()
+        .await
+        .expect("capability says a private broker");
+    let u = union();
+    let wn = aether::Aether::builder()
+        .union(&u)
+        .transport(broker.connect().await)
+        .build()
+        .unwrap();
+    let _w = announce(wn.worker())
+        .handle("rs", "echo", "x", |_ctx: TaskContext, v: u32| async move {
+            Ok::<_, Error>(v)
+        })
+        .start()
+        .await
+        .unwrap();
+    let cn = aether::Aether::builder()
+        .union(&u)
+        .transport(broker.connect().await)
+        .build()
+        .unwrap();
+    let client = cn.client();
+    let r: u32 = within(
+        "before restart",
+        client
+            .perform("rs", "echo", "x", &1u32)
+            .await
+            .unwrap()
+            .result(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, 1);
+    broker.restart().await;
+    // The first perform after the restart may race the reconnection; the client's own
+    // retry of a failed send is the caller's, so retry sending for a while.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let task = loop {
+        match client
+            .task("rs", "echo")
+            .deadline(WAIT)
+            .perform(&2u32)
+            .await
+        {
+            Ok(task) => break task,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never reconnected: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let r: u32 = within("after restart", task.result()).await.unwrap();
+    assert_eq!(r, 2);
+}
