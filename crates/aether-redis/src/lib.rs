@@ -65,6 +65,7 @@ mod connect;
 mod keys;
 mod list;
 mod pubsub;
+mod reader;
 mod scripts;
 mod streams;
 mod transport;

@@ -16,8 +16,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use aether_core::{
-    Acker, Action, Bytes, ConsumeOptions, Consumed, Consumer, DeadLetter, DeadLetterReason,
-    Delivery, InvalidMessage, Result, Topic, TopicError, WorkQueue,
+    Acker, Bytes, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Result, Topic,
+    WorkQueue,
 };
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -25,15 +25,15 @@ use fred::clients::Client;
 use fred::interfaces::{ClientLike, EventInterface, ListInterface};
 use fred::types::Value;
 use fred::types::lists::LMoveDirection;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
 use crate::connect::{Connector, is_timeout, redis_err};
 use crate::keys::{QueueKeys, consumer_name};
 use crate::pubsub::value_bytes;
+use crate::reader::{Backoff, Credit, Halt, StopGuard, perform_topic, reclaim_interval, refuse};
 use crate::scripts;
-use crate::streams::{StopGuard, reclaim_interval};
 
 /// Encodes a list element.
 fn element(redeliveries: u32, tid: &str, payload: &[u8]) -> Bytes {
@@ -248,11 +248,10 @@ pub(crate) async fn consume(
         shared,
         blocking,
         tx,
-        credit: Arc::new(Semaphore::new(prefetch)),
-        prefetch,
+        credit: Credit::new(prefetch),
         block: config.block,
     };
-    tokio::spawn(reader.run(stop_rx, closed));
+    tokio::spawn(reader.run(Halt::new(stop_rx, closed)));
     Ok(Consumer::new(
         rx,
         Some(Box::new(StopGuard { _stop: stop_tx })),
@@ -296,29 +295,19 @@ struct Reader {
     shared: Arc<Shared>,
     blocking: Client,
     tx: mpsc::Sender<Consumed>,
-    credit: Arc<Semaphore>,
-    prefetch: usize,
+    credit: Credit,
     block: Duration,
 }
 
 impl Reader {
-    async fn run(self, mut stop: watch::Receiver<bool>, mut closed: watch::Receiver<bool>) {
+    async fn run(self, mut halt: Halt) {
         let interval = reclaim_interval(self.shared.lease);
         let mut next_reap = Instant::now();
-        let mut backoff = Duration::from_millis(10);
+        let mut backoff = Backoff::new();
         loop {
-            let first = tokio::select! {
-                p = self.credit.clone().acquire_owned() => p.expect("never closed"),
-                _ = stop.changed() => break,
-                _ = closed.changed() => break,
+            let Some(mut permits) = self.credit.take(&mut halt).await else {
+                break;
             };
-            let mut permits = vec![first];
-            while permits.len() < self.prefetch {
-                match self.credit.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
             if Instant::now() >= next_reap {
                 next_reap = Instant::now() + interval;
                 match self.shared.reap("").await {
@@ -342,7 +331,7 @@ impl Reader {
                 .await;
             match taken {
                 Ok(Value::Array(items)) if !items.is_empty() => {
-                    backoff = Duration::from_millis(10);
+                    backoff.reset();
                     for item in items {
                         self.hand_out(value_bytes(item), &mut permits);
                     }
@@ -351,7 +340,7 @@ impl Reader {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "redis: taking from the list failed; retrying");
-                    if pause(&mut backoff, &mut stop, &mut closed).await {
+                    if backoff.pause(&mut halt).await {
                         break;
                     }
                     continue;
@@ -369,19 +358,18 @@ impl Reader {
                     LMoveDirection::Left,
                     block.as_secs_f64(),
                 ) => r,
-                _ = stop.changed() => break,
-                _ = closed.changed() => break,
+                _ = halt.wait() => break,
             };
             match moved {
                 Ok(Value::Null) => {}
                 Ok(v) => {
-                    backoff = Duration::from_millis(10);
+                    backoff.reset();
                     self.hand_out(value_bytes(v), &mut permits);
                 }
                 Err(e) if is_timeout(&e) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "redis: BLMOVE failed; retrying");
-                    if pause(&mut backoff, &mut stop, &mut closed).await {
+                    if backoff.pause(&mut halt).await {
                         break;
                     }
                 }
@@ -397,65 +385,27 @@ impl Reader {
             // the processing list and comes back with it.
             return;
         };
-        let parsed = parse_element(&element);
-        let mut acker = ListAcker {
+        let (redeliveries, tid, payload) = match parse_element(&element) {
+            Some((r, tid, payload)) => (r, Some(tid), payload),
+            None => (0, None, element.clone()),
+        };
+        let acker = ListAcker {
             shared: s.clone(),
             element,
             permit: Some(permit),
             settled: false,
         };
-        let (redeliveries, topic, payload) = match parsed {
-            Some((r, tid, payload)) => {
-                let topic = s.queue.topic(&tid, Action::Perform);
-                (r, topic.map_err(|e| (e, tid)), payload)
-            }
-            None => (
-                0,
-                Err((
-                    TopicError::Empty {
-                        level: aether_core::Level::Tid,
-                    },
-                    String::new(),
-                )),
-                acker.element.clone(),
-            ),
-        };
-        let item = match topic {
+        let item = match perform_topic(&s.queue, tid.as_deref()) {
             Ok(topic) => Ok(Delivery::new(topic, payload, redeliveries, Box::new(acker))),
-            Err((error, tid)) => {
-                let raw_topic = format!("{}{tid}/perform", s.keys.topic_prefix);
-                let letter = DeadLetter {
-                    topic: raw_topic.clone(),
-                    payload: payload.clone(),
-                    reason: DeadLetterReason::InvalidTopic(error.to_string()),
-                };
-                tokio::spawn(async move {
-                    if let Err(e) = acker.reject(letter).await {
-                        tracing::warn!(error = %e, "redis: cannot dead-letter an invalid element");
-                    }
-                });
-                Err(InvalidMessage {
-                    raw_topic,
-                    payload,
-                    error,
-                })
-            }
+            Err(error) => Err(refuse(
+                acker,
+                &s.keys.topic_prefix,
+                tid.as_deref(),
+                payload,
+                error,
+            )),
         };
         let _ = self.tx.try_send(item);
-    }
-}
-
-async fn pause(
-    backoff: &mut Duration,
-    stop: &mut watch::Receiver<bool>,
-    closed: &mut watch::Receiver<bool>,
-) -> bool {
-    let delay = *backoff;
-    *backoff = (*backoff * 2).min(Duration::from_secs(2));
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => false,
-        _ = stop.changed() => true,
-        _ = closed.changed() => true,
     }
 }
 

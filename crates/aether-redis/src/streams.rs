@@ -14,20 +14,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aether_core::{
-    Acker, Bytes, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Error, InvalidMessage,
-    Result, Topic, TopicError, WorkQueue,
+    Acker, Bytes, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Error, Result, Topic,
+    WorkQueue,
 };
 use async_trait::async_trait;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, StreamsInterface};
 use fred::types::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
 use crate::connect::{Connector, is_nogroup, is_timeout, redis_err};
 use crate::keys::{QueueKeys, consumer_name};
 use crate::pubsub::value_bytes;
+use crate::reader::{Backoff, Credit, Halt, StopGuard, perform_topic, reclaim_interval, refuse};
 use crate::scripts;
 
 /// Puts a perform on its queue's stream.
@@ -193,23 +194,17 @@ pub(crate) async fn consume(
         shared,
         blocking,
         tx,
-        credit: Arc::new(Semaphore::new(prefetch)),
-        prefetch,
+        credit: Credit::new(prefetch),
         lease: options.lease,
         max_deliveries: options.max_deliveries.max(1),
         block: config.block,
         cursor: "0-0".to_owned(),
     };
-    tokio::spawn(reader.run(stop_rx, closed));
+    tokio::spawn(reader.run(Halt::new(stop_rx, closed)));
     Ok(Consumer::new(
         rx,
         Some(Box::new(StopGuard { _stop: stop_tx })),
     ))
-}
-
-/// Stops its consumer's reader when dropped.
-pub(crate) struct StopGuard {
-    pub(crate) _stop: watch::Sender<bool>,
 }
 
 /// The loop that reads from the stream and hands out deliveries.
@@ -217,37 +212,22 @@ struct Reader {
     shared: Arc<Shared>,
     blocking: Client,
     tx: mpsc::Sender<Consumed>,
-    credit: Arc<Semaphore>,
-    prefetch: usize,
+    credit: Credit,
     lease: Duration,
     max_deliveries: u32,
     block: Duration,
     cursor: String,
 }
 
-/// How often a consumer reclaims idle entries: twice per lease.
-pub(crate) fn reclaim_interval(lease: Duration) -> Duration {
-    (lease / 2).max(Duration::from_millis(50))
-}
-
 impl Reader {
-    async fn run(mut self, mut stop: watch::Receiver<bool>, mut closed: watch::Receiver<bool>) {
+    async fn run(mut self, mut halt: Halt) {
         let interval = reclaim_interval(self.lease);
         let mut next_reclaim = Instant::now();
-        let mut backoff = Duration::from_millis(10);
+        let mut backoff = Backoff::new();
         loop {
-            let first = tokio::select! {
-                p = self.credit.clone().acquire_owned() => p.expect("never closed"),
-                _ = stop.changed() => break,
-                _ = closed.changed() => break,
+            let Some(mut permits) = self.credit.take(&mut halt).await else {
+                break;
             };
-            let mut permits = vec![first];
-            while permits.len() < self.prefetch {
-                match self.credit.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
             if Instant::now() >= next_reclaim {
                 next_reclaim = Instant::now() + interval;
                 self.reclaim(&mut permits).await;
@@ -268,13 +248,12 @@ impl Reader {
                     self.shared.stream.as_str(),
                     ">",
                 ) => r,
-                _ = stop.changed() => break,
-                _ = closed.changed() => break,
+                _ = halt.wait() => break,
             };
             match read {
                 Ok(Value::Null) => {}
                 Ok(v) => {
-                    backoff = Duration::from_millis(10);
+                    backoff.reset();
                     for entry in stream_entries(v) {
                         self.hand_out(entry, None, &mut permits);
                     }
@@ -283,7 +262,7 @@ impl Reader {
                     tracing::info!(stream = %self.shared.stream, group = %self.shared.group, "redis: consumer group missing (server restarted?); creating it again");
                     if let Err(e) = self.shared.ensure_group().await {
                         tracing::warn!(error = %e, "redis: cannot create the consumer group");
-                        if self.pause(&mut backoff, &mut stop, &mut closed).await {
+                        if backoff.pause(&mut halt).await {
                             break;
                         }
                     }
@@ -291,7 +270,7 @@ impl Reader {
                 Err(e) if is_timeout(&e) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, stream = %self.shared.stream, "redis: reading the stream failed; retrying");
-                    if self.pause(&mut backoff, &mut stop, &mut closed).await {
+                    if backoff.pause(&mut halt).await {
                         break;
                     }
                 }
@@ -310,22 +289,6 @@ impl Reader {
                 ],
             )
             .await;
-    }
-
-    /// Waits before retrying a failed read; true if the consumer was stopped meanwhile.
-    async fn pause(
-        &self,
-        backoff: &mut Duration,
-        stop: &mut watch::Receiver<bool>,
-        closed: &mut watch::Receiver<bool>,
-    ) -> bool {
-        let delay = *backoff;
-        *backoff = (*backoff * 2).min(Duration::from_secs(2));
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => false,
-            _ = stop.changed() => true,
-            _ = closed.changed() => true,
-        }
     }
 
     /// Claims entries idle past the lease (up to the free credit), and tidies the stream.
@@ -409,12 +372,7 @@ impl Reader {
             return;
         };
         let redeliveries = redeliveries.unwrap_or(fields.redeliveries);
-        let topic = match fields.tid.as_deref() {
-            Some(tid) => s.queue.topic(tid, aether_core::Action::Perform),
-            None => Err(TopicError::Empty {
-                level: aether_core::Level::Tid,
-            }),
-        };
+        let topic = perform_topic(&s.queue, fields.tid.as_deref());
         let acker = StreamAcker {
             shared: s.clone(),
             id,
@@ -429,29 +387,13 @@ impl Reader {
                 redeliveries,
                 Box::new(acker),
             )),
-            Err(error) => {
-                let raw_topic = format!(
-                    "{}{}/perform",
-                    s.topic_prefix,
-                    fields.tid.as_deref().unwrap_or("")
-                );
-                let letter = DeadLetter {
-                    topic: raw_topic.clone(),
-                    payload: fields.payload.clone(),
-                    reason: aether_core::DeadLetterReason::InvalidTopic(error.to_string()),
-                };
-                let mut acker = acker;
-                tokio::spawn(async move {
-                    if let Err(e) = acker.reject(letter).await {
-                        tracing::warn!(error = %e, "redis: cannot dead-letter an invalid entry");
-                    }
-                });
-                Err(InvalidMessage {
-                    raw_topic,
-                    payload: fields.payload,
-                    error,
-                })
-            }
+            Err(error) => Err(refuse(
+                acker,
+                &s.topic_prefix,
+                fields.tid.as_deref(),
+                fields.payload,
+                error,
+            )),
         };
         // Credit keeps the channel from filling; if the consumer is gone, the delivery
         // drops here and goes back to the workgroup.

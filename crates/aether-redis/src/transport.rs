@@ -177,31 +177,18 @@ impl Transport for RedisTransport {
 
     async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
         self.check_open()?;
-        let inner = &self.inner;
-        let closed = inner.close_tx.subscribe();
-        match inner.config.mode {
+        let Inner {
+            connector,
+            client,
+            config,
+            ..
+        } = &*self.inner;
+        let closed = self.inner.close_tx.subscribe();
+        match config.mode {
             Mode::Streams => {
-                streams::consume(
-                    &inner.connector,
-                    &inner.client,
-                    &inner.config,
-                    queue,
-                    options,
-                    closed,
-                )
-                .await
+                streams::consume(connector, client, config, queue, options, closed).await
             }
-            Mode::List => {
-                list::consume(
-                    &inner.connector,
-                    &inner.client,
-                    &inner.config,
-                    queue,
-                    options,
-                    closed,
-                )
-                .await
-            }
+            Mode::List => list::consume(connector, client, config, queue, options, closed).await,
         }
     }
 
