@@ -6,22 +6,25 @@
 //! broker (`memory://` is the broker named `default`), which lives while any transport
 //! for it does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::topic::{Topic, TopicFilter, WorkQueue};
 use crate::transport::{
-    Acker, Capabilities, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Received,
-    Subscription, Transport,
+    Capabilities, ConsumeOptions, Consumer, DeadLetter, Received, Subscription, Transport,
 };
 use crate::url::{BrokerUrl, parse_bool, parse_value};
+
+mod broker;
+
+use broker::{Broker, ConsumerGuard, Job, Slot, SubEntry, SubGuard, lock, send_all};
 
 /// Settings of an in-memory broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -381,253 +384,6 @@ impl Transport for MemoryTransport {
         }
         Ok(())
     }
-}
-
-struct Broker {
-    config: MemoryConfig,
-    ids: AtomicU64,
-    subs: Mutex<Vec<SubEntry>>,
-    queues: Mutex<HashMap<String, Queue>>,
-    dead: Mutex<VecDeque<DeadLetter>>,
-}
-
-impl Broker {
-    fn new(config: MemoryConfig) -> Broker {
-        Broker {
-            config,
-            ids: AtomicU64::new(1),
-            subs: Mutex::new(Vec::new()),
-            queues: Mutex::new(HashMap::new()),
-            dead: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    /// Ends everything a connection opened.
-    fn disconnect(&self, conn: u64) {
-        lock(&self.subs).retain(|s| s.conn != conn);
-        let mut queues = lock(&self.queues);
-        for q in queues.values_mut() {
-            for g in q.groups.values_mut() {
-                g.consumers.retain(|c| c.conn != conn);
-            }
-        }
-    }
-
-    fn dead_letter(&self, letter: DeadLetter) {
-        tracing::warn!(topic = %letter.topic, reason = %letter.reason, "dead letter");
-        let mut dead = lock(&self.dead);
-        if dead.len() >= self.config.dead_letter_capacity.max(1) {
-            dead.pop_front();
-        }
-        dead.push_back(letter);
-    }
-
-    /// Settles one outstanding delivery of consumer `id`: returns its credit and, if
-    /// `requeue`, puts `job` back at the front of the workgroup's queue.
-    fn settle(self: &Arc<Self>, key: &str, group: &str, id: u64, requeue: Option<Job>) {
-        let sends = {
-            let mut queues = lock(&self.queues);
-            let Some(q) = queues.get_mut(key) else { return };
-            let Some(g) = q.groups.get_mut(group) else {
-                return;
-            };
-            if let Some(slot) = g.consumers.iter_mut().find(|c| c.id == id) {
-                slot.credit += 1;
-            }
-            if let Some(mut job) = requeue {
-                job.redeliveries += 1;
-                g.pending.push_front(job);
-            }
-            let mut sends = Vec::new();
-            g.dispatch(self, key, group, &mut sends);
-            if g.pending.len() < self.config.queue_capacity {
-                q.space.notify_waiters();
-            }
-            sends
-        };
-        send_all(sends);
-    }
-}
-
-struct SubEntry {
-    id: u64,
-    conn: u64,
-    filter: TopicFilter,
-    tx: mpsc::Sender<Received>,
-}
-
-#[derive(Default)]
-struct Queue {
-    /// Performs enqueued before any workgroup consumed: the first workgroup takes them.
-    backlog: VecDeque<Job>,
-    groups: HashMap<Box<str>, Group>,
-    space: Arc<Notify>,
-}
-
-#[derive(Default)]
-struct Group {
-    pending: VecDeque<Job>,
-    consumers: Vec<Slot>,
-    next: usize,
-}
-
-struct Slot {
-    id: u64,
-    conn: u64,
-    tx: mpsc::Sender<Consumed>,
-    /// Deliveries this consumer may still take (prefetch minus outstanding).
-    credit: usize,
-}
-
-#[derive(Clone)]
-struct Job {
-    topic: Topic,
-    payload: Bytes,
-    redeliveries: u32,
-}
-
-impl Group {
-    /// Hands pending jobs to consumers with credit, round-robin. The sends happen after the
-    /// caller releases the lock (a failed send drops a delivery, whose `Drop` locks again).
-    fn dispatch(
-        &mut self,
-        broker: &Arc<Broker>,
-        key: &str,
-        group: &str,
-        sends: &mut Vec<(mpsc::Sender<Consumed>, Delivery)>,
-    ) {
-        self.consumers.retain(|c| !c.tx.is_closed());
-        while !self.pending.is_empty() && !self.consumers.is_empty() {
-            let n = self.consumers.len();
-            let Some(offset) = (0..n).find(|i| self.consumers[(self.next + i) % n].credit > 0)
-            else {
-                return;
-            };
-            let idx = (self.next + offset) % n;
-            self.next = idx + 1;
-            let slot = &mut self.consumers[idx];
-            slot.credit -= 1;
-            let job = self.pending.pop_front().expect("checked non-empty");
-            let acker = MemoryAcker {
-                broker: Arc::downgrade(broker),
-                key: key.into(),
-                group: group.into(),
-                consumer: slot.id,
-                job: Some(job.clone()),
-                redeliver: broker.config.redeliver,
-            };
-            let delivery = Delivery::new(job.topic, job.payload, job.redeliveries, Box::new(acker));
-            sends.push((slot.tx.clone(), delivery));
-        }
-    }
-}
-
-fn send_all(sends: Vec<(mpsc::Sender<Consumed>, Delivery)>) {
-    for (tx, d) in sends {
-        // Credit guarantees room; a closed consumer drops the delivery, which requeues it.
-        let _ = tx.try_send(Ok(d));
-    }
-}
-
-struct MemoryAcker {
-    broker: Weak<Broker>,
-    key: Box<str>,
-    group: Box<str>,
-    consumer: u64,
-    /// `Some` until settled.
-    job: Option<Job>,
-    redeliver: bool,
-}
-
-impl MemoryAcker {
-    fn settle(&mut self, requeue: bool) -> Result<()> {
-        let job = self.job.take().ok_or(Error::Closed)?;
-        if let Some(broker) = self.broker.upgrade() {
-            broker.settle(
-                &self.key,
-                &self.group,
-                self.consumer,
-                requeue.then_some(job),
-            );
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for MemoryAcker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryAcker")
-            .field("queue", &self.key)
-            .field("group", &self.group)
-            .field("settled", &self.job.is_none())
-            .finish()
-    }
-}
-
-#[async_trait]
-impl Acker for MemoryAcker {
-    async fn ack(&mut self) -> Result<()> {
-        self.settle(false)
-    }
-
-    async fn nack(&mut self, requeue: bool) -> Result<()> {
-        self.settle(requeue)
-    }
-
-    async fn reject(&mut self, letter: DeadLetter) -> Result<()> {
-        if let Some(broker) = self.broker.upgrade() {
-            broker.dead_letter(letter);
-        }
-        self.settle(false)
-    }
-}
-
-impl Drop for MemoryAcker {
-    fn drop(&mut self) {
-        if self.job.is_some() {
-            let redeliver = self.redeliver;
-            let _ = self.settle(redeliver);
-        }
-    }
-}
-
-struct SubGuard {
-    broker: Weak<Broker>,
-    id: u64,
-}
-
-impl Drop for SubGuard {
-    fn drop(&mut self) {
-        if let Some(b) = self.broker.upgrade() {
-            lock(&b.subs).retain(|s| s.id != self.id);
-        }
-    }
-}
-
-struct ConsumerGuard {
-    broker: Weak<Broker>,
-    key: String,
-    group: Box<str>,
-    id: u64,
-}
-
-impl Drop for ConsumerGuard {
-    fn drop(&mut self) {
-        if let Some(b) = self.broker.upgrade() {
-            let mut queues = lock(&b.queues);
-            if let Some(g) = queues
-                .get_mut(&self.key)
-                .and_then(|q| q.groups.get_mut(&self.group))
-            {
-                g.consumers.retain(|c| c.id != self.id);
-            }
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind; keep going.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

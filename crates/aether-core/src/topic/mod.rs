@@ -1,0 +1,370 @@
+//! The topic grammar `union/job/task/context/tid/action`, filters over it ([`TopicFilter`]),
+//! and work queues ([`WorkQueue`]).
+//!
+//! One validator ([`validate_segment`]) guards every segment, so a topic that is valid here
+//! renders safely on every transport: MQTT (`/`), Redis (`:`) and AMQP routing keys (`.`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::action::Action;
+use crate::error::{Level, TopicError};
+
+mod filter;
+mod queue;
+
+pub use filter::TopicFilter;
+pub use queue::WorkQueue;
+
+/// The longest segment, in bytes.
+pub const MAX_SEGMENT_LEN: usize = 64;
+
+/// The longest topic, in bytes: the AMQP limit for a routing key.
+pub const MAX_TOPIC_LEN: usize = 255;
+
+/// The workgroup Python AetherMagic's `AetherTask` always uses; aether's default, so aether
+/// workers share load with Python ones instead of receiving every task a second time.
+pub const DEFAULT_WORKGROUP: &str = "workgroup";
+
+/// Checks one segment: not empty, at most [`MAX_SEGMENT_LEN`] bytes, and free of the
+/// separators and wildcards of every supported transport (`/ + # * : .`, the Redis glob
+/// characters `? [ ] \`, `$`), whitespace and control characters.
+pub fn validate_segment(level: Level, segment: &str) -> Result<(), TopicError> {
+    if segment.is_empty() {
+        return Err(TopicError::Empty { level });
+    }
+    if segment.len() > MAX_SEGMENT_LEN {
+        return Err(TopicError::TooLong {
+            level,
+            len: segment.len(),
+            max: MAX_SEGMENT_LEN,
+        });
+    }
+    for (at, ch) in segment.char_indices() {
+        if let Some(reason) = forbidden(ch) {
+            return Err(TopicError::ForbiddenChar {
+                level,
+                segment: segment.to_owned(),
+                ch,
+                at,
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn forbidden(ch: char) -> Option<&'static str> {
+    Some(match ch {
+        '/' => "it is the MQTT level separator",
+        ':' => "it is the Redis key separator",
+        '.' => "it is the AMQP routing-key separator",
+        '+' | '#' => "it is an MQTT wildcard",
+        '*' => "it is a Redis glob and AMQP wildcard",
+        '?' | '[' | ']' | '\\' => "it is a Redis glob character",
+        '$' => "MQTT reserves it ($share, $SYS)",
+        c if c.is_control() => "control characters are not allowed",
+        c if c.is_whitespace() => "whitespace is not allowed",
+        _ => return None,
+    })
+}
+
+/// A full, validated task address: `union/job/task/context/tid/action`.
+///
+/// Cheap to clone. Displays in its MQTT form.
+///
+/// ```
+/// use aether_core::{Action, Topic};
+///
+/// let topic: Topic = "u3/interop/echo/x/72605384/perform".parse()?;
+/// assert_eq!(topic.tid(), "72605384");
+/// assert_eq!(topic.action(), Action::Perform);
+/// assert_eq!(topic.to_redis(), "u3:interop:echo:x:72605384:perform");
+/// assert!("u3/interop/echo/x/a.b/perform".parse::<Topic>().is_err());
+/// # Ok::<(), aether_core::TopicError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Topic {
+    /// The `/`-joined form.
+    text: Arc<str>,
+    /// Byte offset of each of the five separators.
+    seps: [u16; 5],
+    action: Action,
+}
+
+impl Topic {
+    /// Builds a topic from its six levels.
+    pub fn new(
+        union: &str,
+        job: &str,
+        task: &str,
+        context: &str,
+        tid: &str,
+        action: Action,
+    ) -> Result<Topic, TopicError> {
+        let levels = [union, job, task, context, tid];
+        for (level, s) in Level::TOPIC.iter().zip(levels) {
+            validate_segment(*level, s)?;
+        }
+        let mut text = String::with_capacity(levels.iter().map(|s| s.len() + 1).sum::<usize>() + 8);
+        let mut seps = [0u16; 5];
+        for (i, s) in levels.iter().enumerate() {
+            text.push_str(s);
+            seps[i] = text.len() as u16;
+            text.push('/');
+        }
+        text.push_str(action.as_str());
+        if text.len() > MAX_TOPIC_LEN {
+            return Err(TopicError::TopicTooLong {
+                len: text.len(),
+                max: MAX_TOPIC_LEN,
+            });
+        }
+        Ok(Topic {
+            text: text.into(),
+            seps,
+            action,
+        })
+    }
+
+    /// Parses a topic whose levels are joined by `separator` (`/` MQTT, `:` Redis, `.` AMQP).
+    pub fn parse_with(s: &str, separator: char) -> Result<Topic, TopicError> {
+        let mut levels = s.split(separator);
+        let mut parts = [""; 6];
+        let mut found = 0;
+        for part in levels.by_ref() {
+            if found < 6 {
+                parts[found] = part;
+            }
+            found += 1;
+        }
+        if found != 6 {
+            return Err(TopicError::WrongLevels { found });
+        }
+        validate_segment(Level::Action, parts[5])?;
+        let action = parts[5].parse::<Action>()?;
+        Topic::new(parts[0], parts[1], parts[2], parts[3], parts[4], action)
+    }
+
+    /// Parses a `:`-joined Redis channel name.
+    pub fn from_redis(s: &str) -> Result<Topic, TopicError> {
+        Topic::parse_with(s, ':')
+    }
+
+    /// Parses a `.`-joined AMQP routing key.
+    pub fn from_amqp(s: &str) -> Result<Topic, TopicError> {
+        Topic::parse_with(s, '.')
+    }
+
+    fn level(&self, i: usize) -> &str {
+        let start = if i == 0 {
+            0
+        } else {
+            self.seps[i - 1] as usize + 1
+        };
+        let end = if i < 5 {
+            self.seps[i] as usize
+        } else {
+            self.text.len()
+        };
+        &self.text[start..end]
+    }
+
+    /// The union: the namespace shared by cooperating services.
+    pub fn union(&self) -> &str {
+        self.level(0)
+    }
+    /// The job.
+    pub fn job(&self) -> &str {
+        self.level(1)
+    }
+    /// The task.
+    pub fn task(&self) -> &str {
+        self.level(2)
+    }
+    /// The context.
+    pub fn context(&self) -> &str {
+        self.level(3)
+    }
+    /// The task id.
+    pub fn tid(&self) -> &str {
+        self.level(4)
+    }
+    /// The action.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// `union/job/task/context`: the part every task of one work queue shares.
+    pub fn queue_prefix(&self) -> &str {
+        &self.text[..self.seps[3] as usize]
+    }
+
+    /// The same address with another action.
+    pub fn with_action(&self, action: Action) -> Topic {
+        if action == self.action {
+            return self.clone();
+        }
+        let mut text = String::with_capacity(self.seps[4] as usize + 10);
+        text.push_str(&self.text[..=self.seps[4] as usize]);
+        text.push_str(action.as_str());
+        Topic {
+            text: text.into(),
+            seps: self.seps,
+            action,
+        }
+    }
+
+    /// The `/`-joined MQTT form (also what `Display` prints).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The `:`-joined Redis channel name.
+    pub fn to_redis(&self) -> String {
+        self.text.replace('/', ":")
+    }
+
+    /// The `.`-joined AMQP routing key.
+    pub fn to_amqp(&self) -> String {
+        self.text.replace('/', ".")
+    }
+}
+
+impl FromStr for Topic {
+    type Err = TopicError;
+
+    /// Parses the `/`-joined MQTT form.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Topic::parse_with(s, '/')
+    }
+}
+
+impl TryFrom<&str> for Topic {
+    type Error = TopicError;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topic({})", self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Topic {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn topic_parses_and_renders() {
+        let topic = t("u3/interop/echo/x/72605384/perform");
+        assert_eq!(
+            [
+                topic.union(),
+                topic.job(),
+                topic.task(),
+                topic.context(),
+                topic.tid()
+            ],
+            ["u3", "interop", "echo", "x", "72605384"]
+        );
+        assert_eq!(topic.action(), Action::Perform);
+        assert_eq!(topic.to_string(), "u3/interop/echo/x/72605384/perform");
+        assert_eq!(topic.to_redis(), "u3:interop:echo:x:72605384:perform");
+        assert_eq!(topic.to_amqp(), "u3.interop.echo.x.72605384.perform");
+        assert_eq!(Topic::from_redis(&topic.to_redis()).unwrap(), topic);
+        assert_eq!(Topic::from_amqp(&topic.to_amqp()).unwrap(), topic);
+        assert_eq!(topic.queue_prefix(), "u3/interop/echo/x");
+        let status = topic.with_action(Action::Status);
+        assert_eq!(status.as_str(), "u3/interop/echo/x/72605384/status");
+        assert_eq!(status.tid(), "72605384");
+        // The online topic of Python services: client ids contain '-'.
+        let online = t("u3/system/online/vm/704976d4-e9ff-11f1-a3ec-02fc00000001/online");
+        assert_eq!(online.tid(), "704976d4-e9ff-11f1-a3ec-02fc00000001");
+    }
+
+    #[test]
+    fn bad_topics_say_which_segment_and_why() {
+        let cases: &[(&str, TopicError)] = &[
+            ("u/j/t/x/tid", TopicError::WrongLevels { found: 5 }),
+            (
+                "u/j/t/x/tid/perform/extra",
+                TopicError::WrongLevels { found: 7 },
+            ),
+            (
+                "u//t/x/tid/perform",
+                TopicError::Empty { level: Level::Job },
+            ),
+            (
+                "u/j/t/x/tid/explode",
+                TopicError::UnknownAction("explode".into()),
+            ),
+            (
+                "u/j/t/x/tid/",
+                TopicError::Empty {
+                    level: Level::Action,
+                },
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(&input.parse::<Topic>().unwrap_err(), want, "{input}");
+        }
+        for (bad, ch) in [
+            ("a.b", '.'),
+            ("a:b", ':'),
+            ("a*b", '*'),
+            ("a b", ' '),
+            ("a\tb", '\t'),
+            ("a\u{0}b", '\u{0}'),
+            ("a?b", '?'),
+            ("a[b", '['),
+            ("a$b", '$'),
+            ("a+b", '+'),
+            ("a#b", '#'),
+        ] {
+            match Topic::new("u", "j", "t", "x", bad, Action::Status) {
+                Err(TopicError::ForbiddenChar {
+                    level: Level::Tid,
+                    ch: c,
+                    at: 1,
+                    ..
+                }) => assert_eq!(c, ch),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let long = "a".repeat(MAX_SEGMENT_LEN + 1);
+        assert_eq!(
+            Topic::new("u", &long, "t", "x", "1", Action::Status).unwrap_err(),
+            TopicError::TooLong {
+                level: Level::Job,
+                len: MAX_SEGMENT_LEN + 1,
+                max: MAX_SEGMENT_LEN
+            }
+        );
+        let max = "a".repeat(MAX_SEGMENT_LEN);
+        assert!(matches!(
+            Topic::new(&max, &max, &max, &max, &max, Action::Status),
+            Err(TopicError::TopicTooLong { .. })
+        ));
+        // The error message names the segment and the reason.
+        let msg = "u/j/t/x/a.b/status"
+            .parse::<Topic>()
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("tid") && msg.contains("AMQP"), "{msg}");
+    }
+}
