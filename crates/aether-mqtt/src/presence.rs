@@ -1,7 +1,7 @@
 //! [`Presence`]: announcing a dead connection offline through the MQTT last will.
 
 use aether_core::envelope::{Codec, Header, encode_raw};
-use aether_core::{Action, Level, Result, Status, Topic};
+use aether_core::{Action, Result, Status, Topic};
 
 /// Presence through the MQTT last will: if the connection dies without a clean close, the
 /// broker publishes an `online` message with status `dismissed` and progress 0 on
@@ -62,20 +62,10 @@ impl Presence {
     }
 }
 
-/// This machine's host name up to its first dot, as the core names hosts; `localhost` if
-/// it is not a valid topic segment.
-pub(crate) fn short_hostname() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_default();
-    let short = raw.trim().split('.').next().unwrap_or_default().to_owned();
-    if aether_core::topic::validate_segment(Level::Context, &short).is_ok() {
-        short
-    } else {
-        "localhost".to_owned()
-    }
+/// This machine's host name up to its first dot: the core's default
+/// ([`aether_core::Config::host`]), so the will and the node's announcements agree.
+fn short_hostname() -> String {
+    aether_core::Config::default().host
 }
 
 #[cfg(test)]

@@ -174,6 +174,18 @@ pub(crate) struct Publish<'a> {
     pub(crate) user: &'a [(&'a str, &'a str)],
 }
 
+impl<'a> Publish<'a> {
+    /// A plain message: not retained, no user properties.
+    pub(crate) fn plain(topic: &'a str, payload: &'a [u8]) -> Self {
+        Publish {
+            topic,
+            payload,
+            retain: false,
+            user: &[],
+        }
+    }
+}
+
 impl Inner {
     fn v5(&self) -> bool {
         self.config.version == MqttVersion::V5
@@ -398,12 +410,7 @@ impl Transport for MqttTransport {
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         self.inner
-            .publish(Publish {
-                topic: topic.as_str(),
-                payload: &payload,
-                retain: false,
-                user: &[],
-            })
+            .publish(Publish::plain(topic.as_str(), &payload))
             .await
     }
 
@@ -434,12 +441,7 @@ impl Transport for MqttTransport {
             )));
         }
         self.inner
-            .publish(Publish {
-                topic: topic.as_str(),
-                payload: &payload,
-                retain: false,
-                user: &[],
-            })
+            .publish(Publish::plain(topic.as_str(), &payload))
             .await
     }
 
@@ -477,12 +479,7 @@ impl Transport for MqttTransport {
             && let Ok((topic, payload)) = presence.will(&inner.client_id)
         {
             let sent = inner
-                .publish(Publish {
-                    topic: topic.as_str(),
-                    payload: &payload,
-                    retain: false,
-                    user: &[],
-                })
+                .publish(Publish::plain(topic.as_str(), &payload))
                 .await;
             if let Err(e) = sent {
                 tracing::debug!(error = %e, "offline presence not sent");
