@@ -8,9 +8,7 @@
 //! further messages wait in the queue (itself bounded, oldest dropped first), and it
 //! consumes again once the subscriber has caught up.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 
 use aether_core::transport::{InvalidMessage, Message};
@@ -23,8 +21,8 @@ use amqprs::channel::{
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::time::Instant;
 
+use crate::attach::{Attach, Attachment, attach_first, consumer_tag, reattach};
 use crate::channel::{Chan, lock};
 use crate::error::AmqpError;
 use crate::session::Session;
@@ -33,9 +31,6 @@ use crate::transport::Shared;
 
 /// Messages a subscription queue keeps for a slow subscriber before dropping the oldest.
 const SUB_QUEUE_MAX: i64 = 100_000;
-
-/// Consumer tags, unique in the process.
-static TAGS: AtomicU64 = AtomicU64::new(1);
 
 /// One subscription, alive across reconnections.
 pub(crate) struct SubState {
@@ -52,11 +47,9 @@ pub(crate) struct SubState {
 /// Where a subscription consumes now.
 #[derive(Default)]
 struct Attached {
-    generation: u64,
+    on: Attachment,
     /// Its queue on that connection (exclusive: it goes with the connection).
     queue: Option<String>,
-    chan: Option<Chan>,
-    tag: String,
 }
 
 impl SubState {
@@ -82,15 +75,7 @@ impl SubState {
             shared: Arc::downgrade(shared),
             state: state.clone(),
         };
-        let deadline = Instant::now() + shared.config.publish_timeout;
-        loop {
-            let session = shared.session(deadline).await?;
-            match state.attach(shared, &session, None).await {
-                Ok(()) => break,
-                Err(e) if e.is_connection_loss() && !session.is_alive() => session.lost().await,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        attach_first(shared, &state).await?;
         Ok(Subscription::new(rx, Some(Box::new(guard))))
     }
 
@@ -104,18 +89,14 @@ impl SubState {
     }
 
     /// Declares the subscription's queue on `session` and consumes it, unless that is done.
-    pub(crate) async fn attach(
+    async fn attach_to(
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         session: &Arc<Session>,
         ended: Option<&str>,
     ) -> Result<(), AmqpError> {
         let mut attached = self.attached.lock().await;
-        let stale = ended.is_some_and(|tag| tag == attached.tag);
-        if !stale
-            && attached.generation == session.generation
-            && attached.chan.as_ref().is_some_and(Chan::is_open)
-        {
+        if attached.on.is_current(session, ended) {
             return Ok(());
         }
         let Some(tx) = lock(&self.tx).clone() else {
@@ -123,7 +104,7 @@ impl SubState {
         };
         // The queue outlives a paused or cancelled consumer on the same connection, with
         // what arrived meanwhile, unless someone deleted it.
-        let kept = if attached.generation == session.generation {
+        let kept = if attached.on.generation == session.generation {
             exists(session, attached.queue.as_deref()).await
         } else {
             None
@@ -132,9 +113,9 @@ impl SubState {
             Some(q) => q,
             None => self.declare_queue(session).await?,
         };
-        attached.generation = session.generation;
+        attached.on.generation = session.generation;
         attached.queue = Some(queue.clone());
-        let tag = format!("aether-sub-{}", TAGS.fetch_add(1, Ordering::Relaxed));
+        let tag = consumer_tag("sub");
         let (chan, rx) = {
             let subs = session.subscriptions().await?;
             let (_, rx) = subs
@@ -157,8 +138,8 @@ impl SubState {
             rx,
             tx,
         ));
-        attached.chan = Some(chan);
-        attached.tag = tag;
+        attached.on.chan = Some(chan);
+        attached.on.tag = tag;
         Ok(())
     }
 
@@ -278,19 +259,19 @@ async fn pause(session: &Weak<Session>, chan: &Chan, consumer_tag: &str) {
     }
 }
 
-/// Subscribes again; boxed as `Send` to cut the `attach` → `forward` → `attach` cycle the
-/// compiler cannot prove `Send` through.
-fn reattach(
-    state: Arc<SubState>,
-    shared: Arc<Shared>,
-    session: Arc<Session>,
-    consumer_tag: String,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        if let Err(e) = state.attach(&shared, &session, Some(&consumer_tag)).await {
-            tracing::warn!(filter = %state.filter, error = %e, "could not subscribe again after the channel closed");
-        }
-    })
+impl Attach for SubState {
+    fn attach<'a>(
+        self: &'a Arc<Self>,
+        shared: &'a Arc<Shared>,
+        session: &'a Arc<Session>,
+        ended: Option<&'a str>,
+    ) -> impl Future<Output = Result<(), AmqpError>> + Send + 'a {
+        self.attach_to(shared, session, ended)
+    }
+
+    fn describe(&self) -> &dyn fmt::Display {
+        &self.filter
+    }
 }
 
 /// Unsubscribes when the [`Subscription`] is dropped.
@@ -310,15 +291,15 @@ impl Drop for SubGuard {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let attached = state.attached.lock().await;
-                if let Some(chan) = attached.chan.as_ref().filter(|c| c.is_open()) {
-                    let mut cancel = BasicCancelArguments::new(&attached.tag);
+                if let Some(chan) = attached.on.chan.as_ref().filter(|c| c.is_open()) {
+                    let mut cancel = BasicCancelArguments::new(&attached.on.tag);
                     cancel.no_wait(true);
                     let _ = chan.channel.basic_cancel(cancel).await;
                 }
                 // The queue would go with the connection; delete it now.
                 let session = shared.and_then(|s| s.session_now());
                 if let (Some(session), Some(queue)) = (session, &attached.queue)
-                    && session.generation == attached.generation
+                    && session.generation == attached.on.generation
                     && let Ok(control) = session.control().await
                 {
                     let _ = control

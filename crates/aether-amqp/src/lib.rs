@@ -102,6 +102,7 @@
 //!
 //! [amqprs]: https://docs.rs/amqprs
 
+mod attach;
 mod broadcast;
 mod channel;
 mod config;

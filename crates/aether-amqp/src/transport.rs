@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::attach::Attach;
 use crate::broadcast::SubState;
 use crate::channel::lock;
 use crate::config::AmqpConfig;

@@ -9,9 +9,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use aether_core::transport::InvalidMessage;
@@ -27,15 +24,13 @@ use amqprs::{BasicProperties, FieldTable, FieldValue};
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
+use crate::attach::{Attach, Attachment, attach_first, consumer_tag, reattach};
 use crate::channel::{Chan, lock};
 use crate::error::AmqpError;
 use crate::session::Session;
 use crate::topology::{Decl, IntoField, insert};
 use crate::transport::Shared;
-
-static TAGS: AtomicU64 = AtomicU64::new(1);
 
 /// One consumer of a work queue, alive across reconnections.
 pub(crate) struct ConsumerState {
@@ -48,18 +43,11 @@ pub(crate) struct ConsumerState {
     prefetch: u16,
     /// `None` once the consumer or the transport is closed.
     tx: Mutex<Option<mpsc::Sender<Consumed>>>,
-    attached: tokio::sync::Mutex<Attached>,
+    attached: tokio::sync::Mutex<Attachment>,
     /// Deliveries handed out and not settled, by tid, to take back redeliveries of them
     /// after their channel closed. At most prefetch per channel the consumer has had open
     /// while they ran, and emptied as handlers finish.
     outstanding: Mutex<HashMap<String, Arc<Slot>>>,
-}
-
-#[derive(Default)]
-struct Attached {
-    generation: u64,
-    chan: Option<Chan>,
-    tag: String,
 }
 
 impl ConsumerState {
@@ -89,15 +77,7 @@ impl ConsumerState {
             shared: Arc::downgrade(shared),
             state: state.clone(),
         };
-        let deadline = Instant::now() + shared.config.publish_timeout;
-        loop {
-            let session = shared.session(deadline).await?;
-            match state.attach(shared, &session, None).await {
-                Ok(()) => break,
-                Err(e) if e.is_connection_loss() && !session.is_alive() => session.lost().await,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        attach_first(shared, &state).await?;
         Ok(Consumer::new(rx, Some(Box::new(guard))))
     }
 
@@ -112,18 +92,14 @@ impl ConsumerState {
 
     /// Declares the queue (and what it hangs on), moves performs waiting in the holding
     /// queue to the workgroup queues, and consumes on a new channel, unless that is done.
-    pub(crate) async fn attach(
+    async fn attach_to(
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         session: &Arc<Session>,
         ended: Option<&str>,
     ) -> Result<(), AmqpError> {
         let mut attached = self.attached.lock().await;
-        let stale = ended.is_some_and(|tag| tag == attached.tag);
-        if !stale
-            && attached.generation == session.generation
-            && attached.chan.as_ref().is_some_and(Chan::is_open)
-        {
+        if attached.is_current(session, ended) {
             return Ok(());
         }
         let Some(tx) = lock(&self.tx).clone() else {
@@ -137,7 +113,7 @@ impl ConsumerState {
             .basic_qos(BasicQosArguments::new(0, self.prefetch, false))
             .await
             .map_err(|e| chan.failure(e))?;
-        let tag = format!("aether-work-{}", TAGS.fetch_add(1, Ordering::Relaxed));
+        let tag = consumer_tag("work");
         let mut args = FieldTable::new();
         let timeout = shared.config.consumer_timeout.as_millis() as i64;
         insert(&mut args, "x-consumer-timeout", timeout.into_field());
@@ -160,7 +136,7 @@ impl ConsumerState {
             rx,
             tx,
         ));
-        *attached = Attached {
+        *attached = Attachment {
             generation: session.generation,
             chan: Some(chan),
             tag,
@@ -322,19 +298,19 @@ async fn resume(
     reattach(state, shared, session, consumer_tag).await;
 }
 
-/// Consumes again; boxed as `Send` to cut the `attach` → `forward` → `attach` cycle the
-/// compiler cannot prove `Send` through.
-fn reattach(
-    state: Arc<ConsumerState>,
-    shared: Arc<Shared>,
-    session: Arc<Session>,
-    consumer_tag: String,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        if let Err(e) = state.attach(&shared, &session, Some(&consumer_tag)).await {
-            tracing::warn!(queue = %state.queue, error = %e, "could not consume again after the channel closed");
-        }
-    })
+impl Attach for ConsumerState {
+    fn attach<'a>(
+        self: &'a Arc<Self>,
+        shared: &'a Arc<Shared>,
+        session: &'a Arc<Session>,
+        ended: Option<&'a str>,
+    ) -> impl Future<Output = Result<(), AmqpError>> + Send + 'a {
+        self.attach_to(shared, session, ended)
+    }
+
+    fn describe(&self) -> &dyn fmt::Display {
+        &self.queue
+    }
 }
 
 /// How often the broker delivered this message before: quorum queues count
