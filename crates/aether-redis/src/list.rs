@@ -32,7 +32,9 @@ use crate::config::RedisConfig;
 use crate::connect::{Connector, is_timeout, redis_err};
 use crate::keys::{QueueKeys, consumer_name};
 use crate::pubsub::value_bytes;
-use crate::reader::{Backoff, Credit, Halt, StopGuard, perform_topic, reclaim_interval, refuse};
+use crate::reader::{
+    self, Backoff, Credit, Halt, StopGuard, perform_topic, reclaim_interval, refuse,
+};
 use crate::scripts;
 
 /// Encodes a list element.
@@ -242,7 +244,7 @@ pub(crate) async fn consume(
         closed.clone(),
     ));
     let prefetch = options.prefetch.max(1);
-    let (tx, rx) = mpsc::channel(prefetch);
+    let (tx, rx) = reader::channel(prefetch);
     let (stop_tx, stop_rx) = watch::channel(false);
     let reader = Reader {
         shared,
@@ -405,7 +407,7 @@ impl Reader {
                 error,
             )),
         };
-        let _ = self.tx.try_send(item);
+        reader::hand(&self.tx, item, self.credit.prefetch());
     }
 }
 

@@ -6,10 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aether_core::{
-    Acker, Action, Bytes, DeadLetter, DeadLetterReason, InvalidMessage, Level, Topic, TopicError,
-    WorkQueue,
+    Acker, Action, Bytes, Consumed, DeadLetter, DeadLetterReason, InvalidMessage, Level, Topic,
+    TopicError, WorkQueue,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+/// Room in a consumer's channel beyond its prefetch, for reports of refused elements (which
+/// hold no credit once dead-lettered).
+const REFUSED_SLACK: usize = 16;
 
 /// Stops its consumer's reader when dropped.
 pub(crate) struct StopGuard {
@@ -42,6 +46,25 @@ impl Halt {
     }
 }
 
+/// The channel to a [`Consumer`](aether_core::Consumer): room for its whole credit and for
+/// a few reports of refused elements.
+pub(crate) fn channel(prefetch: usize) -> (mpsc::Sender<Consumed>, mpsc::Receiver<Consumed>) {
+    mpsc::channel(prefetch + REFUSED_SLACK)
+}
+
+/// Hands `item` to the consumer without waiting. A delivery holds a unit of credit, so it
+/// always finds room; it is lost only if the consumer is gone (and then given back by its
+/// acker's `Drop`). A report of a refused element goes only while it leaves room for the
+/// whole credit: reports the consumer does not read must not crowd deliveries out. The
+/// refused element is dead-lettered either way.
+pub(crate) fn hand(tx: &mpsc::Sender<Consumed>, item: Consumed, prefetch: usize) {
+    if item.is_err() && tx.capacity() <= prefetch {
+        tracing::warn!("redis: a refused element was not reported: the consumer is behind");
+        return;
+    }
+    let _ = tx.try_send(item);
+}
+
 /// A consumer's prefetch credit: one permit per delivery outstanding.
 pub(crate) struct Credit {
     permits: Arc<Semaphore>,
@@ -54,6 +77,11 @@ impl Credit {
             permits: Arc::new(Semaphore::new(prefetch)),
             prefetch,
         }
+    }
+
+    /// The most units there are.
+    pub(crate) fn prefetch(&self) -> usize {
+        self.prefetch
     }
 
     /// Waits for a unit of credit, then takes every other unit free now; `None` if the
@@ -138,5 +166,34 @@ pub(crate) fn refuse(
         raw_topic,
         payload,
         error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unread_refusal_reports_leave_room_for_the_whole_credit() {
+        let prefetch = 3;
+        let (tx, mut rx) = channel(prefetch);
+        for _ in 0..100 {
+            let report = InvalidMessage {
+                raw_topic: "u/j/t/x/a.b/perform".into(),
+                payload: Bytes::new(),
+                error: TopicError::Empty { level: Level::Tid },
+            };
+            hand(&tx, Err(report), prefetch);
+        }
+        assert_eq!(
+            tx.capacity(),
+            prefetch,
+            "room left for every unit of credit"
+        );
+        let mut reports = 0;
+        while rx.try_recv().is_ok() {
+            reports += 1;
+        }
+        assert_eq!(reports, REFUSED_SLACK);
     }
 }

@@ -28,7 +28,9 @@ use crate::config::RedisConfig;
 use crate::connect::{Connector, is_nogroup, is_timeout, redis_err};
 use crate::keys::{QueueKeys, consumer_name};
 use crate::pubsub::value_bytes;
-use crate::reader::{Backoff, Credit, Halt, StopGuard, perform_topic, reclaim_interval, refuse};
+use crate::reader::{
+    self, Backoff, Credit, Halt, StopGuard, perform_topic, reclaim_interval, refuse,
+};
 use crate::scripts;
 
 /// Puts a perform on its queue's stream.
@@ -188,7 +190,7 @@ pub(crate) async fn consume(
     });
     shared.ensure_group().await?;
     let blocking = connector.blocking_client(config.block).await?;
-    let (tx, rx) = mpsc::channel(prefetch);
+    let (tx, rx) = reader::channel(prefetch);
     let (stop_tx, stop_rx) = watch::channel(false);
     let reader = Reader {
         shared,
@@ -395,9 +397,7 @@ impl Reader {
                 error,
             )),
         };
-        // Credit keeps the channel from filling; if the consumer is gone, the delivery
-        // drops here and goes back to the workgroup.
-        let _ = self.tx.try_send(item);
+        reader::hand(&self.tx, item, self.credit.prefetch());
     }
 }
 
