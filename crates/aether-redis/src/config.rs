@@ -341,9 +341,15 @@ impl RedisConfig {
             (Some(u), None) => format!("{u}@"),
             (None, None) => String::new(),
         };
+        let host = &self.node.host;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
         format!(
-            "{scheme}://{auth}{}:{}/{}?mode={}",
-            self.node.host, self.node.port, self.database, self.mode
+            "{scheme}://{auth}{host}:{}/{}?mode={}",
+            self.node.port, self.database, self.mode
         )
     }
 }
@@ -478,5 +484,7 @@ mod tests {
         let c = RedisConfig::from_url("redis://u:hunter2@h").unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(c.redacted_url(), "redis://u:***@h:6379/0?mode=streams");
+        let c = RedisConfig::from_url("redis://[::1]:7000").unwrap();
+        assert_eq!(c.redacted_url(), "redis://[::1]:7000/0?mode=streams");
     }
 }
