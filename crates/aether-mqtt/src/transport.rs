@@ -395,8 +395,9 @@ impl Transport for MqttTransport {
         "mqtt"
     }
 
-    /// Not durable (a perform with no worker subscribed is lost), no redelivery after a crash (the client's lease redispatches), wildcards,
-    /// ordered per topic, dead letters as retained messages when `dead_letter_topic` is set.
+    /// Not durable (a perform with no worker subscribed is lost), no redelivery after a
+    /// crash (the client's lease redispatches), wildcards, ordered per topic, dead letters
+    /// when `dead_letter_topic` is set (retained unless `dead_letter_retain` is false).
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .durable(false)
