@@ -23,6 +23,12 @@ pub trait Harness: Send + Sync + 'static {
     async fn private_broker(&self) -> Option<Box<dyn PrivateBroker>> {
         None
     }
+
+    /// Removes what a case left on the shared broker under `union` (exchanges, retained
+    /// messages, keys), so test runs do not pile up there. Called after each case.
+    async fn cleanup(&self, union: &str) {
+        let _ = union;
+    }
 }
 
 /// A broker started for one test.

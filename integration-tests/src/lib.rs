@@ -29,7 +29,9 @@ macro_rules! conformance {
             async fn $case() {
                 let _ = $crate::suite::WORKER_BIN.set(env!("CARGO_BIN_EXE_aether-test-worker"));
                 let h = $harness;
-                $crate::suite::$case(&h).await;
+                let union = $crate::harness::union();
+                $crate::suite::$case(&h, &union).await;
+                $crate::harness::Harness::cleanup(&h, &union).await;
             }
         )*
 

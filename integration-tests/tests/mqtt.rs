@@ -57,6 +57,42 @@ impl Harness for MqttHarness {
         let query = self.private?;
         Some(Box::new(Mosquitto::start(query).await))
     }
+
+    /// Clears the dead letters the case left retained under
+    /// `aether-dead-letter/{union}/...`.
+    async fn cleanup(&self, union: &str) {
+        let url = Harness::url(&self.url).expect("a URL");
+        if let Err(e) = clear_retained(&url, &format!("aether-dead-letter/{union}/#")).await {
+            eprintln!("mqtt: cleanup of {union} failed: {e}");
+        }
+    }
+}
+
+/// Publishes an empty retained message on every topic under `filter` that holds one.
+async fn clear_retained(url: &str, filter: &str) -> anyhow::Result<()> {
+    use aether::aether_mqtt::paho_mqtt as paho;
+    let u = aether::BrokerUrl::parse(url)?;
+    let uri = format!("tcp://{}:{}", u.host, u.port.unwrap_or(1883));
+    let mut client = paho::AsyncClient::new(uri)?;
+    let rx = client.get_stream(64);
+    client.connect(None).await?;
+    client.subscribe(filter, 1).await?;
+    // Retained messages arrive right after the subscription; a short quiet spell ends them.
+    let mut topics = Vec::new();
+    while let Ok(Ok(Some(msg))) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), rx.recv()).await
+    {
+        if msg.retained() && !msg.payload().is_empty() {
+            topics.push(msg.topic().to_owned());
+        }
+    }
+    for topic in topics {
+        client
+            .publish(paho::Message::new_retained(topic, Vec::<u8>::new(), 1))
+            .await?;
+    }
+    client.disconnect(None).await?;
+    Ok(())
 }
 
 mod v5 {

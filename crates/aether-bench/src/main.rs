@@ -92,10 +92,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
-    let union = format!("bench{}", std::process::id());
+    // One union for every run, so runs reuse the same queues and streams on the broker
+    // instead of leaving a new set behind each time.
+    let union = "bench";
     let max_inflight = args.inflight.iter().copied().max().unwrap_or(1);
     let worker_node = Aether::builder()
-        .union(&union)
+        .union(union)
         .transport(aether::connect(url).await?)
         .build()?;
     let worker = worker_node
@@ -111,7 +113,7 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
         .start()
         .await?;
     let client_node = Aether::builder()
-        .union(&union)
+        .union(union)
         .transport(aether::connect(url).await?)
         .build()?;
     let client = client_node.client();

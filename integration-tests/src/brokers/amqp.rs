@@ -93,6 +93,46 @@ impl Harness for AmqpHarness {
             query: self.query.clone(),
         }))
     }
+
+    /// Deletes the case's exchanges (`aether.{union}`, `.work`, `.unrouted`); its
+    /// queues expire by themselves ([`TEST_QUERY`]).
+    async fn cleanup(&self, union: &str) {
+        if let Err(e) = delete_exchanges(&self.url, union).await {
+            eprintln!("amqp: cleanup of {union} failed: {e}");
+        }
+    }
+}
+
+async fn delete_exchanges(url: &str, union: &str) -> anyhow::Result<()> {
+    use aether::aether_amqp::amqprs::channel::ExchangeDeleteArguments;
+    use aether::aether_amqp::amqprs::connection::{Connection, OpenConnectionArguments};
+    let u = aether::BrokerUrl::parse(url)?;
+    let mut args = OpenConnectionArguments::new(
+        u.host.trim_matches(['[', ']']),
+        u.port.unwrap_or(5672),
+        u.username.as_deref().unwrap_or("guest"),
+        u.password.as_ref().map_or("guest", |p| p.expose()),
+    );
+    let vhost = if u.path.is_empty() {
+        "/"
+    } else {
+        u.path.as_str()
+    };
+    args.virtual_host(vhost);
+    let conn = Connection::open(&args).await?;
+    let channel = conn.open_channel(None).await?;
+    for name in [
+        format!("aether.{union}"),
+        format!("aether.{union}.work"),
+        format!("aether.{union}.unrouted"),
+    ] {
+        channel
+            .exchange_delete(ExchangeDeleteArguments::new(&name))
+            .await?;
+    }
+    let _ = channel.close().await;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// A private node started on first use, so listing the cases costs nothing.

@@ -4,8 +4,8 @@ use super::*;
 
 /// Broadcast reaches every subscriber whose filter matches, on other connections and its
 /// own, and no other. (Absence is checked by ordering: a later message arrives first.)
-pub async fn broadcast_reaches_matching_subscribers_only(h: &dyn Harness) {
-    let u = union();
+pub async fn broadcast_reaches_matching_subscribers_only(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let publisher = h.connect().await;
     let other = h.connect().await;
     let a = t(&u, "j/t/x/1/status");
@@ -42,8 +42,8 @@ pub async fn broadcast_reaches_matching_subscribers_only(h: &dyn Harness) {
 }
 
 /// `+` matches one level, `#` the rest; literal levels still filter.
-pub async fn wildcard_filters(h: &dyn Harness) {
-    let u = union();
+pub async fn wildcard_filters(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let p = h.connect().await;
     let s = h.connect().await;
     let mut plus = s.subscribe(&f(&u, "j/+/x/+/status")).await.unwrap();
@@ -88,8 +88,8 @@ pub async fn wildcard_filters(h: &dyn Harness) {
 
 /// Starting a worker publishes `online` (status connected) and `idle` (status online),
 /// on the topics Python services use.
-pub async fn workers_announce_online_and_idle(h: &dyn Harness) {
-    let u = union();
+pub async fn workers_announce_online_and_idle(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let watcher = h.connect().await;
     let mut online = watcher
         .subscribe(&f(&u, "system/online/+/+/online"))

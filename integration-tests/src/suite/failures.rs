@@ -3,8 +3,8 @@
 use super::*;
 
 /// A handler's `Err` fails the task with its message; the worker keeps serving.
-pub async fn handler_error_fails_the_task(h: &dyn Harness) {
-    let u = union();
+pub async fn handler_error_fails_the_task(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let wn = node(h, &u, |b| b).await;
     let _w = announce(wn.worker())
         .handle(
@@ -54,8 +54,8 @@ pub async fn handler_error_fails_the_task(h: &dyn Harness) {
 }
 
 /// A handler's panic fails the task with the panic message; the worker keeps serving.
-pub async fn handler_panic_fails_the_task_and_worker_survives(h: &dyn Harness) {
-    let u = union();
+pub async fn handler_panic_fails_the_task_and_worker_survives(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let wn = node(h, &u, |b| b).await;
     let _w = announce(wn.worker())
         .concurrency(1)
@@ -105,8 +105,8 @@ pub async fn handler_panic_fails_the_task_and_worker_survives(h: &dyn Harness) {
 }
 
 /// Cancelling a task reaches its running handler; the client sees `Cancelled`.
-pub async fn cancel_reaches_the_running_handler(h: &dyn Harness) {
-    let u = union();
+pub async fn cancel_reaches_the_running_handler(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let started = Arc::new(Notify::new());
     let saw_cancel = Arc::new(AtomicBool::new(false));
     let wn = node(h, &u, |b| b).await;
@@ -137,8 +137,8 @@ pub async fn cancel_reaches_the_running_handler(h: &dyn Harness) {
 }
 
 /// A task past its deadline ends as `DeadlineExceeded`, and its handler is cancelled.
-pub async fn deadline_expiry(h: &dyn Harness) {
-    let u = union();
+pub async fn deadline_expiry(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let saw_cancel = Arc::new(AtomicBool::new(false));
     let wn = node(h, &u, |b| b).await;
     let c = saw_cancel.clone();
@@ -179,8 +179,8 @@ pub async fn deadline_expiry(h: &dyn Harness) {
 
 /// Malformed payloads, unknown actions and wrong actions on a work queue are counted and
 /// dead-lettered; the worker keeps serving.
-pub async fn malformed_input_is_dead_lettered_and_worker_keeps_serving(h: &dyn Harness) {
-    let u = union();
+pub async fn malformed_input_is_dead_lettered_and_worker_keeps_serving(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let wn = node(h, &u, |b| b).await;
     let _w = announce(wn.worker())
         .handle("m", "echo", "x", |_ctx: TaskContext, v: Value| async move {
@@ -228,8 +228,8 @@ pub async fn malformed_input_is_dead_lettered_and_worker_keeps_serving(h: &dyn H
 
 /// A payload over the limit is a typed error on send, and is counted and dead-lettered on
 /// receive.
-pub async fn oversized_payload_is_a_typed_error(h: &dyn Harness) {
-    let u = union();
+pub async fn oversized_payload_is_a_typed_error(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let small = |b: aether::AetherBuilder| b.max_payload(4096);
     let cn = node(h, &u, small).await;
     let big = "x".repeat(10_000);
@@ -272,8 +272,8 @@ pub async fn oversized_payload_is_a_typed_error(h: &dyn Harness) {
 }
 
 /// Segments with separators or wildcards of any transport are refused before sending.
-pub async fn invalid_segments_are_refused(h: &dyn Harness) {
-    let u = union();
+pub async fn invalid_segments_are_refused(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let client = node(h, &u, |b| b).await.client();
     for (job, task, ctx) in [
         ("a.b", "t", "x"),

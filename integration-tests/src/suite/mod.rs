@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::harness::{Harness, capabilities, eventually, node, union};
+use crate::harness::{Harness, capabilities, eventually, node};
 
 mod broadcast;
 mod failures;

@@ -4,8 +4,8 @@ use super::*;
 
 /// A worker dropped mid-task without acknowledging: another worker of its workgroup
 /// completes the task, and the client sees exactly one outcome.
-pub async fn dropped_worker_task_completed_by_another(h: &dyn Harness) {
-    let u = union();
+pub async fn dropped_worker_task_completed_by_another(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let lease = |b: aether::AetherBuilder| b.lease(SHORT_LEASE);
     let started = Arc::new(Notify::new());
     let node_a = node(h, &u, lease).await;
@@ -57,8 +57,8 @@ pub async fn dropped_worker_task_completed_by_another(h: &dyn Harness) {
 
 /// A perform repeated with the same tid (a redelivery or redispatch) runs the handler once;
 /// the repeat is answered from the worker's memory of completed tasks.
-pub async fn repeated_perform_is_handled_once(h: &dyn Harness) {
-    let u = union();
+pub async fn repeated_perform_is_handled_once(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let runs = Arc::new(AtomicUsize::new(0));
     let wn = node(h, &u, |b| b).await;
     let r = runs.clone();
@@ -106,10 +106,10 @@ pub async fn repeated_perform_is_handled_once(h: &dyn Harness) {
 }
 
 /// A worker process killed with SIGKILL mid-task: another worker completes the task.
-pub async fn worker_process_killed_mid_task(h: &dyn Harness) {
+pub async fn worker_process_killed_mid_task(h: &dyn Harness, u: &str) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let url = h.url().expect("capability says shared between processes");
-    let u = union();
+    let u = u.to_owned();
     let bin = WORKER_BIN
         .get()
         .expect("conformance! sets the worker binary");
@@ -161,12 +161,12 @@ pub async fn worker_process_killed_mid_task(h: &dyn Harness) {
 }
 
 /// Workers and clients carry on by themselves after their broker restarts.
-pub async fn broker_restart_workers_resume(h: &dyn Harness) {
+pub async fn broker_restart_workers_resume(h: &dyn Harness, u: &str) {
     let broker = h
         .private_broker()
         .await
         .expect("capability says a private broker");
-    let u = union();
+    let u = u.to_owned();
     let wn = aether::Aether::builder()
         .union(&u)
         .transport(broker.connect().await)

@@ -4,9 +4,9 @@ use super::*;
 
 /// 1,000 tasks over 3 workers of one workgroup: each handled exactly once, every worker
 /// gets some, every result comes back right.
-pub async fn one_of_n_exactly_once(h: &dyn Harness) {
+pub async fn one_of_n_exactly_once(h: &dyn Harness, u: &str) {
     const N: usize = 1000;
-    let u = union();
+    let u = u.to_owned();
     let seen: Arc<Mutex<HashMap<usize, Vec<usize>>>> = Default::default();
     let mut workers = Vec::new();
     for w in 0..3 {
@@ -49,9 +49,9 @@ pub async fn one_of_n_exactly_once(h: &dyn Harness) {
 }
 
 /// Two workgroups on one queue: each gets every task once.
-pub async fn every_workgroup_gets_every_task(h: &dyn Harness) {
+pub async fn every_workgroup_gets_every_task(h: &dyn Harness, u: &str) {
     const N: usize = 50;
-    let u = union();
+    let u = u.to_owned();
     let seen: Arc<Mutex<HashMap<(&'static str, usize), usize>>> = Default::default();
     let mut workers = Vec::new();
     for group in ["audit", "audit", "billing"] {
@@ -100,8 +100,8 @@ pub async fn every_workgroup_gets_every_task(h: &dyn Harness) {
 }
 
 /// Progress reports reach the client in the order they were sent, acceptance first.
-pub async fn progress_arrives_in_order(h: &dyn Harness) {
-    let u = union();
+pub async fn progress_arrives_in_order(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let wn = node(h, &u, |b| b).await;
     let _w = announce(wn.worker())
         .handle("p", "steps", "x", |ctx: TaskContext, n: u8| async move {
@@ -140,8 +140,8 @@ struct Order {
 
 /// A typed payload and result survive the trip in JSON and in MessagePack, and the worker
 /// answers in the codec the request came in.
-pub async fn typed_result_round_trip_in_both_codecs(h: &dyn Harness) {
-    let u = union();
+pub async fn typed_result_round_trip_in_both_codecs(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let wn = node(h, &u, |b| b).await;
     let _w = announce(wn.worker())
         .handle(
@@ -189,8 +189,8 @@ pub async fn typed_result_round_trip_in_both_codecs(h: &dyn Harness) {
 }
 
 /// Graceful shutdown stops taking tasks and lets the running ones finish.
-pub async fn graceful_shutdown_finishes_in_flight_tasks(h: &dyn Harness) {
-    let u = union();
+pub async fn graceful_shutdown_finishes_in_flight_tasks(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let started = Arc::new(AtomicUsize::new(0));
     let wn = node(h, &u, |b| b).await;
     let s = started.clone();
@@ -226,8 +226,8 @@ pub async fn graceful_shutdown_finishes_in_flight_tasks(h: &dyn Harness) {
 }
 
 /// On a durable transport a perform sent while no worker runs is handled when one starts.
-pub async fn task_enqueued_before_any_worker_is_handled(h: &dyn Harness) {
-    let u = union();
+pub async fn task_enqueued_before_any_worker_is_handled(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let cn = node(h, &u, |b| b).await;
     let task = cn
         .client()
@@ -256,8 +256,8 @@ pub async fn task_enqueued_before_any_worker_is_handled(h: &dyn Harness) {
 
 /// The Python-style callback API: idle/on_perform/status/complete against
 /// perform/on_status/on_complete.
-pub async fn callback_style_round_trip(h: &dyn Harness) {
-    let u = union();
+pub async fn callback_style_round_trip(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
     let wn = node(h, &u, |b| b).await;
     let _worker = AetherTask::new(&wn, "interop", "echo")
         .on_perform(|task: AetherTask, data: Value| async move {
