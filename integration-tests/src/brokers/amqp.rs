@@ -95,7 +95,7 @@ impl Harness for AmqpHarness {
     }
 
     /// Deletes the case's exchanges (`aether.{union}`, `.work`, `.unrouted`); its
-    /// queues expire by themselves ([`TEST_QUERY`]).
+    /// queues expire by themselves (`queue_expires` in the test URL).
     async fn cleanup(&self, union: &str) {
         if let Err(e) = delete_exchanges(&self.url, union).await {
             eprintln!("amqp: cleanup of {union} failed: {e}");
