@@ -194,15 +194,27 @@ pub const CASES: &[Case] = &[
     },
 ];
 
-/// Checks a transport's listing: every case present, and each `#[ignore]` matching what
-/// the transport reports through its capabilities at run time.
-pub async fn check_listing(h: &dyn Harness, listed: &[(&str, bool)]) {
+/// Checks a transport's expansion of the suite: the same cases as [`CASES`], every
+/// ignored name a real case, and each ignore matching what the transport reports through
+/// its capabilities at run time (a case it could pass must not be ignored; one it cannot
+/// must be).
+pub async fn check_listing(h: &dyn Harness, listed: &[(&str, bool)], ignored: &[&str]) {
+    for name in ignored {
+        assert!(
+            CASES.iter().any(|c| c.name == *name),
+            "{}: ignores {name}, which is not a case",
+            h.name()
+        );
+    }
+    let names: Vec<&str> = listed.iter().map(|(n, _)| *n).collect();
+    let cases: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+    assert_eq!(
+        names, cases,
+        "conformance! and suite::CASES list different cases"
+    );
     let caps = capabilities(h).await;
     let private = h.private_broker().await.is_some();
-    for case in CASES {
-        let Some((_, ignored)) = listed.iter().find(|(n, _)| *n == case.name) else {
-            panic!("{}: case {} is not listed", h.name(), case.name);
-        };
+    for (case, (_, ignored)) in CASES.iter().zip(listed) {
         match ((case.requires)(&caps, private), ignored) {
             (Ok(()), true) => panic!(
                 "{}: {} is ignored, but the transport's capabilities say it can pass",
@@ -216,11 +228,5 @@ pub async fn check_listing(h: &dyn Harness, listed: &[(&str, bool)]) {
             ),
             _ => {}
         }
-    }
-    for (name, _) in listed {
-        assert!(
-            CASES.iter().any(|c| c.name == *name),
-            "{name} is listed but is not a case"
-        );
     }
 }
