@@ -30,6 +30,8 @@ pub(crate) struct Reporter {
     pub(crate) limit: usize,
     /// Statuses sent so far for this task.
     pub(crate) seq: std::sync::atomic::AtomicU32,
+    /// Set once the acceptance (progress 0) is out.
+    pub(crate) accepted: tokio::sync::OnceCell<()>,
 }
 
 impl Reporter {
@@ -41,7 +43,33 @@ impl Reporter {
         h
     }
 
+    /// Sends the acceptance (progress 0, with the lease) unless it is out already.
+    /// Concurrent callers wait for one send; a failed send is tried again by the next.
+    pub(crate) async fn accept(&self) -> Result<()> {
+        self.accepted
+            .get_or_try_init(|| self.send_status(0, empty_object(self.codec)))
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends a status, preceded by the acceptance if that was held back and is not out yet.
     pub(crate) async fn status(&self, progress: u8, data: &[u8]) -> Result<()> {
+        if !self.accepted.initialized() {
+            let mut fresh = false;
+            self.accepted
+                .get_or_try_init(|| {
+                    fresh = true;
+                    self.send_status(0, empty_object(self.codec))
+                })
+                .await?;
+            if fresh && progress == 0 && data == empty_object(self.codec) {
+                return Ok(());
+            }
+        }
+        self.send_status(progress, data).await
+    }
+
+    async fn send_status(&self, progress: u8, data: &[u8]) -> Result<()> {
         let mut header = self.header(Action::Status, Status::Progress, progress);
         // Numbered at encoding; concurrent reports of one task may still be published out
         // of order, which the client treats like any stale progress.

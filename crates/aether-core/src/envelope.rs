@@ -128,6 +128,12 @@ pub struct Header {
     /// (from 1); on a complete, how many statuses preceded it. Lets a client hold a
     /// completion until the progress reports sent before it have arrived.
     pub seq: Option<u32>,
+    /// aether: on a perform, how many milliseconds the worker may hold back its acceptance.
+    /// A task that completes within that time is answered by its completion alone, which
+    /// saves a message per task; one that takes longer is accepted when the time is up or
+    /// when it first reports progress, whichever comes first. Absent: accept at once, as
+    /// Python clients expect.
+    pub defer: Option<u64>,
 }
 
 impl Header {
@@ -151,6 +157,7 @@ impl Header {
             headers: None,
             error: None,
             seq: None,
+            defer: None,
         }
     }
 
@@ -241,6 +248,9 @@ fn write_json(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
     if let Some(v) = h.seq {
         let _ = write!(out, ",\"seq\":{v}");
     }
+    if let Some(v) = h.defer {
+        let _ = write!(out, ",\"defer\":{v}");
+    }
     out.push(b'}');
 }
 
@@ -254,6 +264,7 @@ fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
         h.headers.is_some(),
         h.error.is_some(),
         h.seq.is_some(),
+        h.defer.is_some(),
     ];
     let len = 11 + extras.iter().filter(|b| **b).count() as u32;
     w::write_map_len(out, len).expect("write to Vec");
@@ -294,6 +305,10 @@ fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
         w::write_str(out, "seq").expect("write to Vec");
         w::write_uint(out, v.into()).expect("write to Vec");
     }
+    if let Some(v) = h.defer {
+        w::write_str(out, "defer").expect("write to Vec");
+        w::write_uint(out, v).expect("write to Vec");
+    }
 }
 
 /// The header as it arrives, before the action and status are checked.
@@ -333,6 +348,8 @@ struct RawHeader {
     error: Option<String>,
     #[serde(default)]
     seq: Option<u32>,
+    #[serde(default)]
+    defer: Option<u64>,
 }
 
 /// A progress number as Python may send it: integer or float.
@@ -409,6 +426,7 @@ impl Envelope {
                 headers: h.headers,
                 error: h.error,
                 seq: h.seq,
+                defer: h.defer,
             },
             codec,
             raw,
@@ -495,6 +513,7 @@ mod tests {
         h.lease = Some(3000);
         h.error = Some("boom".into());
         h.seq = Some(7);
+        h.defer = Some(20);
         h.headers = Some(BTreeMap::from([(
             "traceparent".into(),
             "00-ab-cd-01".into(),

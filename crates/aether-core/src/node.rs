@@ -94,6 +94,17 @@ pub struct Config {
     pub redispatch: Option<bool>,
     /// Backoff between dispatches. Default 100 ms doubling to 10 s.
     pub backoff: Backoff,
+    /// How long a worker may hold back its acceptance (progress 0) of a perform this node
+    /// sends. A task that completes sooner is answered by its completion alone: one message
+    /// fewer per task, and no acceptance on the critical path. A longer task is accepted
+    /// when the time is up or when it first reports progress. Zero: accept at once. Capped
+    /// by workers at a third of the lease. Default 20 ms.
+    ///
+    /// Asked for only where the client redispatches tasks it has not seen accepted
+    /// ([`Config::redispatch`]; by default on transports that do not redeliver), because
+    /// there a lost completion is recovered like a lost perform. Elsewhere the acceptance is
+    /// what arms the recovery of a lost completion, so workers are asked to send it at once.
+    pub defer_accept: Duration,
     /// Progress updates a task handle buffers; the oldest are dropped past it. Default 64.
     pub progress_buffer: usize,
     /// Completed tids a worker remembers to drop repeated performs. Default 10,000.
@@ -115,6 +126,7 @@ impl Default for Config {
             max_attempts: 3,
             redispatch: None,
             backoff: Backoff::default(),
+            defer_accept: Duration::from_millis(20),
             progress_buffer: 64,
             dedup_window: 10_000,
             operation_timeout: Duration::from_secs(10),
@@ -201,6 +213,11 @@ impl AetherBuilder {
     /// Sets [`Config::backoff`].
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = backoff;
+        self
+    }
+    /// Sets [`Config::defer_accept`].
+    pub fn defer_accept(mut self, defer: Duration) -> Self {
+        self.config.defer_accept = defer;
         self
     }
     /// Sets [`Config::progress_buffer`].

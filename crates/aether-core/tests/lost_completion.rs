@@ -13,11 +13,14 @@ use aether_core::{
 };
 use async_trait::async_trait;
 
-/// The in-memory transport, dropping the first `drop` completions it is asked to publish.
+/// The in-memory transport, dropping the first `drop` completions it is asked to publish,
+/// and saying whether it redelivers as told.
 #[derive(Debug)]
 struct Lossy {
     inner: MemoryTransport,
     drop: AtomicUsize,
+    redelivers: bool,
+    statuses: Arc<AtomicUsize>,
 }
 
 #[async_trait]
@@ -26,9 +29,14 @@ impl Transport for Lossy {
         "lossy"
     }
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        self.inner
+            .capabilities()
+            .redelivers_on_crash(self.redelivers)
     }
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        if topic.action() == Action::Status {
+            self.statuses.fetch_add(1, Ordering::SeqCst);
+        }
         if topic.action() == Action::Complete
             && self
                 .drop
@@ -56,15 +64,31 @@ impl Transport for Lossy {
     }
 }
 
+/// Where the broker redelivers, the client waits for it before acceptance: the worker
+/// accepts at once, and silence after the acceptance triggers the redispatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_completion_is_recovered_without_running_the_handler_again() {
+async fn lost_completion_after_acceptance_is_recovered() {
+    lost_completion_is_recovered_without_running_the_handler_again(true).await;
+}
+
+/// Where it does not, the client chases any task it has not seen accepted, so a quick task
+/// is answered by its completion alone; losing that is recovered the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_completion_of_a_task_never_accepted_is_recovered() {
+    lost_completion_is_recovered_without_running_the_handler_again(false).await;
+}
+
+async fn lost_completion_is_recovered_without_running_the_handler_again(redelivers: bool) {
     let broker = MemoryTransport::new(MemoryConfig::default());
     let lease = Duration::from_millis(300);
+    let statuses = Arc::new(AtomicUsize::new(0));
     let worker_node = Aether::builder()
         .lease(lease)
         .transport(Lossy {
             inner: broker.reconnect(),
             drop: AtomicUsize::new(1),
+            redelivers,
+            statuses: statuses.clone(),
         })
         .build()
         .unwrap();
@@ -82,7 +106,12 @@ async fn lost_completion_is_recovered_without_running_the_handler_again() {
         .unwrap();
     let client_node = Aether::builder()
         .lease(lease)
-        .transport(broker.reconnect())
+        .transport(Lossy {
+            inner: broker.reconnect(),
+            drop: AtomicUsize::new(0),
+            redelivers,
+            statuses: Arc::default(),
+        })
         .build()
         .unwrap();
     let task = client_node
@@ -98,4 +127,7 @@ async fn lost_completion_is_recovered_without_running_the_handler_again() {
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
     assert_eq!(client_node.stats().redispatched, 1);
     assert_eq!(worker_node.stats().duplicate_performs, 1);
+    // Acceptance is held back only where the client chases unaccepted tasks.
+    let statuses = statuses.load(Ordering::SeqCst);
+    assert_eq!(statuses > 0, redelivers, "statuses sent: {statuses}");
 }

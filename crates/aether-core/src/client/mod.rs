@@ -158,21 +158,6 @@ impl TaskBuilder<'_> {
             &tid,
             Action::Perform,
         )?;
-        let codec = self.codec.unwrap_or(config.codec);
-        let data = codec.to_vec(payload)?;
-        let mut header = Header::new(Action::Perform, &config.host, &config.client_id);
-        header.attempt = Some(1);
-        header.lease = Some(config.lease.as_millis() as u64);
-        header.deadline = self.deadline.map(|d| unix_ms() + d.as_millis() as u64);
-        header.headers = self.headers;
-        let bytes = encode_raw(codec, &header, &data);
-        let limit = node.payload_limit(&transport);
-        if bytes.len() > limit {
-            return Err(Error::PayloadTooLarge {
-                size: bytes.len(),
-                limit,
-            });
-        }
         let caps = transport.capabilities();
         // Before a worker accepts: wait on transports that keep the perform queued; chase it
         // on those that may have dropped it. After a worker accepted and promised
@@ -189,6 +174,28 @@ impl TaskBuilder<'_> {
                 after_accept: true,
             },
         };
+        let codec = self.codec.unwrap_or(config.codec);
+        let data = codec.to_vec(payload)?;
+        let mut header = Header::new(Action::Perform, &config.host, &config.client_id);
+        header.attempt = Some(1);
+        header.lease = Some(config.lease.as_millis() as u64);
+        // A held-back acceptance is safe only where the client chases a task it has not
+        // seen accepted: a task answered by its completion alone, whose completion is lost,
+        // is then recovered like a lost perform. Where the client waits on the broker
+        // instead, the acceptance is what arms that recovery, so it is asked for at once.
+        if redispatch.before_accept {
+            header.defer = Some(config.defer_accept.as_millis() as u64).filter(|ms| *ms > 0);
+        }
+        header.deadline = self.deadline.map(|d| unix_ms() + d.as_millis() as u64);
+        header.headers = self.headers;
+        let bytes = encode_raw(codec, &header, &data);
+        let limit = node.payload_limit(&transport);
+        if bytes.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
         let route = node
             .inner
             .routes

@@ -107,6 +107,7 @@ pub(super) async fn process(
         lease,
         limit: shared.limit,
         seq: Default::default(),
+        accepted: Default::default(),
     });
 
     // Already completed here: repeat the completion, if kept, and drop the perform.
@@ -153,8 +154,17 @@ pub(super) async fn process(
         .await;
     }
 
-    // Accept: progress 0, with the lease this worker heartbeats within.
-    if let Err(e) = reporter.status(0, empty_object(reporter.codec)).await {
+    // Accept: progress 0, with the lease this worker heartbeats within. A client that
+    // allows it gets the acceptance only if the task is still running after a short while
+    // (never later than the first heartbeat would be due), or reports progress first.
+    let defer = header
+        .defer
+        .map(Duration::from_millis)
+        .filter(|d| !d.is_zero())
+        .map(|d| d.min(lease / 3));
+    if defer.is_none()
+        && let Err(e) = reporter.accept().await
+    {
         tracing::warn!(topic = %delivery.topic, error = %e, "could not acknowledge; handing the task back");
         return settle(delivery, Settle::Requeue).await;
     }
@@ -174,7 +184,7 @@ pub(super) async fn process(
                 cancel: cancel_rx.clone(),
             }),
         };
-        let end = run_once(&shared, &reg, &mut delivery, ctx, env.clone(), lease).await;
+        let end = run_once(&shared, &reg, &mut delivery, ctx, env.clone(), lease, defer).await;
         match end {
             RunEnd::Done(Ok(produce)) => {
                 counters.handled.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +300,7 @@ pub(super) async fn run_once(
     ctx: TaskContext,
     env: Envelope,
     lease: Duration,
+    defer: Option<Duration>,
 ) -> RunEnd {
     let reporter = ctx.inner.reporter.clone();
     let mut cancel = ctx.inner.cancel.clone();
@@ -305,9 +316,18 @@ pub(super) async fn run_once(
         tokio::time::Instant::now() + Duration::from_millis(left)
     });
     let counters = shared.node.counters();
+    let mut accept_at = defer
+        .filter(|_| !reporter.accepted.initialized())
+        .map(|d| tokio::time::Instant::now() + d);
     let stopped = loop {
         tokio::select! {
             joined = &mut handle => return RunEnd::Done(joined_result(joined, counters)),
+            _ = sleep_until_opt(accept_at) => {
+                accept_at = None;
+                if let Err(e) = reporter.accept().await {
+                    tracing::debug!(error = %e, "acceptance not sent; the next heartbeat tries again");
+                }
+            }
             _ = heartbeat.tick() => {
                 let p = ctx.current_progress();
                 if let Err(e) = reporter.status(p, empty_object(reporter.codec)).await {
