@@ -18,6 +18,7 @@
 
 pub mod brokers;
 pub mod harness;
+pub mod proxy;
 pub mod suite;
 
 /// Expands every conformance case for one harness expression (evaluated once per test),

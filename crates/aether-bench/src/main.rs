@@ -6,6 +6,9 @@
 //! cargo run --release -p aether-bench -- [--tasks N] [--inflight 1,64] [--raw NAME] URL...
 //! ```
 //!
+//! `--defer-accept MS` sets the client's `Config::defer_accept` (0: workers accept every
+//! task at once, as before that setting existed).
+//!
 //! Each URL gets its own worker node and client node (separate connections), a warm-up, then
 //! one closed-loop run per in-flight level. `--raw NAME` adds the raw baseline of that
 //! adapter (see `raw.rs`) on the same URL.
@@ -26,6 +29,8 @@ struct Args {
     raw: Vec<String>,
     urls: Vec<String>,
     payload: usize,
+    /// `Config::defer_accept` for the client, if not the default.
+    defer_accept: Option<u64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -35,6 +40,7 @@ fn parse_args() -> anyhow::Result<Args> {
         raw: Vec::new(),
         urls: Vec::new(),
         payload: 16,
+        defer_accept: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -50,9 +56,12 @@ fn parse_args() -> anyhow::Result<Args> {
                     .collect::<Result<_, _>>()?
             }
             "--raw" => args.raw.push(it.next().context("--raw NAME")?),
+            "--defer-accept" => {
+                args.defer_accept = Some(it.next().context("--defer-accept MS")?.parse()?)
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: aether-bench [--tasks N] [--inflight 1,64] [--payload BYTES] [--raw {}] URL...",
+                    "usage: aether-bench [--tasks N] [--inflight 1,64] [--payload BYTES] [--defer-accept MS] [--raw {}] URL...",
                     raw::NAMES.join("|")
                 );
                 std::process::exit(0);
@@ -112,10 +121,13 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
         )
         .start()
         .await?;
-    let client_node = Aether::builder()
+    let mut client_node = Aether::builder()
         .union(union)
-        .transport(aether::connect(url).await?)
-        .build()?;
+        .transport(aether::connect(url).await?);
+    if let Some(ms) = args.defer_accept {
+        client_node = client_node.defer_accept(Duration::from_millis(ms));
+    }
+    let client_node = client_node.build()?;
     let client = client_node.client();
     let payload = "x".repeat(args.payload);
     let name = client_node.transport("")?.name();
@@ -135,7 +147,11 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
             one(client.clone(), payload.clone())
         })
         .await?;
-        reports.push(Report::new(format!("aether {name}"), inflight, wall, lat));
+        let label = match args.defer_accept {
+            Some(ms) => format!("aether {name} (defer_accept {ms} ms)"),
+            None => format!("aether {name}"),
+        };
+        reports.push(Report::new(label, inflight, wall, lat));
     }
     worker.shutdown(Duration::from_secs(5)).await?;
     let stats = client_node.stats();

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result, TopicError};
 use crate::topic::{Topic, TopicFilter, WorkQueue};
@@ -107,6 +107,11 @@ pub struct Capabilities {
     pub dead_letters: bool,
     /// A separate process can connect to the same broker (false for the in-memory one).
     pub shared_between_processes: bool,
+    /// Broadcasts are not lost silently: a subscription either misses nothing, or says
+    /// through [`Subscription::gaps`] when it was interrupted (a reconnection) and may have
+    /// missed some. Clients then dispatch again the tasks they have not heard of, which lets
+    /// quick tasks be answered by their completion alone (see `Config::defer_accept`).
+    pub gap_signals: bool,
 }
 
 impl Capabilities {
@@ -120,6 +125,7 @@ impl Capabilities {
             max_payload: 1 << 20,
             dead_letters: false,
             shared_between_processes: false,
+            gap_signals: false,
         }
     }
     /// Sets [`Capabilities::durable`].
@@ -155,6 +161,11 @@ impl Capabilities {
     /// Sets [`Capabilities::shared_between_processes`].
     pub fn shared_between_processes(mut self, v: bool) -> Self {
         self.shared_between_processes = v;
+        self
+    }
+    /// Sets [`Capabilities::gap_signals`].
+    pub fn gap_signals(mut self, v: bool) -> Self {
+        self.gap_signals = v;
         self
     }
 }
@@ -238,6 +249,7 @@ pub type Received = std::result::Result<Message, InvalidMessage>;
 /// A live subscription. Dropping it unsubscribes.
 pub struct Subscription {
     rx: mpsc::Receiver<Received>,
+    gaps: Option<watch::Receiver<u64>>,
     _guard: Option<Box<dyn Any + Send + Sync>>,
 }
 
@@ -245,7 +257,24 @@ impl Subscription {
     /// A subscription fed through `rx`; `guard` is dropped with it (adapters unsubscribe
     /// in its `Drop`).
     pub fn new(rx: mpsc::Receiver<Received>, guard: Option<Box<dyn Any + Send + Sync>>) -> Self {
-        Subscription { rx, _guard: guard }
+        Subscription {
+            rx,
+            gaps: None,
+            _guard: guard,
+        }
+    }
+
+    /// Attaches a gap counter: the adapter increments it each time the subscription is
+    /// live again after an interruption in which messages may have been lost (set once
+    /// the subscription is back, so anything published afterwards arrives).
+    pub fn with_gaps(mut self, gaps: watch::Receiver<u64>) -> Self {
+        self.gaps = Some(gaps);
+        self
+    }
+
+    /// The gap counter, if the adapter keeps one (see [`Capabilities::gap_signals`]).
+    pub fn gaps(&self) -> Option<watch::Receiver<u64>> {
+        self.gaps.clone()
     }
 
     /// The next message; `None` once the subscription or its transport is closed.

@@ -20,6 +20,8 @@ struct Lossy {
     inner: MemoryTransport,
     drop: AtomicUsize,
     redelivers: bool,
+    /// Whether a dropped completion is reported as a gap in the subscriptions.
+    gaps: Option<Arc<tokio::sync::watch::Sender<u64>>>,
     statuses: Arc<AtomicUsize>,
 }
 
@@ -32,6 +34,8 @@ impl Transport for Lossy {
         self.inner
             .capabilities()
             .redelivers_on_crash(self.redelivers)
+            // A dropped completion is a silent loss unless reported as a gap.
+            .gap_signals(self.gaps.is_some())
     }
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         if topic.action() == Action::Status {
@@ -43,12 +47,19 @@ impl Transport for Lossy {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
         {
+            if let Some(gaps) = &self.gaps {
+                gaps.send_modify(|n| *n += 1);
+            }
             return Ok(());
         }
         self.inner.publish(topic, payload).await
     }
     async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
-        self.inner.subscribe(filter).await
+        let sub = self.inner.subscribe(filter).await?;
+        Ok(match &self.gaps {
+            Some(gaps) => sub.with_gaps(gaps.subscribe()),
+            None => sub,
+        })
     }
     async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         self.inner.enqueue(topic, payload).await
@@ -64,30 +75,45 @@ impl Transport for Lossy {
     }
 }
 
-/// Where the broker redelivers, the client waits for it before acceptance: the worker
-/// accepts at once, and silence after the acceptance triggers the redispatch.
+/// Where the broker redelivers and broadcasts may be lost silently, the client waits for
+/// the broker before acceptance: the worker accepts at once, and silence after the
+/// acceptance triggers the redispatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_completion_after_acceptance_is_recovered() {
-    lost_completion_is_recovered_without_running_the_handler_again(true).await;
+    lost_completion_is_recovered_without_running_the_handler_again(true, false).await;
 }
 
-/// Where it does not, the client chases any task it has not seen accepted, so a quick task
-/// is answered by its completion alone; losing that is recovered the same way.
+/// Where the broker does not redeliver, the client chases any task it has not seen
+/// accepted, so a quick task is answered by its completion alone; losing that is recovered
+/// the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_completion_of_a_task_never_accepted_is_recovered() {
-    lost_completion_is_recovered_without_running_the_handler_again(false).await;
+    lost_completion_is_recovered_without_running_the_handler_again(false, false).await;
 }
 
-async fn lost_completion_is_recovered_without_running_the_handler_again(redelivers: bool) {
+/// Where the transport reports gaps in its subscriptions, a quick task is answered by its
+/// completion alone too, and a gap makes the client dispatch again at once what it has not
+/// heard of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_completion_reported_as_a_gap_is_recovered() {
+    lost_completion_is_recovered_without_running_the_handler_again(true, true).await;
+}
+
+async fn lost_completion_is_recovered_without_running_the_handler_again(
+    redelivers: bool,
+    gaps: bool,
+) {
     let broker = MemoryTransport::new(MemoryConfig::default());
     let lease = Duration::from_millis(300);
     let statuses = Arc::new(AtomicUsize::new(0));
+    let gaps = gaps.then(|| Arc::new(tokio::sync::watch::Sender::new(0u64)));
     let worker_node = Aether::builder()
         .lease(lease)
         .transport(Lossy {
             inner: broker.reconnect(),
             drop: AtomicUsize::new(1),
             redelivers,
+            gaps: gaps.clone(),
             statuses: statuses.clone(),
         })
         .build()
@@ -110,10 +136,12 @@ async fn lost_completion_is_recovered_without_running_the_handler_again(redelive
             inner: broker.reconnect(),
             drop: AtomicUsize::new(0),
             redelivers,
+            gaps: gaps.clone(),
             statuses: Arc::default(),
         })
         .build()
         .unwrap();
+    let started = std::time::Instant::now();
     let task = client_node
         .client()
         .perform("j", "t", "x", &4u32)
@@ -124,10 +152,16 @@ async fn lost_completion_is_recovered_without_running_the_handler_again(redelive
         .expect("recovered within the timeout")
         .unwrap();
     assert_eq!(r, 40);
+    if gaps.is_some() {
+        // Dispatched again on the gap, not after the lease.
+        assert!(started.elapsed() < lease, "took {:?}", started.elapsed());
+    }
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
     assert_eq!(client_node.stats().redispatched, 1);
     assert_eq!(worker_node.stats().duplicate_performs, 1);
-    // Acceptance is held back only where the client chases unaccepted tasks.
+    // Acceptance is held back only where a lost completion of an unaccepted task is
+    // recovered: the client chases unaccepted tasks, or hears of gaps.
     let statuses = statuses.load(Ordering::SeqCst);
-    assert_eq!(statuses > 0, redelivers, "statuses sent: {statuses}");
+    let deferred = !redelivers || gaps.is_some();
+    assert_eq!(statuses == 0, deferred, "statuses sent: {statuses}");
 }

@@ -10,7 +10,9 @@
 //!
 //! After a reconnection each lane subscribes again to everything it had; until it has,
 //! the lane counts as unhealthy and [`Broadcast::ready`] waits, so a perform is not sent
-//! while the replies to it could not be heard.
+//! while the replies to it could not be heard. Once it has, each of its subscriptions is
+//! told of the gap ([`Subscription::gaps`]), so clients can dispatch again the tasks whose
+//! replies may have been published meanwhile.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,7 +27,7 @@ use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::{MessageKind, Value};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::connect::{Connector, redis_err};
@@ -55,6 +57,8 @@ struct Lane {
     routes: Mutex<Routes>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     healthy: AtomicBool,
+    /// Counts resubscriptions after reconnections: the gaps in which messages were lost.
+    gaps: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -175,7 +179,7 @@ impl Broadcast {
             exact,
             id,
         };
-        Ok(Subscription::new(rx, Some(Box::new(guard))))
+        Ok(Subscription::new(rx, Some(Box::new(guard))).with_gaps(lane.gaps.subscribe()))
     }
 
     async fn new_lane(&self) -> Result<Arc<Lane>> {
@@ -189,6 +193,7 @@ impl Broadcast {
             routes: Mutex::default(),
             tasks: Mutex::default(),
             healthy: AtomicBool::new(true),
+            gaps: watch::Sender::new(0),
         });
         let dispatch = tokio::spawn(dispatch_loop(Arc::downgrade(&lane), messages));
         let health = tokio::spawn(health_loop(
@@ -436,11 +441,19 @@ async fn health_loop(
                     Err(RecvError::Closed) => return,
                 }
                 let Some(lane) = lane.upgrade() else { return };
+                // fred announces the first connection as a reconnection too; only one
+                // after a loss is a gap.
+                let was_down = !lane.healthy.load(Ordering::Acquire);
                 let mut delay = Duration::from_millis(10);
                 loop {
                     match lane.resubscribe().await {
                         Ok(()) => {
                             lane.mark(&health, true);
+                            // Subscribed again: whatever was published while the
+                            // connection was down is lost; tell the subscriptions.
+                            if was_down {
+                                lane.gaps.send_modify(|n| *n += 1);
+                            }
                             break;
                         }
                         Err(error) => {

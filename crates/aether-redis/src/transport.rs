@@ -139,6 +139,7 @@ impl Transport for RedisTransport {
             .max_payload(self.inner.config.max_payload)
             .dead_letters(true)
             .shared_between_processes(true)
+            .gap_signals(true)
     }
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {

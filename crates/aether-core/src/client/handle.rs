@@ -97,6 +97,9 @@ pub(super) struct TaskInner {
     pub(super) counted: Option<(String, u32)>,
     /// A completion waiting for earlier statuses.
     pub(super) parked: Option<Parked>,
+    /// The route's subscription was interrupted while no worker had been heard of: the
+    /// supervisor dispatches the task again at once.
+    pub(super) probe: bool,
 }
 
 pub(super) struct TaskShared {
@@ -126,6 +129,7 @@ impl TaskShared {
                 detached: false,
                 counted: None,
                 parked: None,
+                probe: false,
             }),
             wake: Notify::new(),
             wake_supervisor: Notify::new(),
@@ -171,6 +175,18 @@ impl TaskShared {
         self.wake.notify_waiters();
         self.wake_supervisor.notify_one();
         true
+    }
+
+    /// Asks the supervisor to dispatch the task again if no worker was heard of since its
+    /// last dispatch: its acceptance or completion may have been missed.
+    pub(super) fn probe(&self) {
+        let mut inner = self.lock();
+        if inner.seen || inner.outcome.is_some() {
+            return;
+        }
+        inner.probe = true;
+        drop(inner);
+        self.wake_supervisor.notify_one();
     }
 
     /// Applies a status or complete from a worker.

@@ -168,10 +168,12 @@ impl TaskBuilder<'_> {
             Some(on) => Redispatch {
                 before_accept: on,
                 after_accept: on,
+                on_gap: on,
             },
             None => Redispatch {
                 before_accept: !caps.redelivers_on_crash,
                 after_accept: true,
+                on_gap: true,
             },
         };
         let codec = self.codec.unwrap_or(config.codec);
@@ -179,11 +181,12 @@ impl TaskBuilder<'_> {
         let mut header = Header::new(Action::Perform, &config.host, &config.client_id);
         header.attempt = Some(1);
         header.lease = Some(config.lease.as_millis() as u64);
-        // A held-back acceptance is safe only where the client chases a task it has not
-        // seen accepted: a task answered by its completion alone, whose completion is lost,
-        // is then recovered like a lost perform. Where the client waits on the broker
-        // instead, the acceptance is what arms that recovery, so it is asked for at once.
-        if redispatch.before_accept {
+        // A held-back acceptance is safe only where a lost completion of a task never
+        // accepted is recovered: where the client chases a task it has not seen accepted
+        // (as a lost perform), or where the transport says when broadcasts may have been
+        // missed (the route dispatches again what it has not heard of). Elsewhere the
+        // acceptance is what arms that recovery, so it is asked for at once.
+        if redispatch.before_accept || (redispatch.on_gap && caps.gap_signals) {
             header.defer = Some(config.defer_accept.as_millis() as u64).filter(|ms| *ms > 0);
         }
         header.deadline = self.deadline.map(|d| unix_ms() + d.as_millis() as u64);

@@ -88,12 +88,29 @@ impl Route {
             subs.push(transport.subscribe(f).await?);
         }
         let limit = node.payload_limit(transport);
+        // Subscriptions on one connection report the same gap: watch each counter once,
+        // so one interruption dispatches a task again once.
+        let mut watched: Vec<tokio::sync::watch::Receiver<u64>> = Vec::new();
+        let gaps: Vec<_> = subs
+            .iter()
+            .map(|sub| {
+                let g = sub.gaps()?;
+                if watched.iter().any(|w| w.same_channel(&g)) {
+                    return None;
+                }
+                watched.push(g.clone());
+                Some(g)
+            })
+            .collect();
         Ok(Arc::new_cyclic(|weak: &Weak<Route>| Route {
             tasks: Mutex::new(HashMap::new()),
             closed: Default::default(),
             routers: subs
                 .into_iter()
-                .map(|sub| tokio::spawn(route_loop(weak.clone(), node.clone(), sub, limit)))
+                .zip(gaps)
+                .map(|(sub, gaps)| {
+                    tokio::spawn(route_loop(weak.clone(), node.clone(), sub, gaps, limit))
+                })
                 .collect(),
         }))
     }
@@ -134,10 +151,28 @@ pub(super) async fn route_loop(
     route: Weak<Route>,
     node: Aether,
     mut sub: Subscription,
+    mut gaps: Option<tokio::sync::watch::Receiver<u64>>,
     limit: usize,
 ) {
     let counters = node.counters();
-    while let Some(received) = sub.next().await {
+    loop {
+        let received = tokio::select! {
+            r = sub.next() => r,
+            open = gap(&mut gaps) => {
+                let Some(route) = route.upgrade() else { return };
+                if open {
+                    let tasks: Vec<_> = route.lock().values().cloned().collect();
+                    tracing::info!(tasks = tasks.len(), "subscription was interrupted; dispatching again the tasks not heard of");
+                    for t in tasks {
+                        t.probe();
+                    }
+                } else {
+                    gaps = None;
+                }
+                continue;
+            }
+        };
+        let Some(received) = received else { break };
         let Some(route) = route.upgrade() else { return };
         let Some(msg) = accept_broadcast(received, limit, counters) else {
             continue;
@@ -153,6 +188,15 @@ pub(super) async fn route_loop(
         for t in tasks {
             t.finish(TaskEvent::TimedOut, Outcome::Closed, counters);
         }
+    }
+}
+
+/// Waits for the next gap: true, or false once the adapter dropped the counter. Never
+/// completes without a counter.
+async fn gap(gaps: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    match gaps {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

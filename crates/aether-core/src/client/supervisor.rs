@@ -37,6 +37,8 @@ pub(super) struct Redispatch {
     pub(super) before_accept: bool,
     /// The worker that accepted it stopped heartbeating.
     pub(super) after_accept: bool,
+    /// The route's subscription was interrupted before any worker was heard of.
+    pub(super) on_gap: bool,
 }
 
 impl Supervisor {
@@ -46,11 +48,12 @@ impl Supervisor {
         let counters = node.counters();
         let mut attempt = 1u32;
         loop {
-            let (lease_at, park_at) = {
-                let inner = self.shared.lock();
+            let (lease_at, park_at, probe) = {
+                let mut inner = self.shared.lock();
                 if inner.outcome.is_some() {
                     break;
                 }
+                let probe = std::mem::take(&mut inner.probe) && !inner.seen;
                 let park_at = inner.parked.as_ref().map(|p| p.until);
                 let lease_at = self.lease_deadline(&inner, config.lease);
                 if inner.detached
@@ -60,8 +63,17 @@ impl Supervisor {
                 {
                     break;
                 }
-                (lease_at, park_at)
+                (lease_at, park_at, probe)
             };
+            if probe && self.redispatch.on_gap {
+                attempt += 1;
+                self.dispatch_again(
+                    attempt,
+                    "subscription interrupted before the task was heard of",
+                )
+                .await;
+                continue;
+            }
             // `notify_one` keeps a permit if the supervisor is not waiting yet.
             tokio::select! {
                 _ = self.shared.wake_supervisor.notified() => {}
@@ -97,24 +109,32 @@ impl Supervisor {
                     if self.shared.lock().outcome.is_some() {
                         break;
                     }
-                    self.header.attempt = Some(attempt);
-                    self.bytes = encode_raw(self.codec, &self.header, &self.data);
-                    {
-                        let mut inner = self.shared.lock();
-                        inner.heard = Instant::now();
-                        inner.seen = false;
-                        inner.worker_lease = None;
-                    }
-                    tracing::info!(topic = %self.topic, attempt, "lease expired; dispatching again");
-                    counters.redispatched.fetch_add(1, Ordering::Relaxed);
-                    let resend = self.transport.enqueue(&self.topic, self.bytes.clone());
-                    if let Err(e) = self.node.timed("enqueue", resend).await {
-                        tracing::warn!(topic = %self.topic, error = %e, "redispatch failed");
-                    }
+                    self.dispatch_again(attempt, "lease expired").await;
                 }
             }
         }
         self.route.remove(&self.shared.tid);
+    }
+
+    /// Sends the perform again as dispatch number `attempt`.
+    async fn dispatch_again(&mut self, attempt: u32, why: &str) {
+        self.header.attempt = Some(attempt);
+        self.bytes = encode_raw(self.codec, &self.header, &self.data);
+        {
+            let mut inner = self.shared.lock();
+            inner.heard = Instant::now();
+            inner.seen = false;
+            inner.worker_lease = None;
+        }
+        tracing::info!(topic = %self.topic, attempt, why, "dispatching again");
+        self.node
+            .counters()
+            .redispatched
+            .fetch_add(1, Ordering::Relaxed);
+        let resend = self.transport.enqueue(&self.topic, self.bytes.clone());
+        if let Err(e) = self.node.timed("enqueue", resend).await {
+            tracing::warn!(topic = %self.topic, error = %e, "redispatch failed");
+        }
     }
 
     /// When the task's lease runs out if nothing more is heard, where it is watched.

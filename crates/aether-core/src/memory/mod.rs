@@ -229,6 +229,8 @@ impl Transport for MemoryTransport {
             .max_payload(self.broker.config.max_payload)
             .dead_letters(true)
             .shared_between_processes(false)
+            // In one process nothing is lost between publisher and subscriber.
+            .gap_signals(true)
     }
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
