@@ -8,6 +8,14 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+/// The `host:port` of a broker URL (`scheme://[user[:pass]@]host:port[/path][?query]`).
+pub fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let auth = &rest[..end];
+    auth.rsplit_once('@').map_or(auth, |(_, a)| a)
+}
+
 /// Forwards `127.0.0.1:{port}` to a target address.
 #[derive(Debug)]
 pub struct Proxy {
@@ -78,5 +86,22 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.cut();
         self.accept.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn authority_of_broker_urls() {
+        for (url, want) in [
+            ("redis://127.0.0.1:6379?mode=list", "127.0.0.1:6379"),
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f?x=1",
+                "127.0.0.1:5672",
+            ),
+            ("mqtt://h:1883", "h:1883"),
+        ] {
+            assert_eq!(super::authority(url), want);
+        }
     }
 }

@@ -76,7 +76,7 @@ impl SubState {
             state: state.clone(),
         };
         attach_first(shared, &state).await?;
-        Ok(Subscription::new(rx, Some(Box::new(guard))))
+        Ok(Subscription::new(rx, Some(Box::new(guard))).with_gaps(shared.gaps.subscribe()))
     }
 
     pub(crate) fn filter(&self) -> &TopicFilter {
@@ -109,6 +109,11 @@ impl SubState {
         } else {
             None
         };
+        // A queue lost on the same connection (deleted by someone) is a gap of its own; on
+        // a new connection the supervisor reports one for all subscriptions.
+        let lost_here = attached.queue.is_some()
+            && kept.is_none()
+            && attached.on.generation == session.generation;
         let queue = match kept {
             Some(q) => q,
             None => self.declare_queue(session).await?,
@@ -140,6 +145,9 @@ impl SubState {
         ));
         attached.on.chan = Some(chan);
         attached.on.tag = tag;
+        if lost_here {
+            shared.gaps.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 

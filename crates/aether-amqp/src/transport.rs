@@ -59,6 +59,7 @@ impl AmqpTransport {
             ids: AtomicU64::new(1),
             subs: Default::default(),
             consumers: Default::default(),
+            gaps: watch::Sender::new(0),
         });
         shared.current.send_replace(Some(session.clone()));
         tokio::spawn(supervise(Arc::downgrade(&shared), closed_rx, session));
@@ -103,6 +104,9 @@ pub(crate) struct Shared {
     ids: AtomicU64,
     pub(crate) subs: Mutex<HashMap<u64, Arc<SubState>>>,
     pub(crate) consumers: Mutex<HashMap<u64, Arc<ConsumerState>>>,
+    /// Counts the times subscriptions came back on new queues, having lost what was
+    /// published while they had none (the gaps of `Subscription::gaps`).
+    pub(crate) gaps: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -323,6 +327,9 @@ async fn supervise(
                 break;
             }
             s.current.send_replace(Some(session.clone()));
+            // Every subscription is on a new queue now: what was published in between is
+            // lost. One gap for all of them, reported once all are back.
+            s.gaps.send_modify(|n| *n += 1);
             tracing::info!(connection = %session.conn.connection_name(), "AMQP connection restored");
         }
         first = false;
@@ -400,6 +407,7 @@ impl Transport for AmqpTransport {
             .max_payload(self.shared.config.max_payload)
             .dead_letters(true)
             .shared_between_processes(true)
+            .gap_signals(true)
     }
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {

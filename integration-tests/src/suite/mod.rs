@@ -183,6 +183,16 @@ pub const CASES: &[Case] = &[
         },
     },
     Case {
+        name: "completion_lost_while_disconnected_is_recovered",
+        requires: |c, _| {
+            if c.shared_between_processes {
+                Ok(())
+            } else {
+                Err("no network connection to break")
+            }
+        },
+    },
+    Case {
         name: "broker_restart_workers_resume",
         requires: |_, private| {
             if private {

@@ -238,3 +238,83 @@ pub async fn broker_restart_workers_resume(h: &dyn Harness, u: &str) {
     .unwrap();
     assert_eq!(r, 3);
 }
+
+/// A client whose connection breaks while its task completes misses the completion, and
+/// gets the outcome anyway, with the handler run once. Where the transport reports the gap
+/// in its subscriptions, the client dispatches the task again as soon as it is subscribed
+/// again (the lease here is far longer than the wait, so nothing else could recover it);
+/// elsewhere the lease does. The client lets the worker hold back its acceptance, so the
+/// completion is its only reply.
+pub async fn completion_lost_while_disconnected_is_recovered(h: &dyn Harness, u: &str) {
+    let url = h
+        .url()
+        .expect("capability says a broker other processes reach");
+    let target = crate::proxy::authority(&url).to_owned();
+    let proxy = crate::proxy::Proxy::start(&target).await;
+    let proxied = url.replacen(&target, &format!("127.0.0.1:{}", proxy.port()), 1);
+    let gaps = capabilities(h).await.gap_signals;
+
+    let wn = node(h, u, |b| b).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let r = runs.clone();
+    let _w = announce(wn.worker())
+        .handle("gap", "echo", "x", move |_ctx: TaskContext, v: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            let mut released = released.clone();
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+                Ok::<_, Error>(v * 10)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let lease = if gaps {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(2)
+    };
+    let transport = within("the proxied connection", aether::connect(&proxied))
+        .await
+        .unwrap();
+    let cn = aether::Aether::builder()
+        .union(u)
+        .lease(lease)
+        .max_attempts(10)
+        .defer_accept(Duration::from_secs(5))
+        .transport(transport)
+        .build()
+        .unwrap();
+    let task = cn
+        .client()
+        .perform("gap", "echo", "x", &4u32)
+        .await
+        .unwrap();
+    eventually(WAIT, "the handler to start", || {
+        runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    // The client's connections break; the task completes while it cannot listen.
+    proxy.cut();
+    release.send(true).unwrap();
+    eventually(WAIT, "the worker to complete the task", || {
+        wn.stats().handled == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+
+    let r: u32 = within("the outcome after the connection is back", task.result())
+        .await
+        .unwrap();
+    assert_eq!(r, 40);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    let stats = cn.stats();
+    assert!(stats.redispatched >= 1, "{stats:?}");
+    if gaps {
+        assert_eq!(stats.redispatched, 1, "one gap, one redispatch: {stats:?}");
+    }
+    assert_eq!(wn.stats().duplicate_performs, stats.redispatched);
+}
