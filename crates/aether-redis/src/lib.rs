@@ -51,8 +51,10 @@
 //! Redis restart depends on the server's persistence) and redeliver the work of a worker
 //! that died: its entries come back to another worker after the lease. Delivery is at
 //! least once; the core drops repeats by tid. Broadcast is pub/sub: subscribers that are
-//! not connected miss messages. After a reconnection the transport subscribes again, and
-//! `enqueue` waits until it has.
+//! not connected miss messages. After a reconnection the transport subscribes again,
+//! `enqueue` waits until it has, and each subscription reports the gap
+//! ([`Subscription::gaps`](aether_core::Subscription::gaps)) so clients dispatch again the
+//! tasks whose replies may have been lost.
 //!
 //! ## Cargo features
 //!
