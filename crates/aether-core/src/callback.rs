@@ -124,7 +124,9 @@ impl AetherTask {
     }
 
     /// Called with `(task, complete, succeed, progress, data)` for each status and for the
-    /// completion.
+    /// completion. A quick task may have no progress-0 status before its completion: an
+    /// aether worker holds the acceptance back for the client's `Config::defer_accept`
+    /// where the transport makes that safe; a Python worker always sends it.
     pub fn on_status<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(AetherTask, bool, bool, u8, Value) -> Fut + Send + Sync + 'static,

@@ -2,7 +2,8 @@
 //!
 //! For each perform a worker: checks size, envelope and deadline (bad input is counted and
 //! dead-lettered, never fatal); drops tids it already completed or is running; acknowledges
-//! with progress 0; runs the handler with a concurrency limit, heartbeats while it runs, and
+//! with progress 0 (at once, or, where the perform's `defer` allows, only if the task is
+//! still running after that long or reports progress first); runs the handler with a concurrency limit, heartbeats while it runs, and
 //! watches for cancellation; completes the task as succeeded or failed (an `Err` or a panic
 //! fails it with the message, and the worker keeps serving); then acknowledges the delivery.
 
