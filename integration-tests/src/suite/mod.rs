@@ -76,6 +76,17 @@ fn always(_: &Capabilities, _: bool) -> Result<(), &'static str> {
     Ok(())
 }
 
+fn wildcards(c: &Capabilities, _: bool) -> Result<(), &'static str> {
+    c.wildcards.then_some(()).ok_or("no wildcard subscriptions")
+}
+
+/// A broker other processes reach over the network.
+fn networked(c: &Capabilities, _: bool) -> Result<(), &'static str> {
+    c.shared_between_processes
+        .then_some(())
+        .ok_or("no broker shared between processes")
+}
+
 /// Every case, with its requirement. `check_listing` holds each transport's list to it.
 pub const CASES: &[Case] = &[
     Case {
@@ -84,13 +95,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "wildcard_filters",
-        requires: |c, _| {
-            if c.wildcards {
-                Ok(())
-            } else {
-                Err("no wildcard subscriptions")
-            }
-        },
+        requires: wildcards,
     },
     Case {
         name: "one_of_n_exactly_once",
@@ -150,13 +155,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "workers_announce_online_and_idle",
-        requires: |c, _| {
-            if c.wildcards {
-                Ok(())
-            } else {
-                Err("no wildcard subscriptions")
-            }
-        },
+        requires: wildcards,
     },
     Case {
         name: "callback_style_round_trip",
@@ -174,23 +173,11 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "worker_process_killed_mid_task",
-        requires: |c, _| {
-            if c.shared_between_processes {
-                Ok(())
-            } else {
-                Err("no broker shared between processes")
-            }
-        },
+        requires: networked,
     },
     Case {
         name: "completion_lost_while_disconnected_is_recovered",
-        requires: |c, _| {
-            if c.shared_between_processes {
-                Ok(())
-            } else {
-                Err("no network connection to break")
-            }
-        },
+        requires: networked,
     },
     Case {
         name: "broker_restart_workers_resume",
