@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     /// Permits for publishes awaiting the broker's acknowledgement.
     inflight: Semaphore,
     link: Arc<watch::Sender<Link>>,
+    /// Reconnections whose subscriptions are restored: the gaps of `Subscription::gaps`.
+    gaps: Arc<watch::Sender<u64>>,
 }
 
 impl MqttTransport {
@@ -95,6 +97,8 @@ impl MqttTransport {
         let mut up = link.subscribe();
         let _ = tokio::time::timeout(config.connect_timeout, up.wait_for(|l| l.connects > 0)).await;
         tracing::debug!(%uri, %client_id, "mqtt connected");
+        let gaps = Arc::new(watch::Sender::new(0));
+        tokio::spawn(count_gaps(link.subscribe(), Arc::downgrade(&gaps)));
         Ok(MqttTransport {
             inner: Arc::new(Inner {
                 inflight: Semaphore::new(config.max_inflight),
@@ -104,6 +108,7 @@ impl MqttTransport {
                 router,
                 closed: AtomicBool::new(false),
                 link,
+                gaps,
             }),
         })
     }
@@ -407,6 +412,7 @@ impl Transport for MqttTransport {
             .max_payload(self.inner.config.max_payload)
             .dead_letters(self.inner.config.dead_letter_topic.is_some())
             .shared_between_processes(true)
+            .gap_signals(true)
     }
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
@@ -428,7 +434,7 @@ impl Transport for MqttTransport {
             local,
         };
         self.inner.subscribe(&broker_filter, local.sub).await?;
-        Ok(Subscription::new(rx, Some(Box::new(guard))))
+        Ok(Subscription::new(rx, Some(Box::new(guard))).with_gaps(self.inner.gaps.subscribe()))
     }
 
     /// Publishes the perform on its topic at QoS 1. With no worker subscribed the broker
@@ -503,5 +509,22 @@ impl Transport for MqttTransport {
             Ok(Err(e)) => tracing::debug!(error = %e, "mqtt disconnect"),
         }
         Ok(())
+    }
+}
+
+/// Counts a gap each time a reconnection has its subscriptions restored: what the broker
+/// routed meanwhile is lost on a clean session. (A persistent session keeps QoS 1 messages
+/// up to the broker's queue limit; the gap is reported anyway, which only makes clients
+/// dispatch again the tasks they have not heard of.)
+async fn count_gaps(mut link: watch::Receiver<Link>, gaps: std::sync::Weak<watch::Sender<u64>>) {
+    // Restoring the first connection's subscriptions is not a gap.
+    let mut seen = 1;
+    while link.changed().await.is_ok() {
+        let restored = link.borrow_and_update().restored;
+        if restored > seen {
+            seen = restored;
+            let Some(gaps) = gaps.upgrade() else { return };
+            gaps.send_modify(|n| *n += 1);
+        }
     }
 }

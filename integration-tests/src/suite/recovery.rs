@@ -197,10 +197,10 @@ pub async fn broker_restart_workers_resume(h: &dyn Harness, u: &str) {
     .unwrap();
     assert_eq!(r, 1);
     broker.restart().await;
-    // A perform sent while the connections are still coming back can fail, or lose its
-    // replies (sent before the client's subscriptions are back): an application retries
-    // such a task, as this loop does with a short deadline. What must hold is that the
-    // worker and the client recover by themselves, without being rebuilt.
+    // A perform sent while the connections are still coming back can fail (replies lost
+    // before the client's subscriptions are back are recovered by the gap report): an
+    // application retries such a task, as this loop does with a short deadline. What must
+    // hold is that the worker and the client recover by themselves, without being rebuilt.
     let give_up = tokio::time::Instant::now() + 2 * WAIT;
     let mut failures = Vec::new();
     let r: u32 = loop {
