@@ -42,18 +42,21 @@ impl Proxy {
         let s = state.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                // Checked and recorded under the lock `cut` drains, so no connection
+                // accepted meanwhile survives a cut.
+                let mut pipes = s.pipes.lock().unwrap();
                 if s.cut.load(Ordering::Acquire) {
                     drop(inbound);
                     continue;
                 }
+                pipes.retain(|p| !p.is_finished());
                 let target = target.clone();
-                let pipe = tokio::spawn(async move {
+                pipes.push(tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&target).await else {
                         return;
                     };
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                });
-                s.pipes.lock().unwrap().push(pipe);
+                }));
             }
         });
         Proxy {
@@ -70,8 +73,9 @@ impl Proxy {
 
     /// Breaks every connection and refuses new ones.
     pub fn cut(&self) {
+        let mut pipes = self.state.pipes.lock().unwrap();
         self.state.cut.store(true, Ordering::Release);
-        for pipe in self.state.pipes.lock().unwrap().drain(..) {
+        for pipe in pipes.drain(..) {
             pipe.abort();
         }
     }

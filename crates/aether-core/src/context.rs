@@ -28,8 +28,10 @@ pub(crate) struct Reporter {
     /// The lease this worker promises to heartbeat within.
     pub(crate) lease: Duration,
     pub(crate) limit: usize,
-    /// Statuses sent so far for this task.
+    /// Statuses numbered so far for this task.
     pub(crate) seq: std::sync::atomic::AtomicU32,
+    /// Statuses the transport took: what a completion tells the client to wait for.
+    pub(crate) published: std::sync::atomic::AtomicU32,
     /// Set once the acceptance (progress 0) is out.
     pub(crate) accepted: tokio::sync::OnceCell<()>,
 }
@@ -53,16 +55,22 @@ impl Reporter {
     }
 
     /// Sends a status, preceded by the acceptance if that was held back and is not out yet.
+    /// A progress-0 report is itself the acceptance when it comes first.
     pub(crate) async fn status(&self, progress: u8, data: &[u8]) -> Result<()> {
         if !self.accepted.initialized() {
             let mut fresh = false;
             self.accepted
                 .get_or_try_init(|| {
                     fresh = true;
-                    self.send_status(0, empty_object(self.codec))
+                    let first = if progress == 0 {
+                        data
+                    } else {
+                        empty_object(self.codec)
+                    };
+                    self.send_status(0, first)
                 })
                 .await?;
-            if fresh && progress == 0 && data == empty_object(self.codec) {
+            if fresh && progress == 0 {
                 return Ok(());
             }
         }
@@ -75,7 +83,9 @@ impl Reporter {
         // of order, which the client treats like any stale progress.
         header.seq = Some(self.seq.fetch_add(1, Ordering::AcqRel) + 1);
         let bytes = encode_raw(self.codec, &header, data);
-        self.send(Action::Status, bytes).await
+        self.send(Action::Status, bytes).await?;
+        self.published.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     pub(crate) fn complete_bytes(&self, error: Option<&str>, data: &[u8]) -> Bytes {
@@ -86,7 +96,8 @@ impl Reporter {
         };
         let mut h = self.header(Action::Complete, status, 100);
         h.error = error.map(str::to_owned);
-        h.seq = Some(self.seq.load(Ordering::Acquire));
+        // The client counts arrivals: a status that failed to go out is not waited for.
+        h.seq = Some(self.published.load(Ordering::Acquire));
         encode_raw(self.codec, &h, data)
     }
 

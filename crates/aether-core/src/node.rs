@@ -100,10 +100,12 @@ pub struct Config {
     /// when the time is up or when it first reports progress. Zero: accept at once. Capped
     /// by workers at a third of the lease. Default 20 ms.
     ///
-    /// Asked for only where the client redispatches tasks it has not seen accepted
-    /// ([`Config::redispatch`]; by default on transports that do not redeliver), because
-    /// there a lost completion is recovered like a lost perform. Elsewhere the acceptance is
-    /// what arms the recovery of a lost completion, so workers are asked to send it at once.
+    /// Asked for only where a lost completion of a task never accepted is recovered: where
+    /// the client redispatches tasks it has not seen accepted ([`Config::redispatch`]; by
+    /// default on transports that do not redeliver), or where the transport reports gaps in
+    /// its subscriptions ([`Capabilities::gap_signals`](crate::Capabilities::gap_signals))
+    /// and redispatch is not turned off. Elsewhere the acceptance is what arms the recovery
+    /// of a lost completion, so workers are asked to send it at once.
     pub defer_accept: Duration,
     /// Progress updates a task handle buffers; the oldest are dropped past it. Default 64.
     pub progress_buffer: usize,

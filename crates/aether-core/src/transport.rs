@@ -108,9 +108,11 @@ pub struct Capabilities {
     /// A separate process can connect to the same broker (false for the in-memory one).
     pub shared_between_processes: bool,
     /// Broadcasts are not lost silently: a subscription either misses nothing, or says
-    /// through [`Subscription::gaps`] when it was interrupted (a reconnection) and may have
-    /// missed some. Clients then dispatch again the tasks they have not heard of, which lets
-    /// quick tasks be answered by their completion alone (see `Config::defer_accept`).
+    /// through [`Subscription::gaps`] when it may have missed some (after a reconnection,
+    /// or when the adapter had to drop messages). Clients then dispatch again the tasks they
+    /// have not heard of, which lets quick tasks be answered by their completion alone (see
+    /// `Config::defer_accept`). An adapter documents any loss it cannot see (e.g. a broker
+    /// queue's own length limit).
     pub gap_signals: bool,
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aether_core::{Bytes, InvalidMessage, Message, Received, Topic, TopicFilter, WorkQueue};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::queue::{Job, Slot};
 
@@ -39,10 +39,23 @@ enum Rx {
     Consumer(Arc<Slot>),
 }
 
+/// A local subscription's receiver, and its gap counter (`Subscription::gaps`): bumped
+/// when a message for it had to be dropped, and after each reconnection.
+struct SubTx {
+    tx: mpsc::Sender<Received>,
+    gaps: watch::Sender<u64>,
+}
+
+impl SubTx {
+    fn gap(&self) {
+        self.gaps.send_modify(|n| *n += 1);
+    }
+}
+
 enum Kind {
     Broadcast {
         filter: TopicFilter,
-        subs: Vec<(u64, mpsc::Sender<Received>)>,
+        subs: Vec<(u64, SubTx)>,
     },
     Queue {
         queue: WorkQueue,
@@ -177,11 +190,41 @@ impl Router {
         let entry = st.entries.get_mut(&sub).expect("indexed entry exists");
         // Only queue filters start with `$share/`, so a filter names one kind of entry.
         match (&mut entry.kind, rx) {
-            (Kind::Broadcast { subs, .. }, Rx::Subscription(tx)) => subs.push((id, tx)),
+            (Kind::Broadcast { subs, .. }, Rx::Subscription(tx)) => subs.push((
+                id,
+                SubTx {
+                    tx,
+                    gaps: watch::Sender::new(0),
+                },
+            )),
             (Kind::Queue { consumers, .. }, Rx::Consumer(tx)) => consumers.push((id, tx)),
             _ => unreachable!("broadcast and queue filters never share a string"),
         }
         Some((Local { sub, id }, filter.to_owned()))
+    }
+
+    /// The gap counter of a local subscription.
+    pub(crate) fn gaps(&self, local: Local) -> Option<watch::Receiver<u64>> {
+        let st = self.lock();
+        match &st.entries.get(&local.sub)?.kind {
+            Kind::Broadcast { subs, .. } => subs
+                .iter()
+                .find(|(id, _)| *id == local.id)
+                .map(|(_, s)| s.gaps.subscribe()),
+            Kind::Queue { .. } => None,
+        }
+    }
+
+    /// Tells every subscription it may have missed messages (after a reconnection).
+    pub(crate) fn gap_all(&self) {
+        let st = self.lock();
+        for entry in st.entries.values() {
+            if let Kind::Broadcast { subs, .. } = &entry.kind {
+                for (_, s) in subs {
+                    s.gap();
+                }
+            }
+        }
     }
 
     /// Removes a local receiver; returns the broker filter to unsubscribe if it was the
@@ -282,10 +325,11 @@ fn deliver(
                 Err(e) => Err(invalid(m, e)),
             };
             let mut lost = 0;
-            for (_, tx) in subs.iter() {
+            for (_, s) in subs.iter() {
                 // A closed receiver has unsubscribed; its guard removes it.
-                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(item.clone()) {
+                if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(item.clone()) {
                     lost += 1;
+                    s.gap();
                 }
             }
             lost

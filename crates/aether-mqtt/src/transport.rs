@@ -38,8 +38,6 @@ pub(crate) struct Inner {
     /// Permits for publishes awaiting the broker's acknowledgement.
     inflight: Semaphore,
     link: Arc<watch::Sender<Link>>,
-    /// Reconnections whose subscriptions are restored: the gaps of `Subscription::gaps`.
-    gaps: Arc<watch::Sender<u64>>,
 }
 
 impl MqttTransport {
@@ -97,8 +95,7 @@ impl MqttTransport {
         let mut up = link.subscribe();
         let _ = tokio::time::timeout(config.connect_timeout, up.wait_for(|l| l.connects > 0)).await;
         tracing::debug!(%uri, %client_id, "mqtt connected");
-        let gaps = Arc::new(watch::Sender::new(0));
-        tokio::spawn(count_gaps(link.subscribe(), Arc::downgrade(&gaps)));
+        tokio::spawn(count_gaps(link.subscribe(), Arc::downgrade(&router)));
         Ok(MqttTransport {
             inner: Arc::new(Inner {
                 inflight: Semaphore::new(config.max_inflight),
@@ -108,7 +105,6 @@ impl MqttTransport {
                 router,
                 closed: AtomicBool::new(false),
                 link,
-                gaps,
             }),
         })
     }
@@ -433,8 +429,9 @@ impl Transport for MqttTransport {
             inner: Arc::downgrade(&self.inner),
             local,
         };
+        let gaps = self.inner.router.gaps(local).ok_or(Error::Closed)?;
         self.inner.subscribe(&broker_filter, local.sub).await?;
-        Ok(Subscription::new(rx, Some(Box::new(guard))).with_gaps(self.inner.gaps.subscribe()))
+        Ok(Subscription::new(rx, Some(Box::new(guard))).with_gaps(gaps))
     }
 
     /// Publishes the perform on its topic at QoS 1. With no worker subscribed the broker
@@ -516,15 +513,17 @@ impl Transport for MqttTransport {
 /// routed meanwhile is lost on a clean session. (A persistent session keeps QoS 1 messages
 /// up to the broker's queue limit; the gap is reported anyway, which only makes clients
 /// dispatch again the tasks they have not heard of.)
-async fn count_gaps(mut link: watch::Receiver<Link>, gaps: std::sync::Weak<watch::Sender<u64>>) {
+async fn count_gaps(mut link: watch::Receiver<Link>, router: Weak<Router>) {
     // Restoring the first connection's subscriptions is not a gap.
     let mut seen = 1;
     while link.changed().await.is_ok() {
         let restored = link.borrow_and_update().restored;
         if restored > seen {
             seen = restored;
-            let Some(gaps) = gaps.upgrade() else { return };
-            gaps.send_modify(|n| *n += 1);
+            let Some(router) = router.upgrade() else {
+                return;
+            };
+            router.gap_all();
         }
     }
 }

@@ -400,6 +400,10 @@ async fn dispatch_loop(
                     lost = n,
                     "redis: subscriptions fell behind; broadcast messages lost"
                 );
+                // Which subscriptions lost them is unknown: a gap for every one on the lane.
+                if let Some(lane) = lane.upgrade() {
+                    lane.gaps.send_modify(|n| *n += 1);
+                }
                 continue;
             }
             Err(RecvError::Closed) => return,
@@ -421,6 +425,8 @@ async fn health_loop(
     mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
+    // fred announces the lane's first connection as a reconnection too.
+    let mut first = true;
     loop {
         tokio::select! {
             biased;
@@ -441,9 +447,10 @@ async fn health_loop(
                     Err(RecvError::Closed) => return,
                 }
                 let Some(lane) = lane.upgrade() else { return };
-                // fred announces the first connection as a reconnection too; only one
-                // after a loss is a gap.
-                let was_down = !lane.healthy.load(Ordering::Acquire);
+                // Any reconnection but the first connection is a gap; so is the first
+                // announcement if the lane was seen down before it.
+                let was_down = !std::mem::replace(&mut first, false)
+                    || !lane.healthy.load(Ordering::Acquire);
                 let mut delay = Duration::from_millis(10);
                 loop {
                     match lane.resubscribe().await {

@@ -100,6 +100,9 @@ pub(super) struct TaskInner {
     /// The route's subscription was interrupted while no worker had been heard of: the
     /// supervisor dispatches the task again at once.
     pub(super) probe: bool,
+    /// The route's gap count when the latest dispatch had reached the transport; `None`
+    /// while a dispatch is under way. Only a gap after it can have lost its replies.
+    pub(super) dispatched_at_gap: Option<u64>,
 }
 
 pub(super) struct TaskShared {
@@ -130,6 +133,7 @@ impl TaskShared {
                 counted: None,
                 parked: None,
                 probe: false,
+                dispatched_at_gap: None,
             }),
             wake: Notify::new(),
             wake_supervisor: Notify::new(),
@@ -178,10 +182,13 @@ impl TaskShared {
     }
 
     /// Asks the supervisor to dispatch the task again if no worker was heard of since its
-    /// last dispatch: its acceptance or completion may have been missed.
-    pub(super) fn probe(&self) {
+    /// last dispatch and that dispatch went out before gap number `gap`: its acceptance or
+    /// completion may have been missed. A dispatch still under way, or made after the
+    /// subscriptions were back, has lost nothing.
+    pub(super) fn probe(&self, gap: u64) {
         let mut inner = self.lock();
-        if inner.seen || inner.outcome.is_some() {
+        if inner.seen || inner.outcome.is_some() || inner.dispatched_at_gap.is_none_or(|d| d >= gap)
+        {
             return;
         }
         inner.probe = true;

@@ -217,6 +217,7 @@ impl TaskBuilder<'_> {
             route.remove(&tid);
             return Err(e);
         }
+        shared.lock().dispatched_at_gap = Some(route.gaps());
         node.counters().performed.fetch_add(1, Ordering::Relaxed);
         let supervisor = Supervisor {
             node: node.clone(),

@@ -71,6 +71,8 @@ impl Routes {
 /// Routes status and complete messages of one (union, job, task, context) to the tasks.
 pub(crate) struct Route {
     tasks: Mutex<HashMap<String, Arc<TaskShared>>>,
+    /// Gaps reported by the route's subscriptions so far.
+    gaps: std::sync::atomic::AtomicU64,
     closed: std::sync::atomic::AtomicBool,
     routers: Vec<JoinHandle<()>>,
 }
@@ -104,6 +106,7 @@ impl Route {
             .collect();
         Ok(Arc::new_cyclic(|weak: &Weak<Route>| Route {
             tasks: Mutex::new(HashMap::new()),
+            gaps: Default::default(),
             closed: Default::default(),
             routers: subs
                 .into_iter()
@@ -134,6 +137,11 @@ impl Route {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Gaps reported so far; a dispatch records it once it has reached the transport.
+    pub(super) fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Acquire)
+    }
+
     pub(super) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -157,14 +165,17 @@ pub(super) async fn route_loop(
     let counters = node.counters();
     loop {
         let received = tokio::select! {
+            // Replies already here come first: a task they settle needs no probe.
+            biased;
             r = sub.next() => r,
             open = gap(&mut gaps) => {
                 let Some(route) = route.upgrade() else { return };
                 if open {
+                    let gap = route.gaps.fetch_add(1, Ordering::AcqRel) + 1;
                     let tasks: Vec<_> = route.lock().values().cloned().collect();
                     tracing::info!(tasks = tasks.len(), "subscription was interrupted; dispatching again the tasks not heard of");
                     for t in tasks {
-                        t.probe();
+                        t.probe(gap);
                     }
                 } else {
                     gaps = None;

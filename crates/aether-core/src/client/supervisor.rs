@@ -46,7 +46,11 @@ impl Supervisor {
         let node = self.node.clone();
         let config = node.config();
         let counters = node.counters();
+        // Dispatches so far, which the perform's header numbers; and those that count
+        // toward `max_attempts`: the first and each after a lease expired. A redispatch
+        // after a gap is not a worker lost.
         let mut attempt = 1u32;
+        let mut chances = 1u32;
         loop {
             let (lease_at, park_at, probe) = {
                 let mut inner = self.shared.lock();
@@ -90,7 +94,7 @@ impl Supervisor {
                         // Heard of since the timer was set: sleep again.
                         continue;
                     }
-                    if attempt >= config.max_attempts {
+                    if chances >= config.max_attempts {
                         if self.shared.finish(TaskEvent::TimedOut, Outcome::Lost(attempt), counters) {
                             let letter = DeadLetter {
                                 topic: self.topic.to_string(),
@@ -102,8 +106,9 @@ impl Supervisor {
                         break;
                     }
                     attempt += 1;
+                    chances += 1;
                     tokio::select! {
-                        _ = tokio::time::sleep(config.backoff.delay(attempt)) => {}
+                        _ = tokio::time::sleep(config.backoff.delay(chances)) => {}
                         _ = sleep_until_opt(self.deadline) => continue,
                     }
                     if self.shared.lock().outcome.is_some() {
@@ -125,6 +130,10 @@ impl Supervisor {
             inner.heard = Instant::now();
             inner.seen = false;
             inner.worker_lease = None;
+            // This dispatch answers any gap so far; a gap while it is under way lost
+            // nothing it could be answered by.
+            inner.probe = false;
+            inner.dispatched_at_gap = None;
         }
         tracing::info!(topic = %self.topic, attempt, why, "dispatching again");
         self.node
@@ -135,6 +144,7 @@ impl Supervisor {
         if let Err(e) = self.node.timed("enqueue", resend).await {
             tracing::warn!(topic = %self.topic, error = %e, "redispatch failed");
         }
+        self.shared.lock().dispatched_at_gap = Some(self.route.gaps());
     }
 
     /// When the task's lease runs out if nothing more is heard, where it is watched.

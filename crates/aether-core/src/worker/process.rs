@@ -107,6 +107,7 @@ pub(super) async fn process(
         lease,
         limit: shared.limit,
         seq: Default::default(),
+        published: Default::default(),
         accepted: Default::default(),
     });
 

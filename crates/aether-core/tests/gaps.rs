@@ -1,0 +1,183 @@
+//! How a client answers the gaps a transport reports in its subscriptions: a task not heard
+//! of since a dispatch made before the gap is dispatched again, once; a dispatch under way
+//! when the gap is reported is not repeated; and redispatches after gaps do not count as
+//! lost workers toward `max_attempts`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aether_core::{
+    Aether, Backoff, Bytes, Capabilities, ConsumeOptions, Consumer, DeadLetter, Error,
+    MemoryConfig, MemoryTransport, Result, Subscription, TaskContext, Topic, TopicFilter,
+    Transport, WorkQueue,
+};
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+/// The in-memory transport with a gap counter the test drives.
+#[derive(Debug)]
+struct Gappy {
+    inner: MemoryTransport,
+    redelivers: bool,
+    gaps: Arc<watch::Sender<u64>>,
+    /// Report a gap while the next enqueue is under way (as a Redis enqueue waiting for its
+    /// subscriptions to come back does).
+    gap_in_enqueue: AtomicBool,
+}
+
+impl Gappy {
+    fn new(inner: MemoryTransport, redelivers: bool, gaps: &Arc<watch::Sender<u64>>) -> Gappy {
+        Gappy {
+            inner,
+            redelivers,
+            gaps: gaps.clone(),
+            gap_in_enqueue: AtomicBool::new(false),
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for Gappy {
+    fn name(&self) -> &'static str {
+        "gappy"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner
+            .capabilities()
+            .redelivers_on_crash(self.redelivers)
+            .gap_signals(true)
+    }
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        self.inner.publish(topic, payload).await
+    }
+    async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
+        Ok(self
+            .inner
+            .subscribe(filter)
+            .await?
+            .with_gaps(self.gaps.subscribe()))
+    }
+    async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        if self.gap_in_enqueue.swap(false, Ordering::SeqCst) {
+            self.gaps.send_modify(|n| *n += 1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.inner.enqueue(topic, payload).await
+    }
+    async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
+        self.inner.consume(queue, options).await
+    }
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        self.inner.dead_letter(letter).await
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+fn broker(redeliver: bool) -> MemoryTransport {
+    let mut c = MemoryConfig::default();
+    c.redeliver = redeliver;
+    MemoryTransport::new(c)
+}
+
+/// No worker: three gaps redispatch the task three times, and it is still given up only
+/// after `max_attempts` leases expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_do_not_use_up_attempts() {
+    let b = broker(false);
+    let gaps = Arc::new(watch::Sender::new(0u64));
+    let lease = Duration::from_millis(500);
+    let cn = Aether::builder()
+        .lease(lease)
+        .max_attempts(3)
+        .backoff(Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        ))
+        .transport(Gappy::new(b.reconnect(), false, &gaps))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let task = cn.client().perform("j", "t", "x", &1u32).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        gaps.send_modify(|n| *n += 1);
+    }
+    let r = tokio::time::timeout(Duration::from_secs(10), task.result::<u32>())
+        .await
+        .expect("given up within the timeout");
+    assert!(matches!(r, Err(Error::WorkerLost { .. })), "{r:?}");
+    // Three dispatches that count: the first and two after expired leases.
+    assert!(
+        started.elapsed() >= 2 * lease,
+        "given up after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(cn.stats().redispatched, 3 + 2);
+}
+
+/// A gap reported while the perform is still being sent lost nothing of it: no second
+/// dispatch, and with two workers the handler runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gap_during_a_dispatch_does_not_repeat_it() {
+    let b = broker(true);
+    let gaps = Arc::new(watch::Sender::new(0u64));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let wn = Aether::builder().transport(b.reconnect()).build().unwrap();
+        let r = runs.clone();
+        let w = wn
+            .worker()
+            .announce(false)
+            .concurrency(1)
+            .handle("j", "t", "x", move |_ctx: TaskContext, v: u32| {
+                r.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, Error>(v)
+                }
+            })
+            .start()
+            .await
+            .unwrap();
+        workers.push((wn, w));
+    }
+    let gappy = Gappy::new(b.reconnect(), true, &gaps);
+    gappy.gap_in_enqueue.store(true, Ordering::SeqCst);
+    let cn = Aether::builder().transport(gappy).build().unwrap();
+    let task = cn.client().perform("j", "t", "x", &1u32).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), task.result::<u32>())
+        .await
+        .expect("completed within the timeout");
+    assert_eq!(r.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cn.stats().redispatched, 0);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A gap while the supervisor waits out the backoff before a lease redispatch: that
+/// redispatch answers the gap too; there is no second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gap_during_backoff_is_answered_by_the_redispatch() {
+    let b = broker(false);
+    let gaps = Arc::new(watch::Sender::new(0u64));
+    let lease = Duration::from_millis(600);
+    let cn = Aether::builder()
+        .lease(lease)
+        .max_attempts(10)
+        .backoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(1)))
+        .transport(Gappy::new(b.reconnect(), false, &gaps))
+        .build()
+        .unwrap();
+    let _task = cn.client().perform("j", "t", "x", &1u32).await.unwrap();
+    // The lease expires at 600 ms; the redispatch follows the backoff, at 1.6 s.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(cn.stats().redispatched, 0);
+    gaps.send_modify(|n| *n += 1);
+    // Past the redispatch, before the next lease expiry (2.2 s).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(cn.stats().redispatched, 1);
+}
