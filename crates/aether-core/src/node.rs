@@ -89,8 +89,13 @@ pub struct Config {
     /// Dispatches of one task before the client gives up with [`Error::WorkerLost`].
     /// Default 3.
     pub max_attempts: u32,
-    /// Whether clients redispatch tasks whose lease expired. `None` (the default) decides
-    /// per transport: on where the transport does not redeliver after a consumer crash.
+    /// Whether clients dispatch a task again when they may have lost track of it. `None`
+    /// (the default): a task no worker accepted within the lease, only where the transport
+    /// does not redeliver after a consumer crash (elsewhere it waits in the queue); a task
+    /// whose worker stopped heartbeating, always; a task not heard of when the transport
+    /// reports a gap in the client's subscriptions, always (a task still queued is then
+    /// enqueued again). `Some(true)` turns all three on, `Some(false)` all off (and with
+    /// them held-back acceptance, see [`Config::defer_accept`]).
     pub redispatch: Option<bool>,
     /// Backoff between dispatches. Default 100 ms doubling to 10 s.
     pub backoff: Backoff,
