@@ -3,78 +3,15 @@
 //! when the gap is reported is not repeated; and redispatches after gaps do not count as
 //! lost workers toward `max_attempts`.
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use aether_core::{
-    Aether, Backoff, Bytes, Capabilities, ConsumeOptions, Consumer, DeadLetter, Error,
-    MemoryConfig, MemoryTransport, Result, Subscription, TaskContext, Topic, TopicFilter,
-    Transport, WorkQueue,
-};
-use async_trait::async_trait;
+use aether_core::{Aether, Backoff, Error, MemoryConfig, MemoryTransport, TaskContext};
+use common::Faulty;
 use tokio::sync::watch;
-
-/// The in-memory transport with a gap counter the test drives.
-#[derive(Debug)]
-struct Gappy {
-    inner: MemoryTransport,
-    redelivers: bool,
-    gaps: Arc<watch::Sender<u64>>,
-    /// Report a gap while the next enqueue is under way (as a Redis enqueue waiting for its
-    /// subscriptions to come back does).
-    gap_in_enqueue: AtomicBool,
-}
-
-impl Gappy {
-    fn new(inner: MemoryTransport, redelivers: bool, gaps: &Arc<watch::Sender<u64>>) -> Gappy {
-        Gappy {
-            inner,
-            redelivers,
-            gaps: gaps.clone(),
-            gap_in_enqueue: AtomicBool::new(false),
-        }
-    }
-}
-
-#[async_trait]
-impl Transport for Gappy {
-    fn name(&self) -> &'static str {
-        "gappy"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner
-            .capabilities()
-            .redelivers_on_crash(self.redelivers)
-            .gap_signals(true)
-    }
-    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        self.inner.publish(topic, payload).await
-    }
-    async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
-        Ok(self
-            .inner
-            .subscribe(filter)
-            .await?
-            .with_gaps(self.gaps.subscribe()))
-    }
-    async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        if self.gap_in_enqueue.swap(false, Ordering::SeqCst) {
-            self.gaps.send_modify(|n| *n += 1);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.inner.enqueue(topic, payload).await
-    }
-    async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
-        self.inner.consume(queue, options).await
-    }
-    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
-        self.inner.dead_letter(letter).await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
-}
 
 fn broker(redeliver: bool) -> MemoryTransport {
     let mut c = MemoryConfig::default();
@@ -96,7 +33,7 @@ async fn gaps_do_not_use_up_attempts() {
             Duration::from_millis(10),
             Duration::from_millis(10),
         ))
-        .transport(Gappy::new(b.reconnect(), false, &gaps))
+        .transport(Faulty::new(b.reconnect(), false, Some(&gaps)))
         .build()
         .unwrap();
     let started = Instant::now();
@@ -145,9 +82,9 @@ async fn gap_during_a_dispatch_does_not_repeat_it() {
             .unwrap();
         workers.push((wn, w));
     }
-    let gappy = Gappy::new(b.reconnect(), true, &gaps);
-    gappy.gap_in_enqueue.store(true, Ordering::SeqCst);
-    let cn = Aether::builder().transport(gappy).build().unwrap();
+    let faulty = Faulty::new(b.reconnect(), true, Some(&gaps));
+    faulty.gap_in_enqueue.store(true, Ordering::SeqCst);
+    let cn = Aether::builder().transport(faulty).build().unwrap();
     let task = cn.client().perform("j", "t", "x", &1u32).await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(10), task.result::<u32>())
         .await
@@ -169,7 +106,7 @@ async fn gap_during_backoff_is_answered_by_the_redispatch() {
         .lease(lease)
         .max_attempts(10)
         .backoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(1)))
-        .transport(Gappy::new(b.reconnect(), false, &gaps))
+        .transport(Faulty::new(b.reconnect(), false, Some(&gaps)))
         .build()
         .unwrap();
     let _task = cn.client().perform("j", "t", "x", &1u32).await.unwrap();

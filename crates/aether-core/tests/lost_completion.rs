@@ -5,81 +5,14 @@
 //! never saw accepted (transports that do not redeliver); the transport reports the gap in
 //! which the completion was lost and the client redispatches at once.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aether_core::{
-    Action, Aether, Bytes, Capabilities, ConsumeOptions, Consumer, DeadLetter, MemoryConfig,
-    MemoryTransport, Result, Subscription, TaskContext, Topic, TopicFilter, Transport, WorkQueue,
-};
-use async_trait::async_trait;
-
-/// The in-memory transport, dropping the first `drop` completions it is asked to publish,
-/// and saying whether it redelivers as told.
-#[derive(Debug)]
-struct Lossy {
-    inner: MemoryTransport,
-    drop: AtomicUsize,
-    redelivers: bool,
-    /// Whether a dropped completion is reported as a gap in the subscriptions.
-    gaps: Option<Arc<tokio::sync::watch::Sender<u64>>>,
-    statuses: Arc<AtomicUsize>,
-}
-
-#[async_trait]
-impl Transport for Lossy {
-    fn name(&self) -> &'static str {
-        "lossy"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner
-            .capabilities()
-            .redelivers_on_crash(self.redelivers)
-            // A dropped completion is a silent loss unless reported as a gap.
-            .gap_signals(self.gaps.is_some())
-    }
-    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        if topic.action() == Action::Status {
-            self.statuses.fetch_add(1, Ordering::SeqCst);
-        }
-        if topic.action() == Action::Complete
-            && self
-                .drop
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        {
-            if let Some(gaps) = self.gaps.clone() {
-                // Reported once the subscriber would be back, as adapters do.
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    gaps.send_modify(|n| *n += 1);
-                });
-            }
-            return Ok(());
-        }
-        self.inner.publish(topic, payload).await
-    }
-    async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
-        let sub = self.inner.subscribe(filter).await?;
-        Ok(match &self.gaps {
-            Some(gaps) => sub.with_gaps(gaps.subscribe()),
-            None => sub,
-        })
-    }
-    async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        self.inner.enqueue(topic, payload).await
-    }
-    async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
-        self.inner.consume(queue, options).await
-    }
-    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
-        self.inner.dead_letter(letter).await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
-}
+use aether_core::{Aether, MemoryConfig, MemoryTransport, TaskContext};
+use common::Faulty;
 
 /// Where the broker redelivers and broadcasts may be lost silently, the client waits for
 /// the broker before acceptance: the worker accepts at once, and silence after the
@@ -111,17 +44,13 @@ async fn lost_completion_is_recovered_without_running_the_handler_again(
 ) {
     let broker = MemoryTransport::new(MemoryConfig::default());
     let lease = Duration::from_millis(300);
-    let statuses = Arc::new(AtomicUsize::new(0));
     let gaps = gaps.then(|| Arc::new(tokio::sync::watch::Sender::new(0u64)));
+    let faulty = Faulty::new(broker.reconnect(), redelivers, gaps.as_ref());
+    faulty.drop_completions.store(1, Ordering::SeqCst);
+    let statuses = faulty.statuses.clone();
     let worker_node = Aether::builder()
         .lease(lease)
-        .transport(Lossy {
-            inner: broker.reconnect(),
-            drop: AtomicUsize::new(1),
-            redelivers,
-            gaps: gaps.clone(),
-            statuses: statuses.clone(),
-        })
+        .transport(faulty)
         .build()
         .unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
@@ -138,13 +67,7 @@ async fn lost_completion_is_recovered_without_running_the_handler_again(
         .unwrap();
     let client_node = Aether::builder()
         .lease(lease)
-        .transport(Lossy {
-            inner: broker.reconnect(),
-            drop: AtomicUsize::new(0),
-            redelivers,
-            gaps: gaps.clone(),
-            statuses: Arc::default(),
-        })
+        .transport(Faulty::new(broker.reconnect(), redelivers, gaps.as_ref()))
         .build()
         .unwrap();
     let task = client_node

@@ -1,0 +1,109 @@
+//! A transport for tests: the in-memory one, with faults a test switches on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aether_core::{
+    Action, Bytes, Capabilities, ConsumeOptions, Consumer, DeadLetter, MemoryTransport, Result,
+    Subscription, Topic, TopicFilter, Transport, WorkQueue,
+};
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+/// The in-memory transport, saying whether it redelivers as told, and with a gap counter
+/// (`gap_signals`) if it has one.
+#[derive(Debug)]
+pub(crate) struct Faulty {
+    pub(crate) inner: MemoryTransport,
+    pub(crate) redelivers: bool,
+    pub(crate) gaps: Option<Arc<watch::Sender<u64>>>,
+    /// Completions still to drop on publish; each dropped one is reported as a gap, once
+    /// the subscriber would be back, where there is a counter.
+    pub(crate) drop_completions: AtomicUsize,
+    /// Report a gap while the next enqueue is under way (as a Redis enqueue waiting for its
+    /// subscriptions to come back does).
+    pub(crate) gap_in_enqueue: AtomicBool,
+    /// Statuses published.
+    pub(crate) statuses: Arc<AtomicUsize>,
+}
+
+impl Faulty {
+    pub(crate) fn new(
+        inner: MemoryTransport,
+        redelivers: bool,
+        gaps: Option<&Arc<watch::Sender<u64>>>,
+    ) -> Faulty {
+        Faulty {
+            inner,
+            redelivers,
+            gaps: gaps.cloned(),
+            drop_completions: AtomicUsize::new(0),
+            gap_in_enqueue: AtomicBool::new(false),
+            statuses: Arc::default(),
+        }
+    }
+
+    fn gap(&self) {
+        if let Some(gaps) = &self.gaps {
+            gaps.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for Faulty {
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner
+            .capabilities()
+            .redelivers_on_crash(self.redelivers)
+            // A dropped completion is a silent loss unless reported as a gap.
+            .gap_signals(self.gaps.is_some())
+    }
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        if topic.action() == Action::Status {
+            self.statuses.fetch_add(1, Ordering::SeqCst);
+        }
+        if topic.action() == Action::Complete
+            && self
+                .drop_completions
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            if let Some(gaps) = self.gaps.clone() {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    gaps.send_modify(|n| *n += 1);
+                });
+            }
+            return Ok(());
+        }
+        self.inner.publish(topic, payload).await
+    }
+    async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
+        let sub = self.inner.subscribe(filter).await?;
+        Ok(match &self.gaps {
+            Some(gaps) => sub.with_gaps(gaps.subscribe()),
+            None => sub,
+        })
+    }
+    async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
+        if self.gap_in_enqueue.swap(false, Ordering::SeqCst) {
+            self.gap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.inner.enqueue(topic, payload).await
+    }
+    async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
+        self.inner.consume(queue, options).await
+    }
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        self.inner.dead_letter(letter).await
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
