@@ -48,33 +48,35 @@ impl Reporter {
     /// Sends the acceptance (progress 0, with the lease) unless it is out already.
     /// Concurrent callers wait for one send; a failed send is tried again by the next.
     pub(crate) async fn accept(&self) -> Result<()> {
-        self.accepted
-            .get_or_try_init(|| self.send_status(0, empty_object(self.codec)))
-            .await
-            .map(|_| ())
+        self.accept_with(empty_object(self.codec)).await.map(drop)
     }
 
     /// Sends a status, preceded by the acceptance if that was held back and is not out yet.
     /// A progress-0 report is itself the acceptance when it comes first.
     pub(crate) async fn status(&self, progress: u8, data: &[u8]) -> Result<()> {
         if !self.accepted.initialized() {
-            let mut fresh = false;
-            self.accepted
-                .get_or_try_init(|| {
-                    fresh = true;
-                    let first = if progress == 0 {
-                        data
-                    } else {
-                        empty_object(self.codec)
-                    };
-                    self.send_status(0, first)
-                })
-                .await?;
-            if fresh && progress == 0 {
+            let first = if progress == 0 {
+                data
+            } else {
+                empty_object(self.codec)
+            };
+            if self.accept_with(first).await? && progress == 0 {
                 return Ok(());
             }
         }
         self.send_status(progress, data).await
+    }
+
+    /// The acceptance with `data`, unless it is out already; true if this call sent it.
+    async fn accept_with(&self, data: &[u8]) -> Result<bool> {
+        let mut sent = false;
+        self.accepted
+            .get_or_try_init(|| {
+                sent = true;
+                self.send_status(0, data)
+            })
+            .await?;
+        Ok(sent)
     }
 
     async fn send_status(&self, progress: u8, data: &[u8]) -> Result<()> {
