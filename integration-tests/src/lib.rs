@@ -8,7 +8,7 @@
 //! reports through its capabilities at run time.
 //!
 //! ```ignore
-//! aether_integration_tests::conformance! {
+//! integration_tests::conformance! {
 //!     harness: MqttHarness::v5();
 //!     ignore: {
 //!         task_enqueued_before_any_worker_is_handled: "MQTT keeps nothing for absent subscribers",

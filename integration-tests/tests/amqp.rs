@@ -5,9 +5,9 @@
 //! The restart, long-task, TLS and recovery cases start private RabbitMQ nodes (see
 //! `brokers::amqp`).
 
-use aether_integration_tests::brokers::amqp::AmqpHarness;
+use integration_tests::brokers::amqp::AmqpHarness;
 
-aether_integration_tests::conformance! {
+integration_tests::conformance! {
     harness: AmqpHarness::from_env();
 }
 
@@ -15,7 +15,7 @@ aether_integration_tests::conformance! {
 mod quorum {
     use super::*;
 
-    aether_integration_tests::conformance! {
+    integration_tests::conformance! {
         harness: AmqpHarness::with_query("queue_type=quorum");
     }
 }
@@ -29,8 +29,8 @@ mod amqp_only {
     use std::time::Duration;
 
     use aether::{Aether, Error, TaskContext};
-    use aether_integration_tests::brokers::amqp::{NodeConfig, PrivateRabbit};
-    use aether_integration_tests::harness::union;
+    use integration_tests::brokers::amqp::{NodeConfig, PrivateRabbit};
+    use integration_tests::harness::union;
 
     const WAIT: Duration = Duration::from_secs(60);
 
@@ -219,7 +219,7 @@ mod amqp_only {
         let dir = std::env::temp_dir().join(format!("aether-tls-{}", union()));
         std::fs::create_dir_all(&dir).unwrap();
         make_certificates(&dir);
-        let tls_port = aether_integration_tests::brokers::spare_port();
+        let tls_port = integration_tests::brokers::spare_port();
         let p = |f: &str| dir.join(f).display().to_string();
         let rabbit = PrivateRabbit::start(NodeConfig {
             conf: format!(
@@ -356,7 +356,7 @@ mod amqp_only {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_task_reaches_a_custom_workgroup() {
     use aether::{Error, TaskContext};
-    use aether_integration_tests::harness::{Harness, node, union};
+    use integration_tests::harness::{Harness, node, union};
     let h = AmqpHarness::from_env();
     let u = union();
     let cn = node(&h, &u, |b| b).await;
@@ -392,7 +392,7 @@ async fn early_task_reaches_a_custom_workgroup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_loses_nothing() {
     use aether::{Bytes, Topic, TopicFilter};
-    use aether_integration_tests::harness::{Harness, union};
+    use integration_tests::harness::{Harness, union};
     let h = AmqpHarness::from_env();
     let url = format!("{}&subscription_capacity=4", h.url().unwrap());
     let t = aether::connect(&url).await.unwrap();
@@ -429,7 +429,7 @@ async fn slow_subscriber_loses_nothing() {
 /// A wrong password is a clear connection error that does not print the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_refused_without_printing_it() {
-    use aether_integration_tests::harness::Harness;
+    use integration_tests::harness::Harness;
     let url = AmqpHarness::from_env().url().unwrap();
     let u = aether::BrokerUrl::parse(&url).unwrap();
     let port = u.port.unwrap_or(5672);
@@ -457,7 +457,7 @@ async fn dropped_consumer_and_delivery_give_work_back() {
     use std::time::Duration;
 
     use aether::{Action, Bytes, ConsumeOptions, WorkQueue};
-    use aether_integration_tests::harness::{Harness, union};
+    use integration_tests::harness::{Harness, union};
     let h = AmqpHarness::from_env();
     let t = h.connect().await;
     let u = union();

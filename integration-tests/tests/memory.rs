@@ -2,12 +2,12 @@
 //! unacknowledged work), and with redelivery off, so the client's lease-based redispatch
 //! is what recovers tasks of dead workers, as on MQTT.
 
-use aether_integration_tests::harness::MemoryHarness;
+use integration_tests::harness::MemoryHarness;
 
 mod redelivering {
     use super::*;
 
-    aether_integration_tests::conformance! {
+    integration_tests::conformance! {
         harness: MemoryHarness::new(true);
         ignore: {
             worker_process_killed_mid_task: "the in-memory broker lives inside one process",
@@ -20,7 +20,7 @@ mod redelivering {
 mod without_redelivery {
     use super::*;
 
-    aether_integration_tests::conformance! {
+    integration_tests::conformance! {
         harness: MemoryHarness::new(false);
         ignore: {
             worker_process_killed_mid_task: "the in-memory broker lives inside one process",

@@ -4,8 +4,8 @@
 //! started on a spare port (`integration-tests/src/brokers/mqtt.rs`).
 
 use aether::SharedTransport;
-use aether_integration_tests::brokers::mqtt::Mosquitto;
-use aether_integration_tests::harness::{Harness, PrivateBroker, UrlHarness};
+use integration_tests::brokers::mqtt::Mosquitto;
+use integration_tests::harness::{Harness, PrivateBroker, UrlHarness};
 use async_trait::async_trait;
 
 /// The shared broker for every case, a private one for the restart case.
@@ -98,7 +98,7 @@ async fn clear_retained(url: &str, filter: &str) -> anyhow::Result<()> {
 mod v5 {
     use super::*;
 
-    aether_integration_tests::conformance! {
+    integration_tests::conformance! {
         harness: MqttHarness::v5();
         ignore: {
             task_enqueued_before_any_worker_is_handled: "MQTT keeps no message for a subscriber that does not exist yet: a perform sent before any worker subscribes is lost (the client's lease redispatch re-sends it)",
@@ -109,7 +109,7 @@ mod v5 {
 mod v3_1_1 {
     use super::*;
 
-    aether_integration_tests::conformance! {
+    integration_tests::conformance! {
         harness: MqttHarness::v3_1_1();
         ignore: {
             task_enqueued_before_any_worker_is_handled: "MQTT keeps no message for a subscriber that does not exist yet: a perform sent before any worker subscribes is lost (the client's lease redispatch re-sends it)",

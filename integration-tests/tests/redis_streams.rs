@@ -2,8 +2,8 @@
 //! `AETHER_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`). The restart case runs a
 //! private `redis-server` on a spare port.
 
-use aether_integration_tests::brokers::redis::RedisHarness;
+use integration_tests::brokers::redis::RedisHarness;
 
-aether_integration_tests::conformance! {
+integration_tests::conformance! {
     harness: RedisHarness::from_env("streams");
 }
