@@ -73,6 +73,12 @@ impl BrokerUrl {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
         };
+        if path.contains('@') || query.is_some_and(|q| q.contains('@')) {
+            return Err(bad(
+                "raw `@` after the host; percent-encode a `/`, `?` or `#` in the user info \
+                 (`%2F`, `%3F`, `%23`) and an `@` elsewhere (`%40`)",
+            ));
+        }
         let (userinfo, hostport) = match authority.rfind('@') {
             Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
             None => (None, authority),
@@ -164,8 +170,45 @@ impl fmt::Debug for BrokerUrl {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("path", &self.path)
-            .field("query", &self.query)
+            .field(
+                "query",
+                &self
+                    .query
+                    .iter()
+                    .map(|(k, v)| (k, if is_secret_key(k) { "***" } else { v }))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
+    }
+}
+
+/// The URL again, percent-encoded, with the password and every secret query value
+/// ([`is_secret_key`]) written `***`: parsing it gives back the same URL but for those.
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://", self.scheme)?;
+        match (&self.username, &self.password) {
+            (Some(u), Some(_)) => write!(f, "{}:***@", encode(u))?,
+            (None, Some(_)) => f.write_str(":***@")?,
+            (Some(u), None) => write!(f, "{}@", encode(u))?,
+            (None, None) => {}
+        }
+        f.write_str(&self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "/{}", encode(&self.path))?;
+        }
+        for (i, (k, v)) in self.query.iter().enumerate() {
+            let v = if is_secret_key(k) {
+                "***".into()
+            } else {
+                encode(v)
+            };
+            write!(f, "{}{}={v}", if i == 0 { '?' } else { '&' }, encode(k))?;
+        }
+        Ok(())
     }
 }
 
@@ -209,26 +252,66 @@ pub fn parse_duration(key: &str, value: &str) -> Result<std::time::Duration> {
     }
 }
 
-/// `url` with any password replaced by `***`, for messages and logs.
+/// `url` with any password replaced by `***`, for messages and logs: the one in the user
+/// info, and the value of every query key that names a password (`tls_key_password=`).
+///
+/// Conservative where the URL is ambiguous: a password holding a raw `/`, `?` or `#` moves
+/// the end of the authority before the `@` that ends the user info, and nothing tells how
+/// much of what follows is password. So when an `@` follows the authority, everything after
+/// the scheme is masked.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (head, rest) = match url.split_once("://") {
+        Some((scheme, rest)) if !scheme.contains('@') => (&url[..scheme.len() + 3], rest),
+        _ => ("", url),
     };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{masked}@{}", &rest[at + 1..])
-        }
-        None => url.to_owned(),
+    let Some(at) = rest.rfind('@') else {
+        return redact_query(url);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if at > authority_end {
+        return format!("{head}***");
     }
+    let host_and_after = redact_query(&rest[at + 1..]);
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{head}{user}:***@{host_and_after}"),
+        None => format!("{head}{}@{host_and_after}", &rest[..at]),
+    }
+}
+
+/// Whether a query key holds a secret, so its value is never printed.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret") || key.contains("token")
+}
+
+/// `s` with the value of each secret query key ([`is_secret_key`]) replaced by `***`.
+fn redact_query(s: &str) -> String {
+    let Some((before, query)) = s.split_once('?') else {
+        return s.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_key(&decode(k).unwrap_or_else(|()| k.to_owned())) => {
+                format!("{k}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{before}?{}", pairs.join("&"))
+}
+
+/// Percent-encodes every byte but the unreserved ones (`A-Z a-z 0-9 - . _ ~`).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn decode(s: &str) -> std::result::Result<String, ()> {
@@ -310,5 +393,143 @@ mod tests {
         assert!(parse_duration("k", "5").is_err());
         assert!(parse_bool("k", "maybe").is_err());
         assert_eq!(parse_value::<u32>("k", "7").unwrap(), 7);
+    }
+
+    #[test]
+    fn redacts_ambiguous_user_info_whole() {
+        for (url, shown) in [
+            (
+                "redis://u:pw@h:1/0?mode=list",
+                "redis://u:***@h:1/0?mode=list",
+            ),
+            ("redis://u@h", "redis://u@h"),
+            ("redis://:pw@h", "redis://:***@h"),
+            ("redis://u:p@ss@h", "redis://u:***@h"),
+            ("redis://u:pa/ss@h/0", "redis://***"),
+            ("redis://u:pa?ss@h", "redis://***"),
+            ("redis://u:pa#ss@h", "redis://***"),
+            ("redis://h/0?k=a@b", "redis://***"),
+            ("redis:/u:pw@h", "***"),
+            ("u:pw@h", "u:***@h"),
+            (
+                "mqtts://h?tls_key_password=pw&x=1",
+                "mqtts://h?tls_key_password=***&x=1",
+            ),
+            (
+                "mqtts://u:pw@h?key%5Fpassword=pw",
+                "mqtts://u:***@h?key%5Fpassword=***",
+            ),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+        let err = BrokerUrl::parse("redis://u:pa/ss@h")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("percent-encode") && !err.contains("ss"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn displays_what_it_parsed_without_secrets() {
+        let u = BrokerUrl::parse("amqps://u%20v:p%2Fw@[::1]:5671/%2f?tls_key_password=k&a=b%26")
+            .unwrap();
+        assert_eq!(
+            u.to_string(),
+            "amqps://u%20v:***@[::1]:5671/%2F?tls_key_password=***&a=b%26"
+        );
+        assert!(!format!("{u:?}").contains("p/w") && !format!("{u:?}").contains("\"k\""));
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Greek letters around the characters a URL gives meaning to: nothing else in
+        /// these URLs or in aether's messages holds a Greek letter.
+        fn password() -> impl Strategy<Value = String> {
+            "[α-ω]{1,4}([/?#@:%& =\\[\\]][α-ω]{1,4}){0,4}"
+        }
+
+        fn leaks(printed: &str) -> bool {
+            let upper = printed.to_ascii_uppercase();
+            printed.chars().any(|c| ('α'..='ω').contains(&c))
+                || upper.contains("%CE")
+                || upper.contains("%CF")
+        }
+
+        prop_compose! {
+            fn broker_url()(
+                scheme in "[a-z][a-z0-9+.-]{0,8}",
+                username in proptest::option::of(".{1,12}"),
+                password in proptest::option::of(".{0,12}"),
+                host in "([a-z0-9.-]{0,20}|\\[[0-9a-f:]{2,12}\\])",
+                port in proptest::option::of(any::<u16>()),
+                path in ".{0,16}",
+                query in proptest::collection::vec(("[a-z_]{1,8}", ".{0,8}"), 0..4),
+            ) -> BrokerUrl {
+                BrokerUrl {
+                    scheme,
+                    username,
+                    password: password.map(Secret::new),
+                    host,
+                    port,
+                    path,
+                    query,
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_strings_never_panic(s in ".{0,64}") {
+                let _ = BrokerUrl::parse(&s).map(|u| u.to_string());
+                let _ = redact(&s);
+            }
+
+            #[test]
+            fn url_shaped_strings_never_panic(s in "[a-z]{1,5}://[a-z:@/?#%&=\\[\\]0-9.]{0,40}") {
+                let _ = BrokerUrl::parse(&s).map(|u| u.to_string());
+                let _ = redact(&s);
+            }
+
+            #[test]
+            fn valid_urls_round_trip_with_secrets_masked(u in broker_url()) {
+                let printed = u.to_string();
+                let back = BrokerUrl::parse(&printed).unwrap();
+                let mut expected = u.clone();
+                expected.password = u.password.as_ref().map(|_| Secret::new("***"));
+                for (k, v) in &mut expected.query {
+                    if is_secret_key(k) {
+                        *v = "***".into();
+                    }
+                }
+                prop_assert_eq!(back, expected, "{}", printed);
+            }
+
+            #[test]
+            fn passwords_never_printed(
+                pw in password(),
+                template in prop::sample::select(vec![
+                    "s://u:{pw}@h", "s://u:{pw}@h:1/p?k=v", "s://u:{pw}@h:port", "s://:{pw}@h",
+                    "s://u:{pw}@[::1", "s:/u:{pw}@h", "u:{pw}@h", "s://u:{pw}@h?k=%zz",
+                    "s://h?tls_key_password={pw}", "s://h?x=1&key_password={pw}&y=%zz",
+                ]),
+                encoded in any::<bool>(),
+            ) {
+                let in_query = template.contains("password={pw}");
+                prop_assume!(!(in_query && pw.contains(['&', '#'])));
+                let pw = if encoded { encode(&pw) } else { pw };
+                let url = template.replace("{pw}", &pw);
+                let printed = match BrokerUrl::parse(&url) {
+                    Ok(u) => format!("{u} {u:?}"),
+                    Err(e) => format!("{e} {e:?}"),
+                };
+                prop_assert!(!leaks(&printed), "{} => {}", url, printed);
+                let redacted = redact(&url);
+                prop_assert!(!leaks(&redacted), "{} => {}", url, redacted);
+            }
+        }
     }
 }
