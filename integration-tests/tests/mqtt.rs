@@ -4,9 +4,9 @@
 //! started on a spare port (`integration-tests/src/brokers/mqtt.rs`).
 
 use aether::SharedTransport;
+use async_trait::async_trait;
 use integration_tests::brokers::mqtt::Mosquitto;
 use integration_tests::harness::{Harness, PrivateBroker, UrlHarness};
-use async_trait::async_trait;
 
 /// The shared broker for every case, a private one for the restart case.
 struct MqttHarness {

@@ -403,7 +403,9 @@ impl Transport for AmqpTransport {
             .durable(true)
             .redelivers_on_crash(true)
             .wildcards(true)
-            .ordered(true)
+            // A queue per subscription: two subscriptions may be delivered out of order
+            // with each other.
+            .ordered(false)
             .max_payload(self.shared.config.max_payload)
             .dead_letters(true)
             .shared_between_processes(true)

@@ -49,7 +49,8 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()>;
 
     /// Subscribes to every topic `filter` matches. The subscription is active when this
-    /// returns: a message published after that is delivered. Dropping the [`Subscription`]
+    /// returns: a message published after that is delivered. The messages one publisher
+    /// sends on the topics it matches arrive in the order they were sent. Dropping the [`Subscription`]
     /// unsubscribes. Closing the transport ends every subscription (`next` returns `None`).
     /// A transport without wildcards answers [`Error::Unsupported`] for a filter with `+`
     /// or `#`.
@@ -99,7 +100,13 @@ pub struct Capabilities {
     pub redelivers_on_crash: bool,
     /// Subscribe accepts filters with `+` and `#`.
     pub wildcards: bool,
-    /// Messages from one publisher on one topic arrive in the order they were sent.
+    /// Broadcasts from one publisher reach this transport's subscriptions in the order they
+    /// were sent, across subscriptions: a message is in the buffers of the subscriptions it
+    /// matches before a later one is in theirs (one connection dispatching in arrival
+    /// order). Every transport keeps that order within one subscription; where this is
+    /// false (a broker queue or connection per subscription), a client takes a task's
+    /// statuses and completions through one subscription, so a completion never overtakes
+    /// the progress reports sent before it.
     pub ordered: bool,
     /// The largest payload the transport carries, in bytes.
     pub max_payload: usize,
@@ -282,6 +289,12 @@ impl Subscription {
     /// The next message; `None` once the subscription or its transport is closed.
     pub async fn next(&mut self) -> Option<Received> {
         self.rx.recv().await
+    }
+
+    /// The next message if one is already here, without waiting: `None` if there is none
+    /// yet, or the subscription ended.
+    pub fn try_next(&mut self) -> Option<Received> {
+        self.rx.try_recv().ok()
     }
 }
 

@@ -397,7 +397,8 @@ impl Transport for MqttTransport {
     }
 
     /// Not durable (a perform with no worker subscribed is lost), no redelivery after a
-    /// crash (the client's lease redispatches), wildcards, ordered per topic, dead letters
+    /// crash (the client's lease redispatches), wildcards, ordered across subscriptions (one
+    /// connection, dispatched in arrival order), dead letters
     /// when `dead_letter_topic` is set (retained unless `dead_letter_retain` is false).
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()

@@ -80,6 +80,14 @@ impl Peer {
         Peer { child, lines }
     }
 
+    /// Reads and discards the peer's output from now on, so a peer that prints a line per
+    /// task never blocks on a full pipe; the process is still killed when this is dropped.
+    fn discard_output(self) -> Child {
+        let mut lines = self.lines;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child
+    }
+
     /// The next protocol event (`@@ {json}` line); AetherMagic's own output is skipped.
     async fn event(&mut self) -> Value {
         loop {
@@ -233,6 +241,65 @@ async fn aether_client_performs_on_a_python_worker() {
         Error::TaskFailed { data, .. } => assert_eq!(data, json!({"reason": "asked to fail"})),
         other => panic!("expected TaskFailed, got {other:?}"),
     }
+}
+
+/// Many tasks in flight on a Python worker, over several runs: every task surfaces the
+/// acceptance and the progress report before its result. The Python worker numbers no
+/// status (`seq`), so this holds only if the client applies a task's replies in the order
+/// the worker sent them.
+#[tokio::test]
+async fn every_python_progress_report_arrives_with_many_tasks_in_flight() {
+    const IN_FLIGHT: usize = 20;
+    const RUNS: usize = 10;
+    let u = union();
+    let cn = node(&u).await;
+    let transport = cn.transport("").unwrap().clone();
+    let mut idle = transport
+        .subscribe(&TopicFilter::from_levels(&[&*u, "interop", "echo", "x", "+", "idle"]).unwrap())
+        .await
+        .unwrap();
+    let _py = Peer::spawn(&["worker", &u, "interop", "echo"]).discard_output();
+    tokio::time::timeout(WAIT, idle.next())
+        .await
+        .expect("the Python worker to announce idle");
+    let client = cn.client();
+    let mut short = Vec::new();
+    for run in 0..RUNS {
+        let mut tasks = Vec::new();
+        for i in 0..IN_FLIGHT {
+            tasks.push(
+                client
+                    .perform("interop", "echo", "x", &json!({"run": run, "i": i}))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for (i, mut task) in tasks.into_iter().enumerate() {
+            let mut percents = Vec::new();
+            while let Some(p) = tokio::time::timeout(WAIT, task.next_progress())
+                .await
+                .unwrap_or_else(|_| panic!("run {run}, task {i}: no outcome after {percents:?}"))
+            {
+                percents.push(p.percent);
+            }
+            let tid = task.tid().to_owned();
+            let r: Value = tokio::time::timeout(WAIT, task.result())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r["echo"], json!({"run": run, "i": i}));
+            if percents != [0, 50] {
+                short.push((run, tid, percents));
+            }
+        }
+    }
+    assert!(
+        short.is_empty(),
+        "{} of {} tasks without [0, 50] (run, tid, progress): {short:?}",
+        short.len(),
+        IN_FLIGHT * RUNS
+    );
+    assert_eq!(cn.stats().duplicate_updates, 0, "{:?}", cn.stats());
 }
 
 /// aether and Python workers in the default workgroup share one shared subscription: each

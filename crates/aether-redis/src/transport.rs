@@ -135,7 +135,9 @@ impl Transport for RedisTransport {
             .durable(true)
             .redelivers_on_crash(true)
             .wildcards(true)
-            .ordered(true)
+            // A pattern overlapping another goes on another connection (lane), so two
+            // subscriptions may be delivered out of order with each other.
+            .ordered(false)
             .max_payload(self.inner.config.max_payload)
             .dead_letters(true)
             .shared_between_processes(true)

@@ -93,10 +93,6 @@ pub(super) struct TaskInner {
     pub(super) worker_lease: Option<Duration>,
     /// The handle was dropped.
     pub(super) detached: bool,
-    /// The worker whose statuses are counted, and how many arrived.
-    pub(super) counted: Option<(String, u32)>,
-    /// A completion waiting for earlier statuses.
-    pub(super) parked: Option<Parked>,
     /// The route's subscription was interrupted while no worker had been heard of: the
     /// supervisor dispatches the task again at once.
     pub(super) probe: bool,
@@ -111,7 +107,7 @@ pub(super) struct TaskShared {
     pub(super) inner: Mutex<TaskInner>,
     /// Wakes the handle's waiters: progress or outcome.
     pub(super) wake: Notify,
-    /// Wakes the supervisor: outcome, a held completion, acceptance (which changes the
+    /// Wakes the supervisor: outcome, acceptance (which changes the
     /// lease), or the handle dropped. Plain progress does not wake it: on its lease timer
     /// it re-reads when the task was last heard of.
     pub(super) wake_supervisor: Notify,
@@ -130,8 +126,6 @@ impl TaskShared {
                 seen: false,
                 worker_lease: None,
                 detached: false,
-                counted: None,
-                parked: None,
                 probe: false,
                 dispatched_at_gap: None,
             }),
@@ -217,33 +211,11 @@ impl TaskShared {
             self.wake_supervisor.notify_one();
         }
         if event.is_terminal() {
-            // Statuses and completions may travel on different subscriptions: hold a
-            // completion until the statuses its worker sent before it have arrived.
-            let needed = h.seq.unwrap_or(0);
-            let have = inner
-                .counted
-                .as_ref()
-                .filter(|(w, _)| *w == h.client)
-                .map_or(0, |c| c.1);
-            if have < needed && inner.parked.is_none() && inner.outcome.is_none() {
-                inner.parked = Some(Parked {
-                    worker: h.client.clone(),
-                    needed,
-                    until: Instant::now() + PARK,
-                    event,
-                    env,
-                });
-                drop(inner);
-                self.wake_supervisor.notify_one();
-                return;
-            }
+            // The route delivers in the order the worker sent: every status sent before
+            // this completion has been applied.
             drop(inner);
             self.complete(event, env, counters);
             return;
-        }
-        match &mut inner.counted {
-            Some((w, n)) if *w == h.client => *n += 1,
-            counted => *counted = Some((h.client.clone(), 1)),
         }
         match inner.state.apply(event) {
             Ok(Applied::Changed(state)) => {
@@ -265,15 +237,8 @@ impl TaskShared {
                 counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let released = match (&inner.parked, &inner.counted) {
-            (Some(p), Some((w, n))) if *w == p.worker && *n >= p.needed => inner.parked.take(),
-            _ => None,
-        };
         drop(inner);
         self.wake.notify_waiters();
-        if let Some(p) = released {
-            self.complete(p.event, p.env, counters);
-        }
     }
 
     /// Ends the task with a worker's completion.
@@ -287,26 +252,6 @@ impl TaskShared {
             counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
         }
     }
-
-    /// Releases a held completion whose statuses did not all arrive in time.
-    pub(super) fn release_parked(&self, counters: &Counters) {
-        let parked = self.lock().parked.take();
-        if let Some(p) = parked {
-            self.complete(p.event, p.env, counters);
-        }
-    }
-}
-
-/// How long a completion is held for statuses sent before it.
-pub(super) const PARK: Duration = Duration::from_millis(500);
-
-/// A completion held until the statuses sent before it arrive.
-pub(super) struct Parked {
-    pub(super) worker: String,
-    pub(super) needed: u32,
-    pub(super) until: Instant,
-    pub(super) event: TaskEvent,
-    pub(super) env: Envelope,
 }
 
 /// A task in flight: its progress, its outcome, and the means to cancel it.

@@ -74,47 +74,63 @@ pub(crate) struct Route {
     /// Gaps reported by the route's subscriptions so far.
     gaps: std::sync::atomic::AtomicU64,
     closed: std::sync::atomic::AtomicBool,
-    routers: Vec<JoinHandle<()>>,
+    router: JoinHandle<()>,
+}
+
+/// A route's subscriptions: statuses (or every action of the route's tasks, where the
+/// transport is not ordered across subscriptions) and completions, with their gap counters.
+struct Replies {
+    statuses: Subscription,
+    completions: Option<Subscription>,
+    gaps: Option<tokio::sync::watch::Receiver<u64>>,
+    more_gaps: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl Route {
+    /// Subscribes to the replies of `queue`'s tasks and starts routing them. Where the
+    /// transport keeps one order across subscriptions, statuses and completions have one
+    /// subscription each (so performs broadcast on the same topics, as on MQTT, are not
+    /// received); elsewhere one subscription takes every action of the queue's tasks, so
+    /// a completion cannot overtake the statuses sent before it.
     pub(super) async fn start(
         node: &Aether,
         transport: &SharedTransport,
         queue: &WorkQueue,
     ) -> Result<Arc<Route>> {
-        let filters: [TopicFilter; 2] =
-            [queue.filter(Action::Status), queue.filter(Action::Complete)];
-        let mut subs = Vec::with_capacity(2);
-        for f in &filters {
-            subs.push(transport.subscribe(f).await?);
-        }
+        let (statuses, completions) = if transport.capabilities().ordered {
+            let statuses = transport.subscribe(&queue.filter(Action::Status)).await?;
+            let completions = transport.subscribe(&queue.filter(Action::Complete)).await?;
+            (statuses, Some(completions))
+        } else {
+            let all = TopicFilter::from_levels(&[
+                queue.union(),
+                queue.job(),
+                queue.task(),
+                queue.context(),
+                "+",
+                "+",
+            ])?;
+            (transport.subscribe(&all).await?, None)
+        };
         let limit = node.payload_limit(transport);
         // Subscriptions on one connection report the same gap: watch each counter once,
         // so one interruption dispatches a task again once.
-        let mut watched: Vec<tokio::sync::watch::Receiver<u64>> = Vec::new();
-        let gaps: Vec<_> = subs
-            .iter()
-            .map(|sub| {
-                let g = sub.gaps()?;
-                if watched.iter().any(|w| w.same_channel(&g)) {
-                    return None;
-                }
-                watched.push(g.clone());
-                Some(g)
-            })
-            .collect();
+        let first = statuses.gaps();
+        let second = completions
+            .as_ref()
+            .and_then(Subscription::gaps)
+            .filter(|g| first.as_ref().is_none_or(|f| !f.same_channel(g)));
+        let replies = Replies {
+            statuses,
+            completions,
+            gaps: first,
+            more_gaps: second,
+        };
         Ok(Arc::new_cyclic(|weak: &Weak<Route>| Route {
             tasks: Mutex::new(HashMap::new()),
             gaps: Default::default(),
             closed: Default::default(),
-            routers: subs
-                .into_iter()
-                .zip(gaps)
-                .map(|(sub, gaps)| {
-                    tokio::spawn(route_loop(weak.clone(), node.clone(), sub, gaps, limit))
-                })
-                .collect(),
+            router: tokio::spawn(route_loop(weak.clone(), node.clone(), replies, limit)),
         }))
     }
 
@@ -149,49 +165,39 @@ impl Route {
 
 impl Drop for Route {
     fn drop(&mut self) {
-        for r in &self.routers {
-            r.abort();
-        }
+        self.router.abort();
     }
 }
 
-pub(super) async fn route_loop(
-    route: Weak<Route>,
-    node: Aether,
-    mut sub: Subscription,
-    mut gaps: Option<tokio::sync::watch::Receiver<u64>>,
-    limit: usize,
-) {
+/// Routes replies to tasks, in the order the transport delivers them, until the
+/// subscriptions end.
+async fn route_loop(route: Weak<Route>, node: Aether, mut replies: Replies, limit: usize) {
     let counters = node.counters();
     loop {
-        let received = tokio::select! {
+        let (received, completion) = tokio::select! {
             // Replies already here come first: a task they settle needs no probe.
             biased;
-            r = sub.next() => r,
-            open = gap(&mut gaps) => {
-                let Some(route) = route.upgrade() else { return };
-                if open {
-                    let gap = route.gaps.fetch_add(1, Ordering::AcqRel) + 1;
-                    let tasks: Vec<_> = route.lock().values().cloned().collect();
-                    tracing::info!(tasks = tasks.len(), "subscription was interrupted; dispatching again the tasks not heard of");
-                    for t in tasks {
-                        t.probe(gap);
-                    }
-                } else {
-                    gaps = None;
-                }
+            r = replies.statuses.next() => (r, false),
+            r = next_opt(&mut replies.completions) => (r, true),
+            open = gap(&mut replies.gaps) => {
+                on_gap(&route, open, &mut replies.gaps);
+                continue;
+            }
+            open = gap(&mut replies.more_gaps) => {
+                on_gap(&route, open, &mut replies.more_gaps);
                 continue;
             }
         };
         let Some(received) = received else { break };
         let Some(route) = route.upgrade() else { return };
-        let Some(msg) = accept_broadcast(received, limit, counters) else {
-            continue;
-        };
-        let task = route.lock().get(msg.0.tid()).cloned();
-        if let Some(task) = task {
-            task.on_update(msg.1, counters);
+        if completion {
+            // The transport is ordered across subscriptions: the statuses sent before this
+            // completion are in their buffer already. They go first.
+            while let Some(status) = replies.statuses.try_next() {
+                route.deliver(status, limit, counters);
+            }
         }
+        route.deliver(received, limit, counters);
     }
     if let Some(route) = route.upgrade() {
         route.closed.store(true, Ordering::Release);
@@ -199,6 +205,56 @@ pub(super) async fn route_loop(
         for t in tasks {
             t.finish(TaskEvent::TimedOut, Outcome::Closed, counters);
         }
+    }
+}
+
+impl Route {
+    /// Hands a status or completion to its task. Other actions (on the one subscription of
+    /// an unordered transport) are not replies: skipped before decoding.
+    fn deliver(&self, received: Received, limit: usize, counters: &Counters) {
+        if let Ok(msg) = &received
+            && !matches!(msg.topic.action(), Action::Status | Action::Complete)
+        {
+            return;
+        }
+        let Some((topic, env)) = accept_broadcast(received, limit, counters) else {
+            return;
+        };
+        let task = self.lock().get(topic.tid()).cloned();
+        if let Some(task) = task {
+            task.on_update(env, counters);
+        }
+    }
+}
+
+/// A gap (or, with `open` false, the end of its counter): every task not heard of since a
+/// dispatch before it is asked to dispatch again.
+fn on_gap(
+    route: &Weak<Route>,
+    open: bool,
+    counter: &mut Option<tokio::sync::watch::Receiver<u64>>,
+) {
+    if !open {
+        *counter = None;
+        return;
+    }
+    let Some(route) = route.upgrade() else { return };
+    let gap = route.gaps.fetch_add(1, Ordering::AcqRel) + 1;
+    let tasks: Vec<_> = route.lock().values().cloned().collect();
+    tracing::info!(
+        tasks = tasks.len(),
+        "subscription was interrupted; dispatching again the tasks not heard of"
+    );
+    for t in tasks {
+        t.probe(gap);
+    }
+}
+
+/// The next message of a subscription that may not exist; never completes without one.
+async fn next_opt(sub: &mut Option<Subscription>) -> Option<Received> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 

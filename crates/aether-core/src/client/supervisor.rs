@@ -52,22 +52,17 @@ impl Supervisor {
         let mut attempt = 1u32;
         let mut chances = 1u32;
         loop {
-            let (lease_at, park_at, probe) = {
+            let (lease_at, probe) = {
                 let mut inner = self.shared.lock();
                 if inner.outcome.is_some() {
                     break;
                 }
                 let probe = std::mem::take(&mut inner.probe) && !inner.seen;
-                let park_at = inner.parked.as_ref().map(|p| p.until);
                 let lease_at = self.lease_deadline(&inner, config.lease);
-                if inner.detached
-                    && lease_at.is_none()
-                    && self.deadline.is_none()
-                    && park_at.is_none()
-                {
+                if inner.detached && lease_at.is_none() && self.deadline.is_none() {
                     break;
                 }
-                (lease_at, park_at, probe)
+                (lease_at, probe)
             };
             if probe && self.redispatch.on_gap {
                 attempt += 1;
@@ -81,7 +76,6 @@ impl Supervisor {
             // `notify_one` keeps a permit if the supervisor is not waiting yet.
             tokio::select! {
                 _ = self.shared.wake_supervisor.notified() => {}
-                _ = sleep_until_opt(park_at) => self.shared.release_parked(counters),
                 _ = sleep_until_opt(self.deadline) => {
                     if self.shared.finish(TaskEvent::TimedOut, Outcome::DeadlineExceeded, counters) {
                         self.send_cancel().await;

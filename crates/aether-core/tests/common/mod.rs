@@ -26,6 +26,10 @@ pub(crate) struct Faulty {
     pub(crate) gap_in_enqueue: AtomicBool,
     /// Statuses published.
     pub(crate) statuses: Arc<AtomicUsize>,
+    /// Hold every message of a subscription to statuses only this long (as a broker with a
+    /// queue per subscription may, under load): the transport then says it is not
+    /// `ordered` across subscriptions, while each subscription keeps its own order.
+    pub(crate) slow_status_subscriptions: Option<Duration>,
 }
 
 impl Faulty {
@@ -41,6 +45,7 @@ impl Faulty {
             drop_completions: AtomicUsize::new(0),
             gap_in_enqueue: AtomicBool::new(false),
             statuses: Arc::default(),
+            slow_status_subscriptions: None,
         }
     }
 
@@ -62,6 +67,7 @@ impl Transport for Faulty {
             .redelivers_on_crash(self.redelivers)
             // A dropped completion is a silent loss unless reported as a gap.
             .gap_signals(self.gaps.is_some())
+            .ordered(self.slow_status_subscriptions.is_none())
     }
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         if topic.action() == Action::Status {
@@ -84,7 +90,22 @@ impl Transport for Faulty {
         self.inner.publish(topic, payload).await
     }
     async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
-        let sub = self.inner.subscribe(filter).await?;
+        let mut sub = self.inner.subscribe(filter).await?;
+        if let Some(delay) = self.slow_status_subscriptions
+            && filter.as_str().ends_with("/status")
+        {
+            // Forwarded in order, each message `delay` late.
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    tokio::time::sleep(delay).await;
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            sub = Subscription::new(rx, None);
+        }
         Ok(match &self.gaps {
             Some(gaps) => sub.with_gaps(gaps.subscribe()),
             None => sub,
