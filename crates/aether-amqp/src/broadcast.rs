@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 
 use aether_core::transport::{InvalidMessage, Message};
-use aether_core::{Received, Result, Subscription, Topic, TopicFilter};
+use aether_core::{Received, Result, Subscription, TopicFilter};
 use amqprs::FieldTable;
 use amqprs::channel::{
     BasicCancelArguments, BasicConsumeArguments, ConsumerMessage, QueueBindArguments,
@@ -26,7 +26,7 @@ use crate::attach::{Attach, Attachment, attach_first, consumer_tag, reattach};
 use crate::channel::{Chan, lock};
 use crate::error::AmqpError;
 use crate::session::Session;
-use crate::topology::{Decl, IntoField, insert};
+use crate::topology::{self, Decl, IntoField, insert};
 use crate::transport::Shared;
 
 /// Messages a subscription queue keeps for a slow subscriber before dropping the oldest.
@@ -66,7 +66,7 @@ impl SubState {
             filter: filter.clone(),
             decls: shared.topology.broadcast_decls(union),
             exchange: shared.topology.broadcast(union),
-            binding: filter.to_amqp_binding(),
+            binding: topology::binding(filter),
             tx: Mutex::new(Some(tx)),
             attached: Default::default(),
         });
@@ -199,7 +199,7 @@ async fn forward(
             continue;
         };
         let payload = Bytes::from(content);
-        let received = match Topic::from_amqp(deliver.routing_key()) {
+        let received = match topology::parse_routing_key(deliver.routing_key()) {
             Ok(topic) => Ok(Message { topic, payload }),
             Err(error) => Err(InvalidMessage {
                 raw_topic: deliver.routing_key().clone(),

@@ -14,11 +14,26 @@
 use amqprs::channel::{ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments};
 use amqprs::{FieldTable, FieldValue};
 
-use aether_core::{Error, Result, WorkQueue};
+use aether_core::{Error, Result, Topic, TopicError, TopicFilter, WorkQueue};
 
 use crate::channel::Chan;
 use crate::config::{AmqpConfig, QueueType};
 use crate::error::AmqpError;
+
+/// The routing key of a broadcast on the topic exchange: the topic's levels joined by `.`.
+pub(crate) fn routing_key(topic: &Topic) -> String {
+    topic.joined('.')
+}
+
+/// Parses a broadcast's routing key back into a topic.
+pub(crate) fn parse_routing_key(key: &str) -> Result<Topic, TopicError> {
+    Topic::parse_with(key, '.')
+}
+
+/// The binding key of a subscription on the topic exchange: `+` becomes `*`, `#` stays.
+pub(crate) fn binding(filter: &TopicFilter) -> String {
+    filter.render('.', "*", "#")
+}
 
 /// The longest AMQP exchange or queue name.
 const MAX_NAME: usize = 255;
@@ -313,6 +328,15 @@ impl IntoField for i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routing_and_binding_keys() {
+        let t: Topic = "u3/interop/echo/x/72605384/perform".parse().unwrap();
+        assert_eq!(routing_key(&t), "u3.interop.echo.x.72605384.perform");
+        assert_eq!(parse_routing_key(&routing_key(&t)).unwrap(), t);
+        let f: TopicFilter = "u3/interop/+/x/#".parse().unwrap();
+        assert_eq!(binding(&f), "u3.interop.*.x.#");
+    }
 
     #[test]
     fn names_follow_the_configuration() {

@@ -22,7 +22,7 @@ use crate::channel::lock;
 use crate::config::AmqpConfig;
 use crate::error::AmqpError;
 use crate::session::Session;
-use crate::topology::{Decl, IntoField, Topology, insert};
+use crate::topology::{self, Decl, IntoField, Topology, insert};
 use crate::work::ConsumerState;
 
 /// Quick retries of a publish whose channel failed while the connection stayed up.
@@ -420,7 +420,7 @@ impl Transport for AmqpTransport {
             .publish(
                 Needs::Broadcast(topic.union()),
                 &t.broadcast(topic.union()),
-                &topic.to_amqp(),
+                &topology::routing_key(topic),
                 &properties,
                 &payload,
             )

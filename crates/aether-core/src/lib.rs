@@ -77,7 +77,7 @@ pub use node::{
 };
 pub use state::{Applied, InvalidTransition, TaskEvent, TaskState};
 pub use stats::Stats;
-pub use topic::{DEFAULT_WORKGROUP, Topic, TopicFilter, WorkQueue};
+pub use topic::{DEFAULT_WORKGROUP, FilterLevel, Topic, TopicFilter, WorkQueue};
 pub use transport::{
     AckError, Acker, Capabilities, ConsumeOptions, Consumed, Consumer, DeadLetter,
     DeadLetterReason, Delivery, InvalidMessage, Message, Received, SharedTransport, Subscription,

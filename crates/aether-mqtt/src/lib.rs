@@ -107,6 +107,7 @@ mod transport;
 pub use config::{MqttConfig, MqttVersion};
 pub use error::MqttError;
 pub use presence::Presence;
+pub use router::shared_subscription;
 pub use tls::TlsConfig;
 pub use transport::MqttTransport;
 

@@ -151,15 +151,13 @@ impl Router {
         queue: &WorkQueue,
         slot: Arc<Slot>,
     ) -> Option<(Local, String)> {
-        self.add(
-            &queue.mqtt_shared_subscription(),
-            Rx::Consumer(slot),
-            || Kind::Queue {
+        self.add(&shared_subscription(queue), Rx::Consumer(slot), || {
+            Kind::Queue {
                 queue: queue.clone(),
                 consumers: Vec::new(),
                 next: 0,
-            },
-        )
+            }
+        })
     }
 
     fn add(&self, filter: &str, rx: Rx, create: impl FnOnce() -> Kind) -> Option<(Local, String)> {
@@ -380,6 +378,30 @@ fn invalid(m: &Arrival<'_>, error: &aether_core::TopicError) -> InvalidMessage {
         payload: m.payload.clone(),
         error: error.clone(),
     }
+}
+
+/// The shared-subscription filter of `queue`, the one Python AetherMagic's workers use:
+/// `$share/{union}_{job}_{workgroup}/{union}/{job}/{task}/{context}/+/perform`.
+///
+/// ```
+/// use aether_core::WorkQueue;
+///
+/// let q = WorkQueue::new("u3", "interop", "echo", "x", "workgroup")?;
+/// assert_eq!(
+///     aether_mqtt::shared_subscription(&q),
+///     "$share/u3_interop_workgroup/u3/interop/echo/x/+/perform"
+/// );
+/// # Ok::<(), aether_core::TopicError>(())
+/// ```
+pub fn shared_subscription(queue: &WorkQueue) -> String {
+    format!(
+        "$share/{u}_{j}_{w}/{u}/{j}/{t}/{c}/+/perform",
+        u = queue.union(),
+        j = queue.job(),
+        w = queue.workgroup(),
+        t = queue.task(),
+        c = queue.context()
+    )
 }
 
 /// MQTT topic matching of a raw topic against a broker filter (`$share/{group}/` stripped).

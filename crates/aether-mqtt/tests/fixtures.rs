@@ -255,7 +255,7 @@ fn subscriptions_match_python_services() {
     // The shared subscription Python's AetherTask workers use (workgroup "workgroup").
     let q = WorkQueue::new("u3", "interop", "echo", "x", DEFAULT_WORKGROUP).unwrap();
     assert_eq!(
-        q.mqtt_shared_subscription(),
+        aether_mqtt::shared_subscription(&q),
         "$share/u3_interop_workgroup/u3/interop/echo/x/+/perform"
     );
     // Brokers deliver a shared-subscription message with the plain topic: the capture's

@@ -2,7 +2,24 @@
 //! `{union:job:task:context}`, so the multi-key scripts of a queue run on one node of a
 //! Redis Cluster.
 
-use aether_core::{Topic, WorkQueue};
+use aether_core::{Topic, TopicError, TopicFilter, WorkQueue};
+
+/// The pub/sub channel of a topic: its levels joined by `:`.
+pub(crate) fn channel(topic: &Topic) -> String {
+    topic.joined(':')
+}
+
+/// Parses a pub/sub channel name back into a topic.
+pub(crate) fn parse_channel(channel: &str) -> Result<Topic, TopicError> {
+    Topic::parse_with(channel, ':')
+}
+
+/// A `PSUBSCRIBE` glob over channel names. `+` becomes `*`; since every topic has exactly
+/// six levels and segments cannot contain `:`, a `*` between literal separators never spans
+/// a level. `#` becomes a trailing `*`.
+pub(crate) fn glob(filter: &TopicFilter) -> String {
+    filter.render(':', "*", "*")
+}
 
 /// The keys of one queue, for a given prefix.
 #[derive(Clone, Debug)]
@@ -100,5 +117,21 @@ mod tests {
         }
         assert_eq!(k.topic_prefix, "u/j/t/x/");
         assert_eq!(k.group_list("wg"), format!("{}wg", k.group_list_prefix()));
+    }
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::*;
+
+    #[test]
+    fn channels_and_globs() {
+        let t: Topic = "u3/interop/echo/x/72605384/perform".parse().unwrap();
+        assert_eq!(channel(&t), "u3:interop:echo:x:72605384:perform");
+        assert_eq!(parse_channel(&channel(&t)).unwrap(), t);
+        let f: TopicFilter = "u3/interop/+/x/+/status".parse().unwrap();
+        assert_eq!(glob(&f), "u3:interop:*:x:*:status");
+        let f: TopicFilter = "u/j/+/x/#".parse().unwrap();
+        assert_eq!(glob(&f), "u:j:*:x:*");
     }
 }

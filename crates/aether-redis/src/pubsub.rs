@@ -20,9 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use aether_core::{
-    Error, InvalidMessage, Message, Received, Result, Subscription, Topic, TopicFilter,
-};
+use aether_core::{Error, InvalidMessage, Message, Received, Result, Subscription, TopicFilter};
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -31,6 +29,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::connect::{Connector, redis_err};
+use crate::keys;
 
 /// The subscriptions of one transport, over one or more subscriber connections.
 pub(crate) struct Broadcast {
@@ -102,7 +101,7 @@ impl Broadcast {
         let (tx, rx) = mpsc::channel(self.capacity);
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let exact = !filter.has_wildcards();
-        let glob = filter.to_redis_glob();
+        let glob = keys::glob(filter);
         let sink = Sink { id, tx };
 
         // Where it goes, and whether the server must be told.
@@ -301,7 +300,7 @@ impl Lane {
     async fn dispatch(&self, msg: fred::types::Message) {
         let payload = value_bytes(msg.value);
         let channel: &str = &msg.channel;
-        let parsed = Topic::from_redis(channel);
+        let parsed = keys::parse_channel(channel);
         let targets: Vec<mpsc::Sender<Received>> = {
             let routes = lock(&self.routes);
             match (msg.kind, &parsed) {
@@ -545,7 +544,7 @@ fn overlap(a: &TopicFilter, b: &TopicFilter) -> bool {
 }
 
 /// Matches a glob whose only special character is `*` (what
-/// [`TopicFilter::to_redis_glob`] makes).
+/// [`keys::glob`] makes).
 fn glob_match(glob: &str, s: &str) -> bool {
     let mut parts = glob.split('*');
     let first = parts.next().unwrap_or("");

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::config::{Mode, RedisConfig};
 use crate::connect::{Connector, redis_err};
-use crate::keys::{QueueKeys, global_dead};
+use crate::keys::{self, QueueKeys, global_dead};
 use crate::pubsub::Broadcast;
 use crate::{list, streams};
 
@@ -149,7 +149,7 @@ impl Transport for RedisTransport {
         self.check_size(&payload)?;
         self.inner
             .client
-            .publish::<i64, _, _>(topic.to_redis(), Value::Bytes(payload))
+            .publish::<i64, _, _>(keys::channel(topic), Value::Bytes(payload))
             .await
             .map_err(redis_err)?;
         Ok(())

@@ -7,14 +7,26 @@ use super::{Topic, validate_segment};
 use crate::action::Action;
 use crate::error::{Level, TopicError};
 
-/// One level of a [`TopicFilter`].
+/// One level of a [`TopicFilter`]. Adapters render filters in their broker's syntax from
+/// these (see [`TopicFilter::render`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum FilterLevel {
+pub enum FilterLevel {
+    /// A literal segment, matched exactly.
     Exact(Box<str>),
     /// `+`: any one level.
     One,
     /// `#`: this level and all below; only last.
     Rest,
+}
+
+impl FilterLevel {
+    /// The literal segment, or `None` for a wildcard.
+    pub fn literal(&self) -> Option<&str> {
+        match self {
+            FilterLevel::Exact(s) => Some(s),
+            FilterLevel::One | FilterLevel::Rest => None,
+        }
+    }
 }
 
 /// A validated subscription filter over topics: each level is a literal, `+` (any one
@@ -26,8 +38,8 @@ enum FilterLevel {
 /// let filter: TopicFilter = "u3/interop/+/x/+/status".parse()?;
 /// let topic: Topic = "u3/interop/echo/x/72605384/status".parse()?;
 /// assert!(filter.matches(&topic));
-/// assert_eq!(filter.to_redis_glob(), "u3:interop:*:x:*:status");
-/// assert_eq!(filter.to_amqp_binding(), "u3.interop.*.x.*.status");
+/// assert_eq!(filter.literal_prefix(), "u3/interop");
+/// assert_eq!(filter.render(':', "*", "*"), "u3:interop:*:x:*:status");
 /// assert!("u3/#/x".parse::<TopicFilter>().is_err());
 /// # Ok::<(), aether_core::TopicError>(())
 /// ```
@@ -120,28 +132,45 @@ impl TopicFilter {
         }
     }
 
+    /// The levels, first to last.
+    pub fn levels(&self) -> &[FilterLevel] {
+        &self.levels
+    }
+
+    /// The `/`-joined literal levels before the first wildcard: everything a matching
+    /// topic starts with (`u/j/+/x/#` gives `u/j`, an exact filter its whole text, `#` the
+    /// empty string). A topic that matches starts with it followed by `/`, unless the
+    /// filter has no wildcard.
+    pub fn literal_prefix(&self) -> &str {
+        let literal = self
+            .levels
+            .iter()
+            .take_while(|l| matches!(l, FilterLevel::Exact(_)))
+            .count();
+        if literal == 0 {
+            return "";
+        }
+        // Levels are `/`-separated in `text`: the prefix ends before the literal-th `/`.
+        match self.text.match_indices('/').nth(literal - 1) {
+            Some((at, _)) => &self.text[..at],
+            None => &self.text,
+        }
+    }
+
     /// The `/`-joined MQTT form.
     pub fn as_str(&self) -> &str {
         &self.text
     }
 
-    /// A Redis glob pattern over `:`-joined channel names. `+` becomes `*`; since every
-    /// topic has exactly six levels and segments cannot contain `:`, a `*` between literal
-    /// separators never spans a level. `#` becomes a trailing `*`.
-    pub fn to_redis_glob(&self) -> String {
-        self.render(':', "*", "*")
-    }
-
-    /// An AMQP topic-exchange binding key: `+` becomes `*`, `#` stays `#`.
-    pub fn to_amqp_binding(&self) -> String {
-        self.render('.', "*", "#")
-    }
-
-    fn render(&self, sep: char, one: &str, rest: &str) -> String {
+    /// The filter in another broker's syntax: levels joined by `separator`, `+` written
+    /// as `one` and `#` as `rest` (Redis globs: `(':', "*", "*")`; AMQP binding keys:
+    /// `('.', "*", "#")`). Segments never contain a separator or wildcard of any
+    /// supported broker, so literals are written as they are.
+    pub fn render(&self, separator: char, one: &str, rest: &str) -> String {
         let mut out = String::with_capacity(self.text.len());
         for (i, level) in self.levels.iter().enumerate() {
             if i > 0 {
-                out.push(sep);
+                out.push(separator);
             }
             out.push_str(match level {
                 FilterLevel::Exact(s) => s,
@@ -234,13 +263,41 @@ mod tests {
     }
 
     #[test]
+    fn literal_prefixes() {
+        let table = [
+            ("u/j/+/x/#", "u/j"),
+            ("u/j/t/x/1/status", "u/j/t/x/1/status"),
+            ("u/j/t/x/+/status", "u/j/t/x"),
+            ("u/#", "u"),
+            ("#", ""),
+            ("+/j/t/x/1/status", ""),
+        ];
+        for (filter, want) in table {
+            let f: TopicFilter = filter.parse().unwrap();
+            assert_eq!(f.literal_prefix(), want, "{filter}");
+        }
+    }
+
+    #[test]
     fn filter_renderings() {
         let f: TopicFilter = "u/j/+/x/#".parse().unwrap();
         assert_eq!(f.as_str(), "u/j/+/x/#");
-        assert_eq!(f.to_redis_glob(), "u:j:*:x:*");
-        assert_eq!(f.to_amqp_binding(), "u.j.*.x.#");
+        assert_eq!(f.render(':', "*", "*"), "u:j:*:x:*");
+        assert_eq!(f.render('.', "*", "#"), "u.j.*.x.#");
         assert!(f.has_wildcards());
         assert_eq!(f.union(), Some("u"));
+        assert_eq!(
+            f.levels(),
+            &[
+                FilterLevel::Exact("u".into()),
+                FilterLevel::Exact("j".into()),
+                FilterLevel::One,
+                FilterLevel::Exact("x".into()),
+                FilterLevel::Rest,
+            ]
+        );
+        assert_eq!(f.levels()[1].literal(), Some("j"));
+        assert_eq!(f.levels()[2].literal(), None);
         let exact = TopicFilter::exact(&t("u/j/t/x/1/status"));
         assert!(!exact.has_wildcards());
         assert!(exact.matches(&t("u/j/t/x/1/status")));

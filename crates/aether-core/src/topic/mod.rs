@@ -14,7 +14,7 @@ use crate::error::{Level, TopicError};
 mod filter;
 mod queue;
 
-pub use filter::TopicFilter;
+pub use filter::{FilterLevel, TopicFilter};
 pub use queue::WorkQueue;
 
 /// The longest segment, in bytes.
@@ -80,7 +80,7 @@ fn forbidden(ch: char) -> Option<&'static str> {
 /// let topic: Topic = "u3/interop/echo/x/72605384/perform".parse()?;
 /// assert_eq!(topic.tid(), "72605384");
 /// assert_eq!(topic.action(), Action::Perform);
-/// assert_eq!(topic.to_redis(), "u3:interop:echo:x:72605384:perform");
+/// assert_eq!(Topic::parse_with("u3:interop:echo:x:72605384:perform", ':')?, topic);
 /// assert!("u3/interop/echo/x/a.b/perform".parse::<Topic>().is_err());
 /// # Ok::<(), aether_core::TopicError>(())
 /// ```
@@ -147,16 +147,6 @@ impl Topic {
         Topic::new(parts[0], parts[1], parts[2], parts[3], parts[4], action)
     }
 
-    /// Parses a `:`-joined Redis channel name.
-    pub fn from_redis(s: &str) -> Result<Topic, TopicError> {
-        Topic::parse_with(s, ':')
-    }
-
-    /// Parses a `.`-joined AMQP routing key.
-    pub fn from_amqp(s: &str) -> Result<Topic, TopicError> {
-        Topic::parse_with(s, '.')
-    }
-
     fn level(&self, i: usize) -> &str {
         let start = if i == 0 {
             0
@@ -221,14 +211,18 @@ impl Topic {
         &self.text
     }
 
-    /// The `:`-joined Redis channel name.
-    pub fn to_redis(&self) -> String {
-        self.text.replace('/', ":")
-    }
-
-    /// The `.`-joined AMQP routing key.
-    pub fn to_amqp(&self) -> String {
-        self.text.replace('/', ".")
+    /// The levels joined by `separator` instead of `/` (a Redis channel name with `:`, an
+    /// AMQP routing key with `.`). Segments never contain a separator of any supported
+    /// broker, so this parses back with [`Topic::parse_with`].
+    pub fn joined(&self, separator: char) -> String {
+        if separator == '/' {
+            return self.text.to_string();
+        }
+        let mut s = String::with_capacity(self.text.len());
+        for ch in self.text.chars() {
+            s.push(if ch == '/' { separator } else { ch });
+        }
+        s
     }
 }
 
@@ -284,10 +278,11 @@ mod tests {
         );
         assert_eq!(topic.action(), Action::Perform);
         assert_eq!(topic.to_string(), "u3/interop/echo/x/72605384/perform");
-        assert_eq!(topic.to_redis(), "u3:interop:echo:x:72605384:perform");
-        assert_eq!(topic.to_amqp(), "u3.interop.echo.x.72605384.perform");
-        assert_eq!(Topic::from_redis(&topic.to_redis()).unwrap(), topic);
-        assert_eq!(Topic::from_amqp(&topic.to_amqp()).unwrap(), topic);
+        assert_eq!(topic.joined(':'), "u3:interop:echo:x:72605384:perform");
+        assert_eq!(topic.joined('.'), "u3.interop.echo.x.72605384.perform");
+        for sep in [':', '.', '/'] {
+            assert_eq!(Topic::parse_with(&topic.joined(sep), sep).unwrap(), topic);
+        }
         assert_eq!(topic.queue_prefix(), "u3/interop/echo/x");
         let status = topic.with_action(Action::Status);
         assert_eq!(status.as_str(), "u3/interop/echo/x/72605384/status");

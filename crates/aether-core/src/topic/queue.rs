@@ -121,19 +121,6 @@ impl WorkQueue {
         }
         s
     }
-
-    /// The MQTT shared-subscription filter Python AetherMagic uses:
-    /// `$share/{union}_{job}_{workgroup}/{union}/{job}/{task}/{context}/+/perform`.
-    pub fn mqtt_shared_subscription(&self) -> String {
-        format!(
-            "$share/{u}_{j}_{w}/{u}/{j}/{t}/{c}/+/perform",
-            u = self.union,
-            j = self.job,
-            w = self.workgroup,
-            t = self.task,
-            c = self.context
-        )
-    }
 }
 
 impl fmt::Display for WorkQueue {
@@ -160,10 +147,6 @@ mod tests {
     #[test]
     fn work_queue_renderings() {
         let q = WorkQueue::new("u3", "interop", "echo", "x", DEFAULT_WORKGROUP).unwrap();
-        assert_eq!(
-            q.mqtt_shared_subscription(),
-            "$share/u3_interop_workgroup/u3/interop/echo/x/+/perform"
-        );
         assert_eq!(q.key(':'), "u3:interop:echo:x");
         assert_eq!(
             q.filter(Action::Cancel).as_str(),
