@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use aether_core::kit::{Gate, Retry};
 use aether_core::{
-    Action, Capabilities, ConsumeOptions, Consumer, DeadLetter, Error, Result, Subscription, Topic,
+    Capabilities, ConsumeOptions, Consumer, DeadLetter, Error, Result, Subscription, Topic,
     TopicFilter, Transport, WorkQueue,
 };
 use amqprs::{BasicProperties, FieldTable};
@@ -50,19 +51,22 @@ impl AmqpTransport {
         config.validate()?;
         let session = Arc::new(Session::open(&config, 1).await?);
         warn_about_old_brokers(&config, session.server_version());
-        let (closed, closed_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             topology: Topology::new(&config),
+            gate: Gate::new(config.max_payload),
             config,
             current: watch::channel(None).0,
-            closed,
             ids: AtomicU64::new(1),
             subs: Default::default(),
             consumers: Default::default(),
             gaps: watch::Sender::new(0),
         });
         shared.current.send_replace(Some(session.clone()));
-        tokio::spawn(supervise(Arc::downgrade(&shared), closed_rx, session));
+        tokio::spawn(supervise(
+            Arc::downgrade(&shared),
+            shared.gate.closed(),
+            session,
+        ));
         Ok(AmqpTransport { shared })
     }
 
@@ -100,7 +104,8 @@ pub(crate) struct Shared {
     pub(crate) topology: Topology,
     /// The connection, while it is up and its subscriptions and consumers are restored.
     current: watch::Sender<Option<Arc<Session>>>,
-    closed: watch::Sender<bool>,
+    /// Closed/oversize checks; closed once, by `close` or `Drop`.
+    gate: Gate,
     ids: AtomicU64,
     pub(crate) subs: Mutex<HashMap<u64, Arc<SubState>>>,
     pub(crate) consumers: Mutex<HashMap<u64, Arc<ConsumerState>>>,
@@ -115,15 +120,11 @@ impl Shared {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        *self.closed.borrow()
+        self.gate.is_closed()
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.is_closed() {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
+        self.gate.check_open()
     }
 
     /// The ready connection, if there is one now.
@@ -134,7 +135,7 @@ impl Shared {
     /// The ready connection, waiting for a reconnection until `deadline`.
     pub(crate) async fn session(&self, deadline: Instant) -> Result<Arc<Session>> {
         let mut current = self.current.subscribe();
-        let mut closed = self.closed.subscribe();
+        let mut closed = self.gate.closed();
         let ready = async {
             loop {
                 if let Some(s) = current.borrow_and_update().clone().filter(|s| s.is_alive()) {
@@ -241,7 +242,7 @@ impl Shared {
     /// Stops for good: ends subscriptions and consumers; the supervisor closes the
     /// connection. Returns the connection, the first time.
     fn shut_down(&self) -> Option<Arc<Session>> {
-        if self.closed.send_replace(true) {
+        if !self.gate.close() {
             return None;
         }
         for s in lock(&self.subs).drain() {
@@ -342,19 +343,18 @@ async fn supervise(
         let config = s.config.clone();
         drop(s);
         tracing::warn!(broker = %config.display_url(), "AMQP connection lost; reconnecting");
-        let mut delay = Duration::from_millis(100);
+        let mut retry = Retry::new(Duration::from_millis(100), config.reconnect_max_delay);
         session = loop {
             match Session::open(&config, session.generation + 1).await {
                 Ok(new) => break Arc::new(new),
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "AMQP reconnection failed");
+                    tracing::warn!(error = %e, retry_in = ?retry.peek(), "AMQP reconnection failed");
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = retry.wait() => {}
                 _ = closed.wait_for(|c| *c) => return,
             }
-            delay = (delay * 2).min(config.reconnect_max_delay);
         };
     }
     let _ = session.conn.clone().close().await;
@@ -413,7 +413,7 @@ impl Transport for AmqpTransport {
     }
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        self.check_size(&payload)?;
+        self.shared.gate.check_publish(&payload)?;
         let t = &self.shared.topology;
         let properties = BasicProperties::default().finish();
         self.shared
@@ -440,12 +440,7 @@ impl Transport for AmqpTransport {
     }
 
     async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        self.check_size(&payload)?;
-        if topic.action() != Action::Perform {
-            return Err(Error::Config(format!(
-                "enqueue takes a perform topic, not {topic}"
-            )));
-        }
+        self.shared.gate.check_enqueue(topic, &payload)?;
         let t = &self.shared.topology;
         let properties = BasicProperties::default()
             .with_persistence(true)
@@ -475,20 +470,6 @@ impl Transport for AmqpTransport {
     async fn close(&self) -> Result<()> {
         if let Some(session) = self.shared.shut_down() {
             let _ = session.conn.clone().close().await;
-        }
-        Ok(())
-    }
-}
-
-impl AmqpTransport {
-    fn check_size(&self, payload: &Bytes) -> Result<()> {
-        self.shared.check_open()?;
-        let limit = self.shared.config.max_payload;
-        if payload.len() > limit {
-            return Err(Error::PayloadTooLarge {
-                size: payload.len(),
-                limit,
-            });
         }
         Ok(())
     }

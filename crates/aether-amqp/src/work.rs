@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 
+use aether_core::kit::{Settle, SettleOnce};
 use aether_core::transport::InvalidMessage;
 use aether_core::{
-    Acker, Action, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Error, Result,
-    WorkQueue,
+    Action, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Error, Result, WorkQueue,
 };
 use amqprs::channel::{
     BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicGetArguments,
@@ -249,12 +249,16 @@ async fn forward(
             }),
         });
         lock(&st.outstanding).insert(topic.tid().to_owned(), slot.clone());
-        let acker = AmqpAcker {
-            slot,
-            tid: topic.tid().to_owned(),
-            state: state.clone(),
-            shared: shared.clone(),
-        };
+        let acker = SettleOnce::new(
+            AmqpSettle {
+                slot,
+                tid: topic.tid().to_owned(),
+                state: state.clone(),
+                shared: shared.clone(),
+            },
+            // `basic.qos` bounds the prefetch on the broker.
+            None,
+        );
         let redeliveries = redeliveries(&properties, deliver.redelivered());
         drop(st);
         let delivery = Delivery::new(topic, payload, redeliveries, Box::new(acker));
@@ -373,14 +377,14 @@ impl Slot {
 }
 
 /// Settles a delivery on the channel it currently belongs to.
-struct AmqpAcker {
+struct AmqpSettle {
     slot: Arc<Slot>,
     tid: String,
     state: Weak<ConsumerState>,
     shared: Weak<Shared>,
 }
 
-impl AmqpAcker {
+impl AmqpSettle {
     fn forget(&self) {
         if let Some(state) = self.state.upgrade() {
             let mut outstanding = lock(&state.outstanding);
@@ -412,10 +416,10 @@ impl AmqpAcker {
     }
 }
 
-impl fmt::Debug for AmqpAcker {
+impl fmt::Debug for AmqpSettle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = lock(&self.slot.inner);
-        f.debug_struct("AmqpAcker")
+        f.debug_struct("AmqpSettle")
             .field("tid", &self.tid)
             .field("tag", &inner.tag)
             .field("settled", &inner.settled)
@@ -424,7 +428,7 @@ impl fmt::Debug for AmqpAcker {
 }
 
 #[async_trait]
-impl Acker for AmqpAcker {
+impl Settle for AmqpSettle {
     async fn ack(&mut self) -> Result<()> {
         self.settle(None).await
     }
@@ -440,11 +444,10 @@ impl Acker for AmqpAcker {
         shared.dead_letter(&letter).await?;
         self.settle(None).await
     }
-}
 
-impl Drop for AmqpAcker {
-    /// Dropped unsettled: the handler crashed. Give the delivery back to the workgroup.
-    fn drop(&mut self) {
+    /// The handler crashed: give the delivery back to the workgroup (unless its channel
+    /// closed, and the broker requeued it already).
+    fn give_back(&mut self) {
         self.forget();
         let Ok((chan, tag)) = self.slot.settle() else {
             return;

@@ -56,6 +56,7 @@ pub mod client;
 pub mod context;
 pub mod envelope;
 pub mod error;
+pub mod kit;
 pub mod memory;
 pub mod node;
 pub mod state;

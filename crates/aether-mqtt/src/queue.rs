@@ -24,19 +24,15 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 
+use aether_core::kit::{Credit, CreditUnit, Outlet, Settle, SettleOnce};
 use aether_core::{
-    Acker, Bytes, Consumed, DeadLetter, DeadLetterReason, Delivery, Error, InvalidMessage, Result,
-    Topic,
+    Bytes, Consumed, DeadLetter, DeadLetterReason, Delivery, Error, InvalidMessage, Result, Topic,
 };
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::router::{Local, REDELIVERIES};
 use crate::transport::{Inner, Publish};
-
-/// Room in a consumer's channel beyond its prefetch, for refused messages (which hold no
-/// credit).
-const REFUSED_SLACK: usize = 16;
 
 /// A perform taken from the broker.
 #[derive(Debug)]
@@ -47,18 +43,16 @@ pub(crate) struct Job {
 }
 
 struct SlotState {
-    /// Deliveries this consumer may still hand out.
-    credit: usize,
     /// Performs waiting for credit.
     waiting: VecDeque<Job>,
     /// The consumer's channel; `None` once closed, which ends the consumer.
-    tx: Option<mpsc::Sender<Consumed>>,
+    outlet: Option<Outlet>,
 }
 
 impl SlotState {
     /// The channel, if the consumer is still there.
-    fn open(&self) -> Option<&mpsc::Sender<Consumed>> {
-        self.tx.as_ref().filter(|tx| !tx.is_closed())
+    fn open(&self) -> Option<&Outlet> {
+        self.outlet.as_ref().filter(|o| !o.is_closed())
     }
 }
 
@@ -66,6 +60,7 @@ impl SlotState {
 pub(crate) struct Slot {
     inner: Weak<Inner>,
     line: usize,
+    credit: Credit,
     state: Mutex<SlotState>,
 }
 
@@ -77,15 +72,14 @@ impl Slot {
         prefetch: usize,
         line: usize,
     ) -> (Arc<Slot>, mpsc::Receiver<Consumed>) {
-        let prefetch = prefetch.max(1);
-        let (tx, rx) = mpsc::channel(prefetch + REFUSED_SLACK);
+        let (outlet, rx) = Outlet::new(prefetch);
         let slot = Slot {
             inner,
             line,
+            credit: Credit::new(prefetch),
             state: Mutex::new(SlotState {
-                credit: prefetch,
                 waiting: VecDeque::new(),
-                tx: Some(tx),
+                outlet: Some(outlet),
             }),
         };
         (Arc::new(slot), rx)
@@ -97,20 +91,22 @@ impl Slot {
 
     /// Whether a perform offered now would be handed out at once.
     pub(crate) fn has_credit(&self) -> bool {
-        self.lock().credit > 0
+        self.credit.available() > 0
     }
 
     /// Hands `job` out, or puts it in line; gives it back when the line is full or the
-    /// consumer gone.
+    /// consumer gone. Performs in line go first: a unit of credit returned while some wait
+    /// is theirs ([`Slot::release`]).
     pub(crate) fn offer(self: &Arc<Self>, job: Job) -> Result<(), Job> {
         let mut st = self.lock();
-        let Some(tx) = st.open().cloned() else {
+        let Some(outlet) = st.open().cloned() else {
             return Err(job);
         };
-        if st.credit > 0 {
-            st.credit -= 1;
+        if st.waiting.is_empty()
+            && let Some(unit) = self.credit.try_take()
+        {
             drop(st);
-            self.hand_out(&tx, job);
+            self.hand_out(&outlet, job, unit);
             return Ok(());
         }
         if st.waiting.len() >= self.line {
@@ -130,41 +126,49 @@ impl Slot {
             };
             inner.dead_letter_detached(&letter);
         }
-        let tx = self.lock().open().cloned();
-        if tx.is_some_and(|tx| tx.try_send(Err(invalid)).is_err()) {
-            tracing::warn!("a refused perform was not reported: the consumer is behind");
+        let outlet = self.lock().open().cloned();
+        if let Some(outlet) = outlet {
+            outlet.report(invalid);
         }
     }
 
-    /// Sends a delivery holding one credit, outside the slot's lock. The channel has room
-    /// for every credit; if the consumer is gone, the delivery is dropped and so given back.
-    fn hand_out(self: &Arc<Self>, tx: &mpsc::Sender<Consumed>, job: Job) {
-        let acker = MqttAcker {
+    /// Sends a delivery holding `unit`, outside the slot's lock. The channel has room for
+    /// every unit; if the consumer is gone, the delivery is dropped and so given back.
+    fn hand_out(self: &Arc<Self>, outlet: &Outlet, job: Job, unit: CreditUnit) {
+        let settle = MqttSettle {
             slot: self.clone(),
             topic: job.topic.clone(),
             payload: job.payload.clone(),
             redeliveries: job.redeliveries,
-            settled: false,
         };
-        let delivery = Delivery::new(job.topic, job.payload, job.redeliveries, Box::new(acker));
-        let _ = tx.try_send(Ok(delivery));
+        let acker = SettleOnce::new(settle, Some(unit));
+        outlet.deliver(Delivery::new(
+            job.topic,
+            job.payload,
+            job.redeliveries,
+            Box::new(acker),
+        ));
     }
 
-    /// A delivery was settled: its credit goes to the next perform in line, if any.
+    /// A delivery was settled and its credit returned: the performs in line take what is
+    /// free.
     fn release(self: &Arc<Self>) {
-        let next = {
+        let mut ready = Vec::new();
+        {
             let mut st = self.lock();
-            let next = match st.open().cloned() {
-                Some(tx) => st.waiting.pop_front().map(|job| (tx, job)),
-                None => None,
+            let Some(outlet) = st.open().cloned() else {
+                return;
             };
-            if next.is_none() {
-                st.credit += 1;
+            while !st.waiting.is_empty() {
+                let Some(unit) = self.credit.try_take() else {
+                    break;
+                };
+                let job = st.waiting.pop_front().expect("checked non-empty");
+                ready.push((outlet.clone(), job, unit));
             }
-            next
-        };
-        if let Some((tx, job)) = next {
-            self.hand_out(&tx, job);
+        }
+        for (outlet, job, unit) in ready {
+            self.hand_out(&outlet, job, unit);
         }
     }
 
@@ -172,7 +176,7 @@ impl Slot {
     /// line.
     pub(crate) fn close(&self) -> VecDeque<Job> {
         let mut st = self.lock();
-        st.tx = None;
+        st.outlet = None;
         std::mem::take(&mut st.waiting)
     }
 }
@@ -221,56 +225,39 @@ fn give_back(inner: &Inner, topic: &Topic, payload: &[u8], redeliveries: u32) {
     });
 }
 
-/// The acknowledgement handle of an MQTT delivery; see the [module docs](self).
-struct MqttAcker {
+/// What settling an MQTT delivery means; see the [module docs](self).
+struct MqttSettle {
     slot: Arc<Slot>,
     topic: Topic,
     payload: Bytes,
     redeliveries: u32,
-    settled: bool,
 }
 
-impl MqttAcker {
-    fn unsettled(&self) -> Result<()> {
-        if self.settled {
-            return Err(Error::Closed);
-        }
-        Ok(())
-    }
-
+impl MqttSettle {
     fn inner(&self) -> Result<Arc<Inner>> {
         self.slot.inner.upgrade().ok_or(Error::Closed)
     }
-
-    fn settle(&mut self) {
-        self.settled = true;
-        self.slot.release();
-    }
 }
 
-impl fmt::Debug for MqttAcker {
+impl fmt::Debug for MqttSettle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MqttAcker")
+        f.debug_struct("MqttSettle")
             .field("topic", &self.topic)
             .field("redeliveries", &self.redeliveries)
-            .field("settled", &self.settled)
             .finish()
     }
 }
 
 #[async_trait]
-impl Acker for MqttAcker {
+impl Settle for MqttSettle {
     /// Frees the prefetch slot; the broker had its PUBACK on arrival.
     async fn ack(&mut self) -> Result<()> {
-        self.unsettled()?;
-        self.settle();
         Ok(())
     }
 
     /// With `requeue`, publishes the perform again on its topic (and waits for the
     /// broker's acknowledgement); without, drops it.
     async fn nack(&mut self, requeue: bool) -> Result<()> {
-        self.unsettled()?;
         if requeue {
             let count = (self.redeliveries + 1).to_string();
             self.inner()?
@@ -282,36 +269,32 @@ impl Acker for MqttAcker {
                 })
                 .await?;
         }
-        self.settle();
         Ok(())
     }
 
     /// Publishes the dead letter; without a dead-letter topic, logs it and drops it.
     async fn reject(&mut self, letter: DeadLetter) -> Result<()> {
-        self.unsettled()?;
         match self.inner()?.dead_letter(&letter).await {
-            Ok(()) => {}
+            Ok(()) => Ok(()),
             Err(Error::Unsupported { .. }) => {
                 tracing::warn!(topic = %letter.topic, reason = %letter.reason, "dead letter dropped: no dead_letter_topic");
+                Ok(())
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
-        self.settle();
-        Ok(())
     }
-}
 
-impl Drop for MqttAcker {
-    fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
+    /// Publishes the perform again, inside a live process.
+    fn give_back(&mut self) {
         if let Some(inner) = self.slot.inner.upgrade()
             && !inner.is_closed()
         {
             tracing::debug!(topic = %self.topic, "delivery dropped unacknowledged; given back");
             give_back(&inner, &self.topic, &self.payload, self.redeliveries + 1);
         }
-        self.settle();
+    }
+
+    fn settled(&mut self) {
+        self.slot.release();
     }
 }

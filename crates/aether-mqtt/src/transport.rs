@@ -1,13 +1,13 @@
 //! [`MqttTransport`]: the connection, publishing, subscriptions and reconnection.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use aether_core::kit::Gate;
 use aether_core::{
-    Action, Bytes, Capabilities, ConsumeOptions, Consumer, DeadLetter, Error, Result, Subscription,
-    Topic, TopicFilter, Transport, WorkQueue,
+    Bytes, Capabilities, ConsumeOptions, Consumer, DeadLetter, Error, Result, Subscription, Topic,
+    TopicFilter, Transport, WorkQueue,
 };
 use async_trait::async_trait;
 use paho_mqtt as paho;
@@ -34,7 +34,8 @@ pub(crate) struct Inner {
     config: MqttConfig,
     client_id: String,
     router: Arc<Router>,
-    closed: AtomicBool,
+    /// Closed/oversize checks; closed by `close` or `Drop`.
+    gate: Gate,
     /// Permits for publishes awaiting the broker's acknowledgement.
     inflight: Semaphore,
     link: Arc<watch::Sender<Link>>,
@@ -99,11 +100,11 @@ impl MqttTransport {
         Ok(MqttTransport {
             inner: Arc::new(Inner {
                 inflight: Semaphore::new(config.max_inflight),
+                gate: Gate::new(config.max_payload),
                 client,
                 config,
                 client_id,
                 router,
-                closed: AtomicBool::new(false),
                 link,
             }),
         })
@@ -135,11 +136,10 @@ impl MqttTransport {
     /// on it; returns its number. Fails only when the transport is closed.
     pub async fn wait_restored(&self, after: u64) -> Result<u64> {
         let mut rx = self.inner.link.subscribe();
-        let closed = &self.inner.closed;
+        let gate = &self.inner.gate;
         let link = rx
             .wait_for(|l| {
-                closed.load(Ordering::Acquire)
-                    || (l.up && l.connects > after && l.restored == l.connects)
+                gate.is_closed() || (l.up && l.connects > after && l.restored == l.connects)
             })
             .await
             .map_err(|_| Error::Closed)?;
@@ -193,23 +193,11 @@ impl Inner {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.gate.is_closed()
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.is_closed() {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn check_size(&self, len: usize) -> Result<()> {
-        let limit = self.config.max_payload;
-        if len > limit {
-            return Err(Error::PayloadTooLarge { size: len, limit });
-        }
-        Ok(())
+        self.gate.check_open()
     }
 
     fn message(&self, p: &Publish<'_>) -> Result<paho::Message> {
@@ -234,8 +222,7 @@ impl Inner {
     /// reconnection (a message in flight when the connection dropped is sent again), up to
     /// [`MqttConfig::operation_timeout`].
     pub(crate) async fn publish(&self, p: Publish<'_>) -> Result<()> {
-        self.check_open()?;
-        self.check_size(p.payload.len())?;
+        self.gate.check_publish(p.payload)?;
         let deadline = Instant::now() + self.config.operation_timeout;
         let _permit = tokio::time::timeout_at(deadline, self.inflight.acquire())
             .await
@@ -368,7 +355,7 @@ impl Drop for Inner {
     /// Disconnects (if not closed) and destroys the client on a thread of its own: this may
     /// run on any thread, paho's included, where touching the client would deadlock.
     fn drop(&mut self) {
-        let disconnect = !self.closed.swap(true, Ordering::AcqRel);
+        let disconnect = self.gate.close();
         if disconnect {
             self.router.close();
         }
@@ -440,11 +427,7 @@ impl Transport for MqttTransport {
     /// paho's C library does not pass that code on, so this succeeds and the client's lease
     /// redispatch is what re-sends the task.
     async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        if topic.action() != Action::Perform {
-            return Err(Error::Config(format!(
-                "enqueue takes a perform topic, not {topic}"
-            )));
-        }
+        self.inner.gate.check_enqueue(topic, &payload)?;
         self.inner
             .publish(Publish::plain(topic.as_str(), &payload))
             .await
@@ -490,7 +473,7 @@ impl Transport for MqttTransport {
                 tracing::debug!(error = %e, "offline presence not sent");
             }
         }
-        if inner.closed.swap(true, Ordering::AcqRel) {
+        if !inner.gate.close() {
             return Ok(());
         }
         inner.inflight.close();

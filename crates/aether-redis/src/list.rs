@@ -15,9 +15,9 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use aether_core::kit::{Credit, CreditUnit, Outlet, Settle, SettleOnce};
 use aether_core::{
-    Acker, Bytes, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Result, Topic,
-    WorkQueue,
+    Bytes, ConsumeOptions, Consumer, DeadLetter, Delivery, Result, Topic, WorkQueue,
 };
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -25,16 +25,14 @@ use fred::clients::Client;
 use fred::interfaces::{ClientLike, EventInterface, ListInterface};
 use fred::types::Value;
 use fred::types::lists::LMoveDirection;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
 use crate::connect::{Connector, is_timeout, redis_err};
 use crate::keys::{QueueKeys, consumer_name};
 use crate::pubsub::value_bytes;
-use crate::reader::{
-    self, Backoff, Credit, Halt, StopGuard, perform_topic, reclaim_interval, refuse,
-};
+use crate::reader::{Halt, StopGuard, perform_topic, read_retry, reclaim_interval, refuse};
 use crate::scripts;
 
 /// Encodes a list element.
@@ -244,12 +242,12 @@ pub(crate) async fn consume(
         closed.clone(),
     ));
     let prefetch = options.prefetch.max(1);
-    let (tx, rx) = reader::channel(prefetch);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (outlet, rx) = Outlet::new(prefetch);
     let reader = Reader {
         shared,
         blocking,
-        tx,
+        outlet,
         credit: Credit::new(prefetch),
         block: config.block,
     };
@@ -296,7 +294,7 @@ async fn presence_loop(
 struct Reader {
     shared: Arc<Shared>,
     blocking: Client,
-    tx: mpsc::Sender<Consumed>,
+    outlet: Outlet,
     credit: Credit,
     block: Duration,
 }
@@ -305,9 +303,9 @@ impl Reader {
     async fn run(self, mut halt: Halt) {
         let interval = reclaim_interval(self.shared.lease);
         let mut next_reap = Instant::now();
-        let mut backoff = Backoff::new();
+        let mut backoff = read_retry();
         loop {
-            let Some(mut permits) = self.credit.take(&mut halt).await else {
+            let Some(mut permits) = halt.credit(&self.credit).await else {
                 break;
             };
             if Instant::now() >= next_reap {
@@ -342,7 +340,7 @@ impl Reader {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "redis: taking from the list failed; retrying");
-                    if backoff.pause(&mut halt).await {
+                    if halt.pause(&mut backoff).await {
                         break;
                     }
                     continue;
@@ -371,7 +369,7 @@ impl Reader {
                 Err(e) if is_timeout(&e) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "redis: BLMOVE failed; retrying");
-                    if backoff.pause(&mut halt).await {
+                    if halt.pause(&mut backoff).await {
                         break;
                     }
                 }
@@ -380,7 +378,7 @@ impl Reader {
         let _ = self.blocking.quit().await;
     }
 
-    fn hand_out(&self, element: Bytes, permits: &mut Vec<OwnedSemaphorePermit>) {
+    fn hand_out(&self, element: Bytes, permits: &mut Vec<CreditUnit>) {
         let s = &self.shared;
         let Some(permit) = permits.pop() else {
             // Cannot happen (never more than the credit is taken); the element stays in
@@ -391,12 +389,13 @@ impl Reader {
             Some((r, tid, payload)) => (r, Some(tid), payload),
             None => (0, None, element.clone()),
         };
-        let acker = ListAcker {
-            shared: s.clone(),
-            element,
-            permit: Some(permit),
-            settled: false,
-        };
+        let acker = SettleOnce::new(
+            ListSettle {
+                shared: s.clone(),
+                element,
+            },
+            Some(permit),
+        );
         let item = match perform_topic(&s.queue, tid.as_deref()) {
             Ok(topic) => Ok(Delivery::new(topic, payload, redeliveries, Box::new(acker))),
             Err(error) => Err(refuse(
@@ -407,56 +406,43 @@ impl Reader {
                 error,
             )),
         };
-        reader::hand(&self.tx, item, self.credit.prefetch());
+        match item {
+            Ok(delivery) => self.outlet.deliver(delivery),
+            Err(invalid) => self.outlet.report(invalid),
+        };
     }
 }
 
-/// Acknowledges one list element.
-struct ListAcker {
+/// Settles one list element.
+struct ListSettle {
     shared: Arc<Shared>,
     element: Bytes,
-    permit: Option<OwnedSemaphorePermit>,
-    settled: bool,
 }
 
-impl ListAcker {
-    fn settle(&mut self) {
-        self.settled = true;
-        self.permit = None;
-    }
-}
-
-impl fmt::Debug for ListAcker {
+impl fmt::Debug for ListSettle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListAcker")
+        f.debug_struct("ListSettle")
             .field("list", &self.shared.processing)
-            .field("settled", &self.settled)
             .finish_non_exhaustive()
     }
 }
 
 #[async_trait]
-impl Acker for ListAcker {
+impl Settle for ListSettle {
     async fn ack(&mut self) -> Result<()> {
-        self.shared.remove(&self.element).await?;
-        self.settle();
-        Ok(())
+        self.shared.remove(&self.element).await
     }
 
     async fn nack(&mut self, requeue: bool) -> Result<()> {
         if requeue {
-            self.shared.requeue(&self.element).await?;
+            self.shared.requeue(&self.element).await
         } else {
-            self.shared.remove(&self.element).await?;
+            self.shared.remove(&self.element).await
         }
-        self.settle();
-        Ok(())
     }
 
     async fn reject(&mut self, letter: DeadLetter) -> Result<()> {
-        self.shared.reject(&self.element, letter).await?;
-        self.settle();
-        Ok(())
+        self.shared.reject(&self.element, letter).await
     }
 
     async fn keep_alive(&mut self) -> Result<()> {
@@ -471,14 +457,9 @@ impl Acker for ListAcker {
             .map_err(redis_err)?;
         Ok(())
     }
-}
 
-impl Drop for ListAcker {
-    fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
-        // Dropped unacknowledged (its handler crashed): back to the workgroup now.
+    /// Back to the workgroup now; if that fails, the reaper returns it.
+    fn give_back(&mut self) {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let shared = self.shared.clone();
             let element = std::mem::take(&mut self.element);

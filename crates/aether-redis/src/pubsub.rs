@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use aether_core::kit::Retry;
 use aether_core::{Error, InvalidMessage, Message, Received, Result, Subscription, TopicFilter};
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
@@ -450,7 +451,7 @@ async fn health_loop(
                 // announcement if the lane was seen down before it.
                 let was_down = !std::mem::replace(&mut first, false)
                     || !lane.healthy.load(Ordering::Acquire);
-                let mut delay = Duration::from_millis(10);
+                let mut retry = Retry::new(Duration::from_millis(10), Duration::from_secs(2));
                 loop {
                     match lane.resubscribe().await {
                         Ok(()) => {
@@ -464,8 +465,7 @@ async fn health_loop(
                         }
                         Err(error) => {
                             tracing::warn!(%error, "redis: subscribing again failed; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(2));
+                            retry.wait().await;
                         }
                     }
                 }

@@ -1,19 +1,16 @@
 //! What the readers of both work-queue modes ([`crate::streams`], [`crate::list`]) share:
-//! when to stop, the prefetch credit, the backoff between failed reads, and the handling
-//! of an element whose topic does not parse.
+//! when to stop, how often to reclaim, and the handling of an element whose topic does not
+//! parse. Credit, the consumer's channel, acknowledgements and the backoff are the core's
+//! [`kit`](aether_core::kit).
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use aether_core::kit::{Credit, CreditUnit, Retry};
 use aether_core::{
-    Acker, Action, Bytes, Consumed, DeadLetter, DeadLetterReason, InvalidMessage, Level, Topic,
-    TopicError, WorkQueue,
+    Acker, Action, Bytes, DeadLetter, DeadLetterReason, InvalidMessage, Level, Topic, TopicError,
+    WorkQueue,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-
-/// Room in a consumer's channel beyond its prefetch, for reports of refused elements (which
-/// hold no credit once dead-lettered).
-const REFUSED_SLACK: usize = 16;
+use tokio::sync::watch;
 
 /// Stops its consumer's reader when dropped.
 pub(crate) struct StopGuard {
@@ -23,6 +20,11 @@ pub(crate) struct StopGuard {
 /// How often a consumer reclaims idle work: twice per lease.
 pub(crate) fn reclaim_interval(lease: Duration) -> Duration {
     (lease / 2).max(Duration::from_millis(50))
+}
+
+/// The wait before retrying a failed read: 10 ms, doubling up to 2 s.
+pub(crate) fn read_retry() -> Retry {
+    Retry::new(Duration::from_millis(10), Duration::from_secs(2))
 }
 
 /// What ends a reader: its [`Consumer`](aether_core::Consumer) dropped (the
@@ -44,86 +46,21 @@ impl Halt {
             _ = self.closed.changed() => {}
         }
     }
-}
-
-/// The channel to a [`Consumer`](aether_core::Consumer): room for its whole credit and for
-/// a few reports of refused elements.
-pub(crate) fn channel(prefetch: usize) -> (mpsc::Sender<Consumed>, mpsc::Receiver<Consumed>) {
-    mpsc::channel(prefetch + REFUSED_SLACK)
-}
-
-/// Hands `item` to the consumer without waiting. A delivery holds a unit of credit, so it
-/// always finds room; it is lost only if the consumer is gone (and then given back by its
-/// acker's `Drop`). A report of a refused element goes only while it leaves room for the
-/// whole credit: reports the consumer does not read must not crowd deliveries out. The
-/// refused element is dead-lettered either way.
-pub(crate) fn hand(tx: &mpsc::Sender<Consumed>, item: Consumed, prefetch: usize) {
-    if item.is_err() && tx.capacity() <= prefetch {
-        tracing::warn!("redis: a refused element was not reported: the consumer is behind");
-        return;
-    }
-    let _ = tx.try_send(item);
-}
-
-/// A consumer's prefetch credit: one permit per delivery outstanding.
-pub(crate) struct Credit {
-    permits: Arc<Semaphore>,
-    prefetch: usize,
-}
-
-impl Credit {
-    pub(crate) fn new(prefetch: usize) -> Credit {
-        Credit {
-            permits: Arc::new(Semaphore::new(prefetch)),
-            prefetch,
-        }
-    }
-
-    /// The most units there are.
-    pub(crate) fn prefetch(&self) -> usize {
-        self.prefetch
-    }
 
     /// Waits for a unit of credit, then takes every other unit free now; `None` if the
     /// reader was halted meanwhile.
-    pub(crate) async fn take(&self, halt: &mut Halt) -> Option<Vec<OwnedSemaphorePermit>> {
-        let first = tokio::select! {
-            p = self.permits.clone().acquire_owned() => p.expect("never closed"),
-            _ = halt.wait() => return None,
-        };
-        let mut permits = vec![first];
-        while permits.len() < self.prefetch {
-            match self.permits.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
+    pub(crate) async fn credit(&mut self, credit: &Credit) -> Option<Vec<CreditUnit>> {
+        tokio::select! {
+            units = credit.take_all() => Some(units),
+            _ = self.wait() => None,
         }
-        Some(permits)
-    }
-}
-
-/// The wait before retrying a failed read: 10 ms, doubling up to 2 s.
-pub(crate) struct Backoff(Duration);
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(10);
-
-    pub(crate) fn new() -> Backoff {
-        Backoff(Backoff::FIRST)
-    }
-
-    /// A read succeeded: the next failure waits the shortest again.
-    pub(crate) fn reset(&mut self) {
-        self.0 = Backoff::FIRST;
     }
 
     /// Waits before a retry; true if the reader was halted meanwhile.
-    pub(crate) async fn pause(&mut self, halt: &mut Halt) -> bool {
-        let delay = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+    pub(crate) async fn pause(&mut self, retry: &mut Retry) -> bool {
         tokio::select! {
-            _ = tokio::time::sleep(delay) => false,
-            _ = halt.wait() => true,
+            _ = retry.wait() => false,
+            _ = self.wait() => true,
         }
     }
 }
@@ -166,34 +103,5 @@ pub(crate) fn refuse(
         raw_topic,
         payload,
         error,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn unread_refusal_reports_leave_room_for_the_whole_credit() {
-        let prefetch = 3;
-        let (tx, mut rx) = channel(prefetch);
-        for _ in 0..100 {
-            let report = InvalidMessage {
-                raw_topic: "u/j/t/x/a.b/perform".into(),
-                payload: Bytes::new(),
-                error: TopicError::Empty { level: Level::Tid },
-            };
-            hand(&tx, Err(report), prefetch);
-        }
-        assert_eq!(
-            tx.capacity(),
-            prefetch,
-            "room left for every unit of credit"
-        );
-        let mut reports = 0;
-        while rx.try_recv().is_ok() {
-            reports += 1;
-        }
-        assert_eq!(reports, REFUSED_SLACK);
     }
 }

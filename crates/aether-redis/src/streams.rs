@@ -13,24 +13,22 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aether_core::kit::{Credit, CreditUnit, Outlet, Settle, SettleOnce};
 use aether_core::{
-    Acker, Bytes, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Error, Result, Topic,
-    WorkQueue,
+    Bytes, ConsumeOptions, Consumer, DeadLetter, Delivery, Error, Result, Topic, WorkQueue,
 };
 use async_trait::async_trait;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, StreamsInterface};
 use fred::types::Value;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
 use crate::connect::{Connector, is_nogroup, is_timeout, redis_err};
 use crate::keys::{QueueKeys, consumer_name};
 use crate::pubsub::value_bytes;
-use crate::reader::{
-    self, Backoff, Credit, Halt, StopGuard, perform_topic, reclaim_interval, refuse,
-};
+use crate::reader::{Halt, StopGuard, perform_topic, read_retry, reclaim_interval, refuse};
 use crate::scripts;
 
 /// Puts a perform on its queue's stream.
@@ -190,12 +188,12 @@ pub(crate) async fn consume(
     });
     shared.ensure_group().await?;
     let blocking = connector.blocking_client(config.block).await?;
-    let (tx, rx) = reader::channel(prefetch);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (outlet, rx) = Outlet::new(prefetch);
     let reader = Reader {
         shared,
         blocking,
-        tx,
+        outlet,
         credit: Credit::new(prefetch),
         lease: options.lease,
         max_deliveries: options.max_deliveries.max(1),
@@ -213,7 +211,7 @@ pub(crate) async fn consume(
 struct Reader {
     shared: Arc<Shared>,
     blocking: Client,
-    tx: mpsc::Sender<Consumed>,
+    outlet: Outlet,
     credit: Credit,
     lease: Duration,
     max_deliveries: u32,
@@ -225,9 +223,9 @@ impl Reader {
     async fn run(mut self, mut halt: Halt) {
         let interval = reclaim_interval(self.lease);
         let mut next_reclaim = Instant::now();
-        let mut backoff = Backoff::new();
+        let mut backoff = read_retry();
         loop {
-            let Some(mut permits) = self.credit.take(&mut halt).await else {
+            let Some(mut permits) = halt.credit(&self.credit).await else {
                 break;
             };
             if Instant::now() >= next_reclaim {
@@ -264,7 +262,7 @@ impl Reader {
                     tracing::info!(stream = %self.shared.stream, group = %self.shared.group, "redis: consumer group missing (server restarted?); creating it again");
                     if let Err(e) = self.shared.ensure_group().await {
                         tracing::warn!(error = %e, "redis: cannot create the consumer group");
-                        if backoff.pause(&mut halt).await {
+                        if halt.pause(&mut backoff).await {
                             break;
                         }
                     }
@@ -272,7 +270,7 @@ impl Reader {
                 Err(e) if is_timeout(&e) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, stream = %self.shared.stream, "redis: reading the stream failed; retrying");
-                    if backoff.pause(&mut halt).await {
+                    if halt.pause(&mut backoff).await {
                         break;
                     }
                 }
@@ -294,7 +292,7 @@ impl Reader {
     }
 
     /// Claims entries idle past the lease (up to the free credit), and tidies the stream.
-    async fn reclaim(&mut self, permits: &mut Vec<OwnedSemaphorePermit>) {
+    async fn reclaim(&mut self, permits: &mut Vec<CreditUnit>) {
         let s = &self.shared;
         let claimed = scripts::STREAM_RECLAIM
             .run::<Value>(
@@ -359,7 +357,7 @@ impl Reader {
         &self,
         (id, fields): (String, Value),
         redeliveries: Option<u32>,
-        permits: &mut Vec<OwnedSemaphorePermit>,
+        permits: &mut Vec<CreditUnit>,
     ) {
         let s = &self.shared;
         let fields = Fields::parse(fields);
@@ -375,13 +373,12 @@ impl Reader {
         };
         let redeliveries = redeliveries.unwrap_or(fields.redeliveries);
         let topic = perform_topic(&s.queue, fields.tid.as_deref());
-        let acker = StreamAcker {
+        let settle = StreamSettle {
             shared: s.clone(),
             id,
             redeliveries,
-            permit: Some(permit),
-            settled: false,
         };
+        let acker = SettleOnce::new(settle, Some(permit));
         let item = match topic {
             Ok(topic) => Ok(Delivery::new(
                 topic,
@@ -397,7 +394,10 @@ impl Reader {
                 error,
             )),
         };
-        reader::hand(&self.tx, item, self.credit.prefetch());
+        match item {
+            Ok(delivery) => self.outlet.deliver(delivery),
+            Err(invalid) => self.outlet.report(invalid),
+        };
     }
 }
 
@@ -451,55 +451,39 @@ fn stream_entries(v: Value) -> Vec<(String, Value)> {
     out
 }
 
-/// Acknowledges one stream entry.
-struct StreamAcker {
+/// Settles one stream entry.
+struct StreamSettle {
     shared: Arc<Shared>,
     id: String,
     redeliveries: u32,
-    permit: Option<OwnedSemaphorePermit>,
-    settled: bool,
 }
 
-impl StreamAcker {
-    fn settle(&mut self) {
-        self.settled = true;
-        self.permit = None;
-    }
-}
-
-impl fmt::Debug for StreamAcker {
+impl fmt::Debug for StreamSettle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamAcker")
+        f.debug_struct("StreamSettle")
             .field("stream", &self.shared.stream)
             .field("group", &self.shared.group)
             .field("id", &self.id)
-            .field("settled", &self.settled)
             .finish()
     }
 }
 
 #[async_trait]
-impl Acker for StreamAcker {
+impl Settle for StreamSettle {
     async fn ack(&mut self) -> Result<()> {
-        self.shared.ack(&self.id).await?;
-        self.settle();
-        Ok(())
+        self.shared.ack(&self.id).await
     }
 
     async fn nack(&mut self, requeue: bool) -> Result<()> {
         if requeue {
-            self.shared.requeue(&self.id, self.redeliveries + 1).await?;
+            self.shared.requeue(&self.id, self.redeliveries + 1).await
         } else {
-            self.shared.ack(&self.id).await?;
+            self.shared.ack(&self.id).await
         }
-        self.settle();
-        Ok(())
     }
 
     async fn reject(&mut self, letter: DeadLetter) -> Result<()> {
-        self.shared.reject(&self.id, letter).await?;
-        self.settle();
-        Ok(())
+        self.shared.reject(&self.id, letter).await
     }
 
     async fn keep_alive(&mut self) -> Result<()> {
@@ -525,15 +509,10 @@ impl Acker for StreamAcker {
             ))
         }
     }
-}
 
-impl Drop for StreamAcker {
-    fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
-        // Dropped unacknowledged (its handler crashed): back to the workgroup now. If
-        // that fails, the entry stays pending and is reclaimed after the lease.
+    /// Back to the workgroup now. If that fails, the entry stays pending and is reclaimed
+    /// after the lease.
+    fn give_back(&mut self) {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let shared = self.shared.clone();
             let (id, redeliveries) = (std::mem::take(&mut self.id), self.redeliveries + 1);

@@ -2,17 +2,16 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
+use aether_core::kit::Gate;
 use aether_core::{
-    Action, Bytes, Capabilities, ConsumeOptions, Consumer, DeadLetter, Error, Result, Subscription,
-    Topic, TopicFilter, Transport, WorkQueue,
+    Bytes, Capabilities, ConsumeOptions, Consumer, DeadLetter, Error, Result, Subscription, Topic,
+    TopicFilter, Transport, WorkQueue,
 };
 use async_trait::async_trait;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, PubsubInterface, StreamsInterface};
 use fred::types::Value;
-use tokio::sync::watch;
 
 use crate::config::{Mode, RedisConfig};
 use crate::connect::{Connector, redis_err};
@@ -36,8 +35,7 @@ struct Inner {
     connector: Connector,
     client: Client,
     broadcast: Arc<Broadcast>,
-    closed: AtomicBool,
-    close_tx: watch::Sender<bool>,
+    gate: Gate,
 }
 
 impl RedisTransport {
@@ -61,15 +59,13 @@ impl RedisTransport {
             connector.clone(),
             config.subscription_capacity,
         ));
-        let (close_tx, _) = watch::channel(false);
         Ok(RedisTransport {
             inner: Arc::new(Inner {
+                gate: Gate::new(config.max_payload),
                 config,
                 connector,
                 client,
                 broadcast,
-                closed: AtomicBool::new(false),
-                close_tx,
             }),
         })
     }
@@ -78,39 +74,20 @@ impl RedisTransport {
     pub fn config(&self) -> &RedisConfig {
         &self.inner.config
     }
-
-    fn check_open(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn check_size(&self, payload: &Bytes) -> Result<()> {
-        let limit = self.inner.config.max_payload;
-        if payload.len() > limit {
-            return Err(Error::PayloadTooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
-        Ok(())
-    }
 }
 
 impl fmt::Debug for RedisTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTransport")
             .field("url", &self.inner.config.redacted_url())
-            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .field("closed", &self.inner.gate.is_closed())
             .finish_non_exhaustive()
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let _ = self.close_tx.send(true);
+        self.gate.close();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (client, broadcast) = (self.client.clone(), self.broadcast.clone());
             rt.spawn(async move {
@@ -145,8 +122,7 @@ impl Transport for RedisTransport {
     }
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        self.check_open()?;
-        self.check_size(&payload)?;
+        self.inner.gate.check_publish(&payload)?;
         self.inner
             .client
             .publish::<i64, _, _>(keys::channel(topic), Value::Bytes(payload))
@@ -156,18 +132,12 @@ impl Transport for RedisTransport {
     }
 
     async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
-        self.check_open()?;
+        self.inner.gate.check_open()?;
         self.inner.broadcast.subscribe(filter).await
     }
 
     async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        self.check_open()?;
-        self.check_size(&payload)?;
-        if topic.action() != Action::Perform {
-            return Err(Error::Config(format!(
-                "enqueue takes a perform topic, not {topic}"
-            )));
-        }
+        self.inner.gate.check_enqueue(topic, &payload)?;
         let inner = &self.inner;
         // Replies to this perform come by pub/sub: after a reconnection, wait until the
         // subscriptions are back before sending it.
@@ -179,14 +149,14 @@ impl Transport for RedisTransport {
     }
 
     async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
-        self.check_open()?;
+        self.inner.gate.check_open()?;
         let Inner {
             connector,
             client,
             config,
             ..
         } = &*self.inner;
-        let closed = self.inner.close_tx.subscribe();
+        let closed = self.inner.gate.closed();
         match config.mode {
             Mode::Streams => {
                 streams::consume(connector, client, config, queue, options, closed).await
@@ -198,7 +168,7 @@ impl Transport for RedisTransport {
     /// Adds the letter to its queue's dead-letter stream `{prefix}:{u:j:t:x}:dead` (fields
     /// `topic`, `payload`, `reason`), or to `{prefix}:dead` when its topic is not valid.
     async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
-        self.check_open()?;
+        self.inner.gate.check_open()?;
         let config = &self.inner.config;
         let key = match letter.topic.parse::<Topic>() {
             Ok(topic) => QueueKeys::of_topic(&config.prefix, &topic).dead(),
@@ -223,10 +193,9 @@ impl Transport for RedisTransport {
     }
 
     async fn close(&self) -> Result<()> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
+        if !self.inner.gate.close() {
             return Ok(());
         }
-        let _ = self.inner.close_tx.send(true);
         self.inner.broadcast.close().await;
         let _ = self.inner.client.quit().await;
         Ok(())

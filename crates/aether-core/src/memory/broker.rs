@@ -11,9 +11,10 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
 use super::MemoryConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::kit::{Credit, Outlet, Settle, SettleOnce};
 use crate::topic::{Topic, TopicFilter};
-use crate::transport::{Acker, Consumed, DeadLetter, Delivery, Received};
+use crate::transport::{DeadLetter, Delivery, Received};
 
 pub(super) struct Broker {
     pub(super) config: MemoryConfig,
@@ -54,18 +55,15 @@ impl Broker {
         dead.push_back(letter);
     }
 
-    /// Settles one outstanding delivery of consumer `id`: returns its credit and, if
-    /// `requeue`, puts `job` back at the front of the workgroup's queue.
-    pub(super) fn settle(self: &Arc<Self>, key: &str, group: &str, id: u64, requeue: Option<Job>) {
+    /// After a delivery was settled (its credit returned): if `requeue`, puts `job` back
+    /// at the front of the workgroup's queue; hands out what the credit now allows.
+    pub(super) fn settle(self: &Arc<Self>, key: &str, group: &str, requeue: Option<Job>) {
         let sends = {
             let mut queues = lock(&self.queues);
             let Some(q) = queues.get_mut(key) else { return };
             let Some(g) = q.groups.get_mut(group) else {
                 return;
             };
-            if let Some(slot) = g.consumers.iter_mut().find(|c| c.id == id) {
-                slot.credit += 1;
-            }
             if let Some(mut job) = requeue {
                 job.redeliveries += 1;
                 g.pending.push_front(job);
@@ -106,9 +104,9 @@ pub(super) struct Group {
 pub(super) struct Slot {
     pub(super) id: u64,
     pub(super) conn: u64,
-    pub(super) tx: mpsc::Sender<Consumed>,
-    /// Deliveries this consumer may still take (prefetch minus outstanding).
-    pub(super) credit: usize,
+    pub(super) outlet: Outlet,
+    /// The consumer's prefetch.
+    pub(super) credit: Credit,
 }
 
 #[derive(Clone)]
@@ -126,99 +124,96 @@ impl Group {
         broker: &Arc<Broker>,
         key: &str,
         group: &str,
-        sends: &mut Vec<(mpsc::Sender<Consumed>, Delivery)>,
+        sends: &mut Vec<(Outlet, Delivery)>,
     ) {
-        self.consumers.retain(|c| !c.tx.is_closed());
+        self.consumers.retain(|c| !c.outlet.is_closed());
         while !self.pending.is_empty() && !self.consumers.is_empty() {
             let n = self.consumers.len();
-            let Some(offset) = (0..n).find(|i| self.consumers[(self.next + i) % n].credit > 0)
-            else {
+            let Some((idx, unit)) = (0..n).find_map(|i| {
+                let idx = (self.next + i) % n;
+                self.consumers[idx]
+                    .credit
+                    .try_take()
+                    .map(|unit| (idx, unit))
+            }) else {
                 return;
             };
-            let idx = (self.next + offset) % n;
             self.next = idx + 1;
-            let slot = &mut self.consumers[idx];
-            slot.credit -= 1;
+            let slot = &self.consumers[idx];
             let job = self.pending.pop_front().expect("checked non-empty");
-            let acker = MemoryAcker {
+            let settle = MemorySettle {
                 broker: Arc::downgrade(broker),
                 key: key.into(),
                 group: group.into(),
-                consumer: slot.id,
                 job: Some(job.clone()),
+                requeue: None,
                 redeliver: broker.config.redeliver,
             };
+            let acker = SettleOnce::new(settle, Some(unit));
             let delivery = Delivery::new(job.topic, job.payload, job.redeliveries, Box::new(acker));
-            sends.push((slot.tx.clone(), delivery));
+            sends.push((slot.outlet.clone(), delivery));
         }
     }
 }
 
-pub(super) fn send_all(sends: Vec<(mpsc::Sender<Consumed>, Delivery)>) {
-    for (tx, d) in sends {
+pub(super) fn send_all(sends: Vec<(Outlet, Delivery)>) {
+    for (outlet, d) in sends {
         // Credit guarantees room; a closed consumer drops the delivery, which requeues it.
-        let _ = tx.try_send(Ok(d));
+        outlet.deliver(d);
     }
 }
 
-pub(super) struct MemoryAcker {
+/// What settling means in memory: the queue is in this process, so nothing can fail.
+pub(super) struct MemorySettle {
     pub(super) broker: Weak<Broker>,
     pub(super) key: Box<str>,
     pub(super) group: Box<str>,
-    pub(super) consumer: u64,
-    /// `Some` until settled.
+    /// The job, to give back.
     pub(super) job: Option<Job>,
+    /// The job to put back at the front of the queue once settled.
+    pub(super) requeue: Option<Job>,
     pub(super) redeliver: bool,
 }
 
-impl MemoryAcker {
-    pub(super) fn settle(&mut self, requeue: bool) -> Result<()> {
-        let job = self.job.take().ok_or(Error::Closed)?;
-        if let Some(broker) = self.broker.upgrade() {
-            broker.settle(
-                &self.key,
-                &self.group,
-                self.consumer,
-                requeue.then_some(job),
-            );
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for MemoryAcker {
+impl fmt::Debug for MemorySettle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryAcker")
+        f.debug_struct("MemorySettle")
             .field("queue", &self.key)
             .field("group", &self.group)
-            .field("settled", &self.job.is_none())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 #[async_trait]
-impl Acker for MemoryAcker {
+impl Settle for MemorySettle {
     async fn ack(&mut self) -> Result<()> {
-        self.settle(false)
+        Ok(())
     }
 
     async fn nack(&mut self, requeue: bool) -> Result<()> {
-        self.settle(requeue)
+        if requeue {
+            self.requeue = self.job.take();
+        }
+        Ok(())
     }
 
     async fn reject(&mut self, letter: DeadLetter) -> Result<()> {
         if let Some(broker) = self.broker.upgrade() {
             broker.dead_letter(letter);
         }
-        self.settle(false)
+        Ok(())
     }
-}
 
-impl Drop for MemoryAcker {
-    fn drop(&mut self) {
-        if self.job.is_some() {
-            let redeliver = self.redeliver;
-            let _ = self.settle(redeliver);
+    fn give_back(&mut self) {
+        if self.redeliver {
+            self.requeue = self.job.take();
+        }
+    }
+
+    /// The credit is back: requeue if asked, and hand out what it allows, in one lock.
+    fn settled(&mut self) {
+        if let Some(broker) = self.broker.upgrade() {
+            broker.settle(&self.key, &self.group, self.requeue.take());
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::kit::{Credit, Gate, Outlet};
 use crate::topic::{Topic, TopicFilter, WorkQueue};
 use crate::transport::{
     Capabilities, ConsumeOptions, Consumer, DeadLetter, Received, Subscription, Transport,
@@ -116,7 +117,7 @@ impl MemoryConfig {
 pub struct MemoryTransport {
     broker: Arc<Broker>,
     conn: u64,
-    closed: AtomicBool,
+    gate: Gate,
 }
 
 impl MemoryTransport {
@@ -159,9 +160,9 @@ impl MemoryTransport {
     fn on(broker: Arc<Broker>) -> MemoryTransport {
         let conn = broker.ids.fetch_add(1, Ordering::Relaxed);
         MemoryTransport {
+            gate: Gate::new(broker.config.max_payload),
             broker,
             conn,
-            closed: AtomicBool::new(false),
         }
     }
 
@@ -177,25 +178,6 @@ impl MemoryTransport {
             .get(&queue.key(':'))
             .and_then(|q| q.groups.get(queue.workgroup()))
             .map_or(0, |g| g.pending.len())
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn check_size(&self, payload: &Bytes) -> Result<()> {
-        let limit = self.broker.config.max_payload;
-        if payload.len() > limit {
-            return Err(Error::PayloadTooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
-        Ok(())
     }
 }
 
@@ -234,8 +216,7 @@ impl Transport for MemoryTransport {
     }
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        self.check_open()?;
-        self.check_size(&payload)?;
+        self.gate.check_publish(&payload)?;
         let targets: Vec<mpsc::Sender<Received>> = lock(&self.broker.subs)
             .iter()
             .filter(|s| s.filter.matches(topic))
@@ -254,7 +235,7 @@ impl Transport for MemoryTransport {
     }
 
     async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
-        self.check_open()?;
+        self.gate.check_open()?;
         let (tx, rx) = mpsc::channel(self.broker.config.subscription_capacity.max(1));
         let id = self.broker.ids.fetch_add(1, Ordering::Relaxed);
         lock(&self.broker.subs).push(SubEntry {
@@ -271,13 +252,7 @@ impl Transport for MemoryTransport {
     }
 
     async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
-        self.check_open()?;
-        self.check_size(&payload)?;
-        if topic.action() != crate::Action::Perform {
-            return Err(Error::Config(format!(
-                "enqueue takes a perform topic, not {topic}"
-            )));
-        }
+        self.gate.check_enqueue(topic, &payload)?;
         let key = WorkQueue::of_topic(topic, "_")?.key(':');
         let job = Job {
             topic: topic.clone(),
@@ -331,17 +306,22 @@ impl Transport for MemoryTransport {
                 }
             }
             notified.await;
-            self.check_open()?;
+            self.gate.check_open()?;
         }
     }
 
     async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
-        self.check_open()?;
-        let prefetch = options.prefetch.max(1);
-        let (tx, rx) = mpsc::channel(prefetch);
+        self.gate.check_open()?;
         let id = self.broker.ids.fetch_add(1, Ordering::Relaxed);
         let key = queue.key(':');
         let group_name: Box<str> = queue.workgroup().into();
+        let guard = ConsumerGuard {
+            broker: Arc::downgrade(&self.broker),
+            key: key.clone(),
+            group: group_name.clone(),
+            id,
+        };
+        let (outlet, rx) = Outlet::new(options.prefetch);
         let sends = {
             let mut queues = lock(&self.broker.queues);
             let q = queues.entry(key.clone()).or_default();
@@ -356,8 +336,8 @@ impl Transport for MemoryTransport {
             g.consumers.push(Slot {
                 id,
                 conn: self.conn,
-                tx,
-                credit: prefetch,
+                credit: Credit::new(options.prefetch),
+                outlet,
             });
             let mut sends = Vec::new();
             g.dispatch(&self.broker, &key, &group_name, &mut sends);
@@ -365,23 +345,17 @@ impl Transport for MemoryTransport {
             sends
         };
         send_all(sends);
-        let guard = ConsumerGuard {
-            broker: Arc::downgrade(&self.broker),
-            key,
-            group: group_name,
-            id,
-        };
         Ok(Consumer::new(rx, Some(Box::new(guard))))
     }
 
     async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
-        self.check_open()?;
+        self.gate.check_open()?;
         self.broker.dead_letter(letter);
         Ok(())
     }
 
     async fn close(&self) -> Result<()> {
-        if !self.closed.swap(true, Ordering::AcqRel) {
+        if self.gate.close() {
             self.broker.disconnect(self.conn);
         }
         Ok(())
