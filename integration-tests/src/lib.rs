@@ -94,6 +94,7 @@ macro_rules! conformance {
         $m!(dropped_worker_task_completed_by_another);
         $m!(repeated_perform_is_handled_once);
         $m!(malformed_input_is_dead_lettered_and_worker_keeps_serving);
+        $m!(invalid_reply_is_not_an_outcome);
         $m!(oversized_payload_is_a_typed_error);
         $m!(graceful_shutdown_finishes_in_flight_tasks);
         $m!(invalid_segments_are_refused);

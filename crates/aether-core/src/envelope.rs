@@ -18,6 +18,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::action::{Action, Status};
 use crate::error::{DecodeError, Error, Result};
 
+mod check;
+
+pub use check::MAX_DEPTH;
+
 /// The wire format of a message. A decoder recognises either by its first byte, and a
 /// worker answers in the codec the request came in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -58,11 +62,17 @@ impl Codec {
         }
     }
 
-    /// Decodes any value in this codec.
+    /// Decodes any value in this codec, refusing nesting deeper than [`MAX_DEPTH`] levels
+    /// in both (rmp-serde alone allows 1,024, enough to overflow a debug build's stack).
     pub fn from_slice<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
         match self {
             Codec::Json => serde_json::from_slice(bytes).map_err(DecodeError::Json),
-            Codec::MsgPack => rmp_serde::from_slice(bytes).map_err(DecodeError::MsgPack),
+            Codec::MsgPack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                // Like serde_json's, rmp-serde's limit is the first level it refuses.
+                de.set_max_depth(MAX_DEPTH + 1);
+                T::deserialize(&mut de).map_err(DecodeError::MsgPack)
+            }
         }
     }
 
@@ -311,9 +321,11 @@ fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
     }
 }
 
-/// The header as it arrives, before the action and status are checked.
+/// The header as it arrives, before the action and status are checked. `D` is what
+/// walks the data: [`check::Checked`] for JSON; for MessagePack, which [`check::msgpack`]
+/// has checked whole already, [`IgnoredAny`].
 #[derive(Deserialize)]
-struct RawHeader {
+struct RawHeader<D: Default> {
     action: String,
     #[serde(default)]
     status: Option<String>,
@@ -321,7 +333,7 @@ struct RawHeader {
     progress: Option<ProgressValue>,
     #[serde(default)]
     #[allow(dead_code)]
-    data: IgnoredAny,
+    data: D,
     #[serde(default)]
     host: String,
     #[serde(default)]
@@ -350,6 +362,43 @@ struct RawHeader {
     seq: Option<u32>,
     #[serde(default)]
     defer: Option<u64>,
+}
+
+impl<D: Default> RawHeader<D> {
+    /// Checks the action, status and progress.
+    fn check(self) -> Result<Header, DecodeError> {
+        let h = self;
+        let action = Action::from_name(&h.action).ok_or(DecodeError::UnknownAction(h.action))?;
+        let (default_status, default_progress) = Status::default_for(action);
+        let status = match h.status {
+            Some(s) => s.parse()?,
+            None => default_status,
+        };
+        let progress = match h.progress {
+            None => default_progress,
+            Some(ProgressValue(p)) if (0.0..=100.0).contains(&p) => p.round() as u8,
+            Some(ProgressValue(p)) => return Err(DecodeError::ProgressOutOfRange(p)),
+        };
+        Ok(Header {
+            action,
+            status,
+            progress,
+            host: h.host,
+            client: h.client,
+            job: h.job,
+            workgroup: h.workgroup,
+            task: h.task,
+            context: h.context,
+            tid: h.tid,
+            attempt: h.attempt,
+            deadline: h.deadline,
+            lease: h.lease,
+            headers: h.headers,
+            error: h.error,
+            seq: h.seq,
+            defer: h.defer,
+        })
+    }
 }
 
 /// A progress number as Python may send it: integer or float.
@@ -393,44 +442,24 @@ pub struct Envelope {
 
 impl Envelope {
     /// Decodes a message in either codec. Fails with a typed error on an unknown format,
-    /// a malformed object, an unknown action or status, or a progress outside 0-100.
+    /// a malformed object, an unknown action or status, or a progress outside 0-100; and,
+    /// although the data is decoded only by [`Envelope::data`], on data that could not be:
+    /// nesting deeper than [`MAX_DEPTH`] levels, text that is not UTF-8, malformed values.
     pub fn decode(raw: Bytes) -> Result<Envelope, DecodeError> {
         let codec = Codec::detect(&raw)?;
-        let h: RawHeader = codec.from_slice(&raw)?;
-        let action = Action::from_name(&h.action).ok_or(DecodeError::UnknownAction(h.action))?;
-        let (default_status, default_progress) = Status::default_for(action);
-        let status = match h.status {
-            Some(s) => s.parse()?,
-            None => default_status,
+        let header = match codec {
+            Codec::Json => {
+                check::json_text(&raw)?;
+                codec
+                    .from_slice::<RawHeader<check::Checked>>(&raw)?
+                    .check()?
+            }
+            Codec::MsgPack => {
+                check::msgpack(&raw)?;
+                codec.from_slice::<RawHeader<IgnoredAny>>(&raw)?.check()?
+            }
         };
-        let progress = match h.progress {
-            None => default_progress,
-            Some(ProgressValue(p)) if (0.0..=100.0).contains(&p) => p.round() as u8,
-            Some(ProgressValue(p)) => return Err(DecodeError::ProgressOutOfRange(p)),
-        };
-        Ok(Envelope {
-            header: Header {
-                action,
-                status,
-                progress,
-                host: h.host,
-                client: h.client,
-                job: h.job,
-                workgroup: h.workgroup,
-                task: h.task,
-                context: h.context,
-                tid: h.tid,
-                attempt: h.attempt,
-                deadline: h.deadline,
-                lease: h.lease,
-                headers: h.headers,
-                error: h.error,
-                seq: h.seq,
-                defer: h.defer,
-            },
-            codec,
-            raw,
-        })
+        Ok(Envelope { header, codec, raw })
     }
 
     /// The checked header.
@@ -574,7 +603,12 @@ mod tests {
             (b"{\"action\":\"status\",\"progress\":\"x\"}", |e| {
                 matches!(e, DecodeError::Json(_))
             }),
-            (b"\x81\xa1a\xc1", |e| matches!(e, DecodeError::MsgPack(_))),
+            (b"\x81\xa1a\xc1", |e| {
+                matches!(e, DecodeError::MsgPackStructure(_))
+            }),
+            (b"\x81\xa1a\xa1\xff", |e| {
+                matches!(e, DecodeError::InvalidUtf8)
+            }),
         ];
         for (input, check) in cases {
             let err = Envelope::decode(Bytes::from_static(input)).unwrap_err();
@@ -584,6 +618,124 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    /// Runs `f` on a thread with the stack a tokio worker thread gets (2 MiB): a stack
+    /// overflow there aborts the whole test binary, as it aborts a user's worker.
+    fn on_worker_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    /// A complete message of `codec` whose data is `data`, already encoded.
+    fn with_data(codec: Codec, data: &[u8]) -> Bytes {
+        let mut h = Header::new(Action::Complete, "h", "c");
+        h.tid = "t".into();
+        encode_raw(codec, &h, data)
+    }
+
+    fn nested(codec: Codec, depth: usize) -> Vec<u8> {
+        match codec {
+            Codec::Json => [vec![b'['; depth], vec![b']'; depth]].concat(),
+            Codec::MsgPack => [vec![0x91; depth - 1], vec![0x90]].concat(),
+        }
+    }
+
+    #[test]
+    fn deep_data_is_refused_without_overflowing_the_stack() {
+        // 1,000 nested arrays (1 KB of MessagePack) used to overflow a debug build's stack
+        // inside rmp-serde; 100,000 nested JSON arrays passed as a valid outcome.
+        for (codec, depth) in [
+            (Codec::MsgPack, 1_000),
+            (Codec::MsgPack, 100_000),
+            (Codec::Json, 1_000),
+            (Codec::Json, 100_000),
+        ] {
+            let raw = with_data(codec, &nested(codec, depth));
+            let err = on_worker_stack(move || Envelope::decode(raw).unwrap_err());
+            assert!(
+                matches!(err, DecodeError::TooDeep { .. } | DecodeError::Json(_)),
+                "{codec:?} at depth {depth}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_deepest_accepted_data_decodes_on_a_worker_stack() {
+        // The envelope is the first level, so data may nest MAX_DEPTH - 1 levels.
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let raw = with_data(codec, &nested(codec, MAX_DEPTH - 1));
+            let value = on_worker_stack(move || {
+                let env = Envelope::decode(raw).unwrap();
+                env.data::<serde_json::Value>().unwrap()
+            });
+            assert!(value.is_array(), "{codec:?}");
+            let raw = with_data(codec, &nested(codec, MAX_DEPTH));
+            let err = on_worker_stack(move || Envelope::decode(raw).unwrap_err());
+            assert!(
+                matches!(err, DecodeError::TooDeep { .. } | DecodeError::Json(_)),
+                "{codec:?} one level deeper: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_that_is_not_valid_is_refused_at_decode() {
+        // Each used to decode as a valid envelope whose data failed only when read, so a
+        // client took it as the task's outcome and a worker ran the handler on it.
+        let cases: Vec<(&str, Codec, Vec<u8>)> = vec![
+            (
+                "JSON string not UTF-8",
+                Codec::Json,
+                b"\"\xff\xfe\"".to_vec(),
+            ),
+            ("JSON key not UTF-8", Codec::Json, b"{\"\xc3\":1}".to_vec()),
+            ("JSON lone surrogate", Codec::Json, br#""\ud800""#.to_vec()),
+            (
+                "MessagePack string not UTF-8",
+                Codec::MsgPack,
+                vec![0xa2, 0xff, 0xfe],
+            ),
+            (
+                "MessagePack key not UTF-8",
+                Codec::MsgPack,
+                vec![0x81, 0xa1, 0xc3, 0x01],
+            ),
+            (
+                "MessagePack length bomb",
+                Codec::MsgPack,
+                vec![0xdd, 0xff, 0xff, 0xff, 0xff],
+            ),
+        ];
+        for (name, codec, data) in cases {
+            let raw = with_data(codec, &data);
+            match Envelope::decode(raw) {
+                Ok(env) => panic!(
+                    "{name}: decoded, data {:?}",
+                    env.data::<serde_json::Value>()
+                ),
+                Err(DecodeError::Json(_) | DecodeError::MsgPack(_)) => {}
+                Err(DecodeError::InvalidUtf8 | DecodeError::MsgPackStructure(_)) => {}
+                Err(e) => panic!("{name}: {e:?}"),
+            }
+        }
+        // Text elsewhere in the message is checked too (here an unknown key's value).
+        let raw = Bytes::from_static(b"{\"action\":\"complete\",\"future\":\"\xff\"}");
+        assert!(matches!(
+            Envelope::decode(raw),
+            Err(DecodeError::InvalidUtf8)
+        ));
+        // MessagePack binary data is valid data, not text.
+        let raw = with_data(Codec::MsgPack, &[0xc4, 2, 0xff, 0xfe]);
+        let env = Envelope::decode(raw).unwrap();
+        assert_eq!(
+            env.data::<serde_bytes::ByteBuf>().unwrap().as_ref(),
+            &[0xff, 0xfe]
+        );
     }
 
     #[test]

@@ -270,4 +270,16 @@ pub enum DecodeError {
     /// The `progress` field is outside 0-100 or not a number.
     #[error("progress {0} is outside 0-100")]
     ProgressOutOfRange(f64),
+    /// The message nests deeper than `limit` levels (its own object is the first).
+    #[error("the message nests deeper than {limit} levels")]
+    TooDeep {
+        /// The deepest nesting accepted: [`crate::envelope::MAX_DEPTH`].
+        limit: usize,
+    },
+    /// A string in the message (or, for JSON, the payload) is not valid UTF-8.
+    #[error("the message holds text that is not valid UTF-8")]
+    InvalidUtf8,
+    /// The payload is not one well-formed MessagePack value: what is wrong.
+    #[error("invalid MessagePack: {0}")]
+    MsgPackStructure(&'static str),
 }

@@ -203,6 +203,11 @@ pub async fn malformed_input_is_dead_lettered_and_worker_keeps_serving(h: &dyn H
             .await
             .unwrap();
     }
+    // Performs whose header is fine but whose data is not: each used to run the handler
+    // (deep MessagePack aborted a debug build's worker instead).
+    for bytes in invalid_data(Action::Perform) {
+        raw.enqueue(&topic, bytes).await.unwrap();
+    }
     let client = node(h, &u, |b| b).await.client();
     let v: Value = within(
         "a good task after bad ones",
@@ -217,13 +222,66 @@ pub async fn malformed_input_is_dead_lettered_and_worker_keeps_serving(h: &dyn H
     assert_eq!(v, json!({"ok": true}));
     eventually(WAIT, "bad input to be counted", || {
         let s = wn.stats();
-        s.malformed >= 4
+        s.malformed >= 7
             && s.unknown_action >= 1
             && s.unexpected_action >= 1
-            && s.dead_lettered >= 6
+            && s.dead_lettered >= 9
     })
     .await;
     assert_eq!(wn.stats().handled, 1);
+}
+
+/// Three messages of `action` with a valid header and data that is not valid: a string
+/// that is not UTF-8 (JSON), 100,000 nested JSON arrays, 1,000 nested MessagePack arrays.
+fn invalid_data(action: Action) -> [Bytes; 3] {
+    let header = Header::new(action, "host", "client");
+    let raw = aether::envelope::encode_raw;
+    let deep_json = [vec![b'['; 100_000], vec![b']'; 100_000]].concat();
+    let deep_msgpack = [vec![0x91; 999], vec![0x90]].concat();
+    [
+        raw(Codec::Json, &header, b"\"\xff\xfe\""),
+        raw(Codec::Json, &header, &deep_json),
+        raw(Codec::MsgPack, &header, &deep_msgpack),
+    ]
+}
+
+/// A reply whose data is not valid is counted as malformed by the client, not taken as
+/// the task's outcome; the real completion that follows is.
+pub async fn invalid_reply_is_not_an_outcome(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
+    let release = Arc::new(Notify::new());
+    let wn = node(h, &u, |b| b).await;
+    let r = release.clone();
+    let _w = announce(wn.worker())
+        .handle("m", "held", "x", move |_ctx: TaskContext, v: u32| {
+            let r = r.clone();
+            async move {
+                r.notified().await;
+                Ok::<_, Error>(v + 1)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let cn = node(h, &u, |b| b).await;
+    let task = cn
+        .client()
+        .task("m", "held")
+        .tid("badreply01")
+        .perform(&1u32)
+        .await
+        .unwrap();
+    let raw = h.connect().await;
+    let topic = t(&u, "m/held/x/badreply01/complete");
+    for bytes in invalid_data(Action::Complete) {
+        raw.publish(&topic, bytes).await.unwrap();
+    }
+    eventually(WAIT, "the invalid replies to be counted", || {
+        cn.stats().malformed >= 3
+    })
+    .await;
+    release.notify_one();
+    assert_eq!(within("result", task.result::<u32>()).await.unwrap(), 2);
 }
 
 /// A payload over the limit is a typed error on send, and is counted and dead-lettered on

@@ -142,6 +142,10 @@ pub const CASES: &[Case] = &[
         requires: always,
     },
     Case {
+        name: "invalid_reply_is_not_an_outcome",
+        requires: always,
+    },
+    Case {
         name: "oversized_payload_is_a_typed_error",
         requires: always,
     },
