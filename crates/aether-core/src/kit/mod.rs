@@ -32,6 +32,7 @@
 //! | [`Outlet`] | the consumer's channel: `deliver` never waits (credit guarantees room), `report` refused messages without crowding deliveries out |
 //! | [`Settle`] + [`SettleOnce`] | the acker: write what ack, nack, reject and give-back mean on the broker; `SettleOnce` settles once, returns the credit, gives back on drop |
 //! | [`Retry`] | the backoff of every loop that reconnects, resubscribes or reads again |
+//! | [`QueueEngine`] | work queues with aether's semantics in one process (workgroups, credit, settlement, redelivery when a consumer goes away): the in-memory broker, and the place a hub or device process hosts them for remote workers |
 //!
 //! A consumer, put together:
 //!
@@ -78,12 +79,14 @@
 
 mod backoff;
 mod credit;
+mod engine;
 mod guard;
 mod outlet;
 mod settle;
 
 pub use backoff::Retry;
 pub use credit::{Credit, CreditUnit};
+pub use engine::{EngineConfig, QueueEngine};
 pub use guard::Gate;
 pub use outlet::{Outlet, REFUSED_SLACK};
 pub use settle::{Settle, SettleOnce};

@@ -2,6 +2,10 @@
 //! networked ones (one-of-N per workgroup, ack/nack, redelivery of unacknowledged work),
 //! for tests, examples and single-process deployments. The embedded default.
 //!
+//! Its work queues are the adapter kit's [`QueueEngine`](crate::kit::QueueEngine), which
+//! a hub or device process can host for remote workers too; broadcasts go to the
+//! subscriptions of the broker whose filter matches.
+//!
 //! Brokers are named: every `memory://name` transport in a process talks to the same
 //! broker (`memory://` is the broker named `default`), which lives while any transport
 //! for it does.
@@ -16,7 +20,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::kit::{Credit, Gate, Outlet};
+use crate::kit::{Gate, QueueEngine};
 use crate::topic::{Topic, TopicFilter, WorkQueue};
 use crate::transport::{
     Capabilities, ConsumeOptions, Consumer, DeadLetter, Received, Subscription, Transport,
@@ -25,7 +29,7 @@ use crate::url::{BrokerUrl, parse_bool, parse_value};
 
 mod broker;
 
-use broker::{Broker, ConsumerGuard, Job, Slot, SubEntry, SubGuard, lock, send_all};
+use broker::{Broker, SubEntry, SubGuard, lock};
 
 /// Settings of an in-memory broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,16 +172,17 @@ impl MemoryTransport {
 
     /// The dead letters the broker holds, oldest first.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        lock(&self.broker.dead).iter().cloned().collect()
+        self.broker.engine.dead_letters()
     }
 
     /// Performs waiting in `queue`'s workgroup (not yet delivered).
     pub fn pending(&self, queue: &WorkQueue) -> usize {
-        let queues = lock(&self.broker.queues);
-        queues
-            .get(&queue.key(':'))
-            .and_then(|q| q.groups.get(queue.workgroup()))
-            .map_or(0, |g| g.pending.len())
+        self.broker.engine.pending(queue)
+    }
+
+    /// The work-queue engine of this transport's broker.
+    pub fn engine(&self) -> &Arc<QueueEngine> {
+        &self.broker.engine
     }
 }
 
@@ -253,104 +258,20 @@ impl Transport for MemoryTransport {
 
     async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         self.gate.check_enqueue(topic, &payload)?;
-        let key = WorkQueue::of_topic(topic, "_")?.key(':');
-        let job = Job {
-            topic: topic.clone(),
-            payload,
-            redeliveries: 0,
-        };
-        loop {
-            let space = {
-                let mut queues = lock(&self.broker.queues);
-                let q = queues.entry(key.clone()).or_default();
-                let cap = self.broker.config.queue_capacity;
-                let full = if q.groups.is_empty() {
-                    q.backlog.len() >= cap
-                } else {
-                    q.groups.values().any(|g| g.pending.len() >= cap)
-                };
-                if !full {
-                    let sends = if q.groups.is_empty() {
-                        q.backlog.push_back(job);
-                        Vec::new()
-                    } else {
-                        let mut sends = Vec::new();
-                        for (name, g) in q.groups.iter_mut() {
-                            g.pending.push_back(job.clone());
-                            g.dispatch(&self.broker, &key, name, &mut sends);
-                        }
-                        sends
-                    };
-                    drop(queues);
-                    send_all(sends);
-                    return Ok(());
-                }
-                q.space.clone()
-            };
-            let notified = space.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Re-check after registering, so a wake-up between the check and here is kept.
-            {
-                let queues = lock(&self.broker.queues);
-                if let Some(q) = queues.get(&key) {
-                    let cap = self.broker.config.queue_capacity;
-                    let still_full = if q.groups.is_empty() {
-                        q.backlog.len() >= cap
-                    } else {
-                        q.groups.values().any(|g| g.pending.len() >= cap)
-                    };
-                    if !still_full {
-                        continue;
-                    }
-                }
-            }
-            notified.await;
-            self.gate.check_open()?;
-        }
+        self.broker.engine.enqueue(topic, payload, &self.gate).await
     }
 
     async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
         self.gate.check_open()?;
-        let id = self.broker.ids.fetch_add(1, Ordering::Relaxed);
-        let key = queue.key(':');
-        let group_name: Box<str> = queue.workgroup().into();
-        let guard = ConsumerGuard {
-            broker: Arc::downgrade(&self.broker),
-            key: key.clone(),
-            group: group_name.clone(),
-            id,
-        };
-        let (outlet, rx) = Outlet::new(options.prefetch);
-        let sends = {
-            let mut queues = lock(&self.broker.queues);
-            let q = queues.entry(key.clone()).or_default();
-            let fresh = !q.groups.contains_key(&group_name);
-            let backlog = std::mem::take(&mut q.backlog);
-            let g = q.groups.entry(group_name.clone()).or_default();
-            if fresh {
-                g.pending.extend(backlog);
-            } else {
-                q.backlog = backlog;
-            }
-            g.consumers.push(Slot {
-                id,
-                conn: self.conn,
-                credit: Credit::new(options.prefetch),
-                outlet,
-            });
-            let mut sends = Vec::new();
-            g.dispatch(&self.broker, &key, &group_name, &mut sends);
-            q.space.notify_waiters();
-            sends
-        };
-        send_all(sends);
-        Ok(Consumer::new(rx, Some(Box::new(guard))))
+        Ok(self
+            .broker
+            .engine
+            .consume(queue, options.prefetch, self.conn))
     }
 
     async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
         self.gate.check_open()?;
-        self.broker.dead_letter(letter);
+        self.broker.engine.dead_letter(letter);
         Ok(())
     }
 
