@@ -19,6 +19,7 @@
 pub mod brokers;
 pub mod harness;
 pub mod proxy;
+pub mod raw_amqp;
 pub mod suite;
 
 /// Expands every conformance case for one harness expression (evaluated once per test),
