@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use aether_core::kit::Fanout;
 use aether_core::{Bytes, InvalidMessage, Message, Received, Topic, TopicFilter, WorkQueue};
 use tokio::sync::{mpsc, watch};
 
@@ -39,23 +40,12 @@ enum Rx {
     Consumer(Arc<Slot>),
 }
 
-/// A local subscription's receiver, and its gap counter (`Subscription::gaps`): bumped
-/// when a message for it had to be dropped, and after each reconnection.
-struct SubTx {
-    tx: mpsc::Sender<Received>,
-    gaps: watch::Sender<u64>,
-}
-
-impl SubTx {
-    fn gap(&self) {
-        self.gaps.send_modify(|n| *n += 1);
-    }
-}
-
 enum Kind {
     Broadcast {
         filter: TopicFilter,
-        subs: Vec<(u64, SubTx)>,
+        /// The local subscriptions, each with its gap counter (`Subscription::gaps`):
+        /// bumped when a message for it had to be dropped, and after each reconnection.
+        subs: Fanout,
     },
     Queue {
         queue: WorkQueue,
@@ -140,7 +130,7 @@ impl Router {
     ) -> Option<(Local, String)> {
         self.add(filter.as_str(), Rx::Subscription(tx), || Kind::Broadcast {
             filter: filter.clone(),
-            subs: Vec::new(),
+            subs: Fanout::new(),
         })
     }
 
@@ -188,13 +178,9 @@ impl Router {
         let entry = st.entries.get_mut(&sub).expect("indexed entry exists");
         // Only queue filters start with `$share/`, so a filter names one kind of entry.
         match (&mut entry.kind, rx) {
-            (Kind::Broadcast { subs, .. }, Rx::Subscription(tx)) => subs.push((
-                id,
-                SubTx {
-                    tx,
-                    gaps: watch::Sender::new(0),
-                },
-            )),
+            (Kind::Broadcast { subs, filter }, Rx::Subscription(tx)) => {
+                subs.add_sender(id, 0, filter.clone(), tx);
+            }
             (Kind::Queue { consumers, .. }, Rx::Consumer(tx)) => consumers.push((id, tx)),
             _ => unreachable!("broadcast and queue filters never share a string"),
         }
@@ -205,10 +191,7 @@ impl Router {
     pub(crate) fn gaps(&self, local: Local) -> Option<watch::Receiver<u64>> {
         let st = self.lock();
         match &st.entries.get(&local.sub)?.kind {
-            Kind::Broadcast { subs, .. } => subs
-                .iter()
-                .find(|(id, _)| *id == local.id)
-                .map(|(_, s)| s.gaps.subscribe()),
+            Kind::Broadcast { subs, .. } => subs.gaps(local.id),
             Kind::Queue { .. } => None,
         }
     }
@@ -218,9 +201,7 @@ impl Router {
         let st = self.lock();
         for entry in st.entries.values() {
             if let Kind::Broadcast { subs, .. } = &entry.kind {
-                for (_, s) in subs {
-                    s.gap();
-                }
+                subs.gap_all();
             }
         }
     }
@@ -231,7 +212,9 @@ impl Router {
         let mut st = self.lock();
         let entry = st.entries.get_mut(&local.sub)?;
         match &mut entry.kind {
-            Kind::Broadcast { subs, .. } => subs.retain(|(id, _)| *id != local.id),
+            Kind::Broadcast { subs, .. } => {
+                subs.remove(local.id);
+            }
             Kind::Queue { consumers, .. } => consumers.retain(|(id, _)| *id != local.id),
         }
         if !entry.is_empty() {
@@ -322,15 +305,8 @@ fn deliver(
                 }),
                 Err(e) => Err(invalid(m, e)),
             };
-            let mut lost = 0;
-            for (_, s) in subs.iter() {
-                // A closed receiver has unsubscribed; its guard removes it.
-                if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(item.clone()) {
-                    lost += 1;
-                    s.gap();
-                }
-            }
-            lost
+            // Routed to this entry already: every subscription of it wants the message.
+            subs.offer_where(&item, |_| true)
         }
         Kind::Queue {
             consumers, next, ..

@@ -20,13 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use aether_core::kit::Retry;
+use aether_core::kit::{Fanout, Retry};
 use aether_core::{Error, InvalidMessage, Message, Received, Result, Subscription, TopicFilter};
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::{MessageKind, Value};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::connect::{Connector, redis_err};
@@ -57,14 +57,12 @@ struct Lane {
     routes: Mutex<Routes>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     healthy: AtomicBool,
-    /// Counts resubscriptions after reconnections: the gaps in which messages were lost.
-    gaps: watch::Sender<u64>,
 }
 
 #[derive(Default)]
 struct Routes {
     /// Exact channels (`SUBSCRIBE`).
-    exact: HashMap<String, Vec<Sink>>,
+    exact: HashMap<String, Fanout>,
     /// Patterns (`PSUBSCRIBE`), pairwise disjoint.
     patterns: Vec<PatternRoute>,
 }
@@ -72,12 +70,9 @@ struct Routes {
 struct PatternRoute {
     filter: TopicFilter,
     glob: String,
-    sinks: Vec<Sink>,
-}
-
-struct Sink {
-    id: u64,
-    tx: mpsc::Sender<Received>,
+    /// The local subscriptions, each with its gap counter: bumped after each
+    /// resubscription following a reconnection, and when the lane fell behind.
+    sinks: Fanout,
 }
 
 impl Broadcast {
@@ -103,7 +98,6 @@ impl Broadcast {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let exact = !filter.has_wildcards();
         let glob = keys::glob(filter);
-        let sink = Sink { id, tx };
 
         // Where it goes, and whether the server must be told.
         let placed = {
@@ -139,20 +133,26 @@ impl Broadcast {
                 (lane, true)
             }
         };
-        {
+        let gaps = {
             let mut routes = lock(&lane.routes);
-            if exact {
-                routes.exact.entry(glob.clone()).or_default().push(sink);
-            } else if let Some(p) = routes.patterns.iter_mut().find(|p| p.glob == glob) {
-                p.sinks.push(sink);
+            let sinks = if exact {
+                routes.exact.entry(glob.clone()).or_default()
             } else {
-                routes.patterns.push(PatternRoute {
-                    filter: filter.clone(),
-                    glob: glob.clone(),
-                    sinks: vec![sink],
-                });
-            }
-        }
+                let at = match routes.patterns.iter().position(|p| p.glob == glob) {
+                    Some(at) => at,
+                    None => {
+                        routes.patterns.push(PatternRoute {
+                            filter: filter.clone(),
+                            glob: glob.clone(),
+                            sinks: Fanout::new(),
+                        });
+                        routes.patterns.len() - 1
+                    }
+                };
+                &mut routes.patterns[at].sinks
+            };
+            sinks.add_sender(id, 0, filter.clone(), tx)
+        };
         if fresh {
             let done = if exact {
                 lane.client.subscribe(glob.as_str()).await
@@ -179,7 +179,7 @@ impl Broadcast {
             exact,
             id,
         };
-        Ok(Subscription::new(rx, Some(Box::new(guard))).with_gaps(lane.gaps.subscribe()))
+        Ok(Subscription::new(rx, Some(Box::new(guard))).with_gaps(gaps))
     }
 
     async fn new_lane(&self) -> Result<Arc<Lane>> {
@@ -193,7 +193,6 @@ impl Broadcast {
             routes: Mutex::default(),
             tasks: Mutex::default(),
             healthy: AtomicBool::new(true),
-            gaps: watch::Sender::new(0),
         });
         let dispatch = tokio::spawn(dispatch_loop(Arc::downgrade(&lane), messages));
         let health = tokio::spawn(health_loop(
@@ -261,6 +260,17 @@ impl Drop for Broadcast {
 }
 
 impl Lane {
+    /// Counts a gap on every subscription of the lane.
+    fn gap(&self) {
+        let routes = lock(&self.routes);
+        for sinks in routes.exact.values() {
+            sinks.gap_all();
+        }
+        for p in &routes.patterns {
+            p.sinks.gap_all();
+        }
+    }
+
     /// Stops routing: every subscription on the lane ends.
     fn shut(&self) {
         *lock(&self.routes) = Routes::default();
@@ -305,16 +315,14 @@ impl Lane {
         let targets: Vec<mpsc::Sender<Received>> = {
             let routes = lock(&self.routes);
             match (msg.kind, &parsed) {
-                (MessageKind::Message, _) => routes
-                    .exact
-                    .get(channel)
-                    .map(|s| senders(s))
-                    .unwrap_or_default(),
+                (MessageKind::Message, _) => {
+                    routes.exact.get(channel).map(every).unwrap_or_default()
+                }
                 (MessageKind::PMessage, Ok(topic)) => routes
                     .patterns
                     .iter()
                     .find(|p| p.filter.matches(topic))
-                    .map(|p| senders(&p.sinks))
+                    .map(|p| every(&p.sinks))
                     .unwrap_or_default(),
                 // A channel that is not a topic (sent by someone else) but matched a glob:
                 // handed over as invalid, to be counted and dropped.
@@ -322,7 +330,7 @@ impl Lane {
                     .patterns
                     .iter()
                     .filter(|p| glob_match(&p.glob, channel))
-                    .flat_map(|p| senders(&p.sinks))
+                    .flat_map(|p| every(&p.sinks))
                     .collect(),
                 _ => Vec::new(),
             }
@@ -360,10 +368,7 @@ impl Routes {
                 .map(|p| &mut p.sinks)
         };
         match sinks {
-            Some(sinks) => {
-                sinks.retain(|s| s.id != id);
-                sinks.is_empty()
-            }
+            Some(sinks) => sinks.remove(id),
             None => false,
         }
     }
@@ -371,7 +376,7 @@ impl Routes {
     /// Drops a route that has no sinks; returns whether it did.
     fn remove_if_unused(&mut self, glob: &str, exact: bool) -> bool {
         if exact {
-            if self.exact.get(glob).is_some_and(Vec::is_empty) {
+            if self.exact.get(glob).is_some_and(Fanout::is_empty) {
                 self.exact.remove(glob);
                 return true;
             }
@@ -402,7 +407,7 @@ async fn dispatch_loop(
                 );
                 // Which subscriptions lost them is unknown: a gap for every one on the lane.
                 if let Some(lane) = lane.upgrade() {
-                    lane.gaps.send_modify(|n| *n += 1);
+                    lane.gap();
                 }
                 continue;
             }
@@ -459,7 +464,7 @@ async fn health_loop(
                             // Subscribed again: whatever was published while the
                             // connection was down is lost; tell the subscriptions.
                             if was_down {
-                                lane.gaps.send_modify(|n| *n += 1);
+                                lane.gap();
                             }
                             break;
                         }
@@ -513,8 +518,9 @@ impl Drop for SubGuard {
     }
 }
 
-fn senders(sinks: &[Sink]) -> Vec<mpsc::Sender<Received>> {
-    sinks.iter().map(|s| s.tx.clone()).collect()
+/// The channels of every subscription of a route (the server matched the message).
+fn every(sinks: &Fanout) -> Vec<mpsc::Sender<Received>> {
+    sinks.senders_where(|_| true)
 }
 
 /// The payload of a fred value without copying.

@@ -31,6 +31,7 @@
 //! | [`Credit`] | the consumer's prefetch: take a [`CreditUnit`] before handing a delivery out |
 //! | [`Outlet`] | the consumer's channel: `deliver` never waits (credit guarantees room), `report` refused messages without crowding deliveries out |
 //! | [`Settle`] + [`SettleOnce`] | the acker: write what ack, nack, reject and give-back mean on the broker; `SettleOnce` settles once, returns the credit, gives back on drop |
+//! | [`Fanout`] | local subscriptions matched by filter, each with its gap counter: `offer` without waiting (a full one loses and counts a gap), or `senders` to wait on; `gap_all` after a reconnection |
 //! | [`Retry`] | the backoff of every loop that reconnects, resubscribes or reads again |
 //! | [`QueueEngine`] | work queues with aether's semantics in one process (workgroups, credit, settlement, redelivery when a consumer goes away): the in-memory broker, and the place a hub or device process hosts them for remote workers |
 //!
@@ -82,6 +83,7 @@ mod credit;
 mod engine;
 mod guard;
 mod outlet;
+mod router;
 mod settle;
 
 pub use backoff::Retry;
@@ -89,4 +91,5 @@ pub use credit::{Credit, CreditUnit};
 pub use engine::{EngineConfig, QueueEngine};
 pub use guard::Gate;
 pub use outlet::{Outlet, REFUSED_SLACK};
+pub use router::Fanout;
 pub use settle::{Settle, SettleOnce};

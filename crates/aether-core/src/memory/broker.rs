@@ -4,17 +4,13 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::mpsc;
-
 use super::MemoryConfig;
-use crate::kit::{EngineConfig, QueueEngine};
-use crate::topic::TopicFilter;
-use crate::transport::Received;
+use crate::kit::{EngineConfig, Fanout, QueueEngine};
 
 pub(super) struct Broker {
     pub(super) config: MemoryConfig,
     pub(super) ids: AtomicU64,
-    pub(super) subs: Mutex<Vec<SubEntry>>,
+    pub(super) subs: Mutex<Fanout>,
     pub(super) engine: Arc<QueueEngine>,
 }
 
@@ -28,23 +24,16 @@ impl Broker {
         Broker {
             config,
             ids: AtomicU64::new(1),
-            subs: Mutex::new(Vec::new()),
+            subs: Mutex::new(Fanout::new()),
             engine: QueueEngine::new(engine),
         }
     }
 
     /// Ends everything a connection opened.
     pub(super) fn disconnect(&self, conn: u64) {
-        lock(&self.subs).retain(|s| s.conn != conn);
+        lock(&self.subs).remove_owner(conn);
         self.engine.disconnect(conn);
     }
-}
-
-pub(super) struct SubEntry {
-    pub(super) id: u64,
-    pub(super) conn: u64,
-    pub(super) filter: TopicFilter,
-    pub(super) tx: mpsc::Sender<Received>,
 }
 
 pub(super) struct SubGuard {
@@ -55,7 +44,7 @@ pub(super) struct SubGuard {
 impl Drop for SubGuard {
     fn drop(&mut self) {
         if let Some(b) = self.broker.upgrade() {
-            lock(&b.subs).retain(|s| s.id != self.id);
+            lock(&b.subs).remove(self.id);
         }
     }
 }

@@ -17,19 +17,18 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::kit::{Gate, QueueEngine};
 use crate::topic::{Topic, TopicFilter, WorkQueue};
 use crate::transport::{
-    Capabilities, ConsumeOptions, Consumer, DeadLetter, Received, Subscription, Transport,
+    Capabilities, ConsumeOptions, Consumer, DeadLetter, Subscription, Transport,
 };
 use crate::url::{BrokerUrl, parse_bool, parse_value};
 
 mod broker;
 
-use broker::{Broker, SubEntry, SubGuard, lock};
+use broker::{Broker, SubGuard, lock};
 
 /// Settings of an in-memory broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,11 +221,7 @@ impl Transport for MemoryTransport {
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         self.gate.check_publish(&payload)?;
-        let targets: Vec<mpsc::Sender<Received>> = lock(&self.broker.subs)
-            .iter()
-            .filter(|s| s.filter.matches(topic))
-            .map(|s| s.tx.clone())
-            .collect();
+        let targets = lock(&self.broker.subs).senders(topic);
         for tx in targets {
             // A receiver that is gone has unsubscribed; its guard removes the entry.
             let _ = tx
@@ -241,14 +236,11 @@ impl Transport for MemoryTransport {
 
     async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
         self.gate.check_open()?;
-        let (tx, rx) = mpsc::channel(self.broker.config.subscription_capacity.max(1));
         let id = self.broker.ids.fetch_add(1, Ordering::Relaxed);
-        lock(&self.broker.subs).push(SubEntry {
-            id,
-            conn: self.conn,
-            filter: filter.clone(),
-            tx,
-        });
+        let capacity = self.broker.config.subscription_capacity;
+        // Nothing is lost in one process: no gap counter.
+        let (rx, _gaps) =
+            lock(&self.broker.subs).subscribe(id, self.conn, filter.clone(), capacity);
         let guard = SubGuard {
             broker: Arc::downgrade(&self.broker),
             id,
