@@ -2,7 +2,7 @@
 //! networked ones (one-of-N per workgroup, ack/nack, redelivery of unacknowledged work),
 //! for tests, examples and single-process deployments. The embedded default.
 //!
-//! Its work queues are the adapter kit's [`QueueEngine`](crate::kit::QueueEngine), which
+//! Its work queues are the adapter kit's [`QueueEngine`], which
 //! a hub or device process can host for remote workers too; broadcasts go to the
 //! subscriptions of the broker whose filter matches.
 //!
