@@ -22,7 +22,7 @@ struct Invoice {
 }
 
 async fn connect(config: &AmqpConfig) -> anyhow::Result<SharedTransport> {
-    Ok(Arc::new(AmqpTransport::with_config(config.clone()).await?))
+    Ok(Arc::new(AmqpTransport::connect_with(config.clone()).await?))
 }
 
 #[tokio::main]

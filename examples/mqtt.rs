@@ -45,7 +45,7 @@ async fn node(url: &str, role: &str) -> anyhow::Result<Aether> {
     let presence = Presence::new(UNION).client(&client_id);
     let host = presence.host.clone();
     let config = MqttConfig::from_url(url)?.presence(presence);
-    let transport = MqttTransport::with_config(config).await?;
+    let transport = MqttTransport::connect_with(config).await?;
     Ok(Aether::builder()
         .union(UNION)
         .host(host)

@@ -34,7 +34,7 @@ pub(crate) trait Attach: Send + Sync + 'static {
 /// Attaches `state` for the first time, riding out a reconnection within the publish
 /// timeout.
 pub(crate) async fn attach_first<S: Attach>(shared: &Arc<Shared>, state: &Arc<S>) -> Result<()> {
-    let deadline = Instant::now() + shared.config.publish_timeout;
+    let deadline = Instant::now() + shared.config.operation_timeout;
     loop {
         let session = shared.session(deadline).await?;
         match state.attach(shared, &session, None).await {

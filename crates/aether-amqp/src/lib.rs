@@ -85,7 +85,7 @@
 //! The connection is watched (AMQP heartbeats, [`AmqpConfig::heartbeat`]). When it is lost,
 //! or the broker restarts, the transport reconnects with backoff, declares again and
 //! consumes again for every live subscription and consumer, without user code. Publishes
-//! and enqueues wait for the new connection within [`AmqpConfig::publish_timeout`]; one
+//! and enqueues wait for the new connection within [`AmqpConfig::operation_timeout`]; one
 //! that was unconfirmed when the connection went is sent again (at-least-once: workers
 //! drop tasks they already completed). A channel the broker closes is opened again.
 //!

@@ -38,7 +38,7 @@ impl Session {
     /// Connects. Fails after `config.connect_timeout`.
     pub(crate) async fn open(config: &AmqpConfig, generation: u64) -> Result<Session, AmqpError> {
         let failed = |reason: String| AmqpError::Connect {
-            url: config.display_url(),
+            url: config.redacted_url(),
             reason,
         };
         let mut args = OpenConnectionArguments::new(
@@ -281,10 +281,10 @@ fn tls_adaptor(config: &AmqpConfig) -> std::io::Result<amqprs::tls::TlsAdaptor> 
         .tls_domain
         .clone()
         .unwrap_or_else(|| config.host.trim_matches(['[', ']']).to_owned());
-    match &config.tls_client {
-        Some((cert, key)) => {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
             TlsAdaptor::with_client_auth(config.tls_ca.as_deref(), cert, key, domain)
         }
-        None => TlsAdaptor::without_client_auth(config.tls_ca.as_deref(), domain),
+        _ => TlsAdaptor::without_client_auth(config.tls_ca.as_deref(), domain),
     }
 }

@@ -55,7 +55,7 @@ impl Topology {
             exchange: c.exchange.clone(),
             queue_prefix: c.queue_prefix.clone(),
             dead_letter: c.dead_letter.clone(),
-            dead_letter_max: c.dead_letter_max,
+            dead_letter_max: c.dead_letter_capacity,
             queue_type: c.queue_type,
             queue_expires: c.queue_expires.map(|d| d.as_millis().max(1) as u64),
         }

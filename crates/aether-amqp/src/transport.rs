@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use aether_core::kit::{Gate, Retry};
 use aether_core::{
@@ -43,11 +42,11 @@ impl AmqpTransport {
     /// [`AmqpConfig::from_url`]). Fails if the first connection cannot be made; later
     /// losses are repaired in the background.
     pub async fn connect(url: &str) -> Result<AmqpTransport> {
-        AmqpTransport::with_config(AmqpConfig::from_url(url)?).await
+        AmqpTransport::connect_with(AmqpConfig::from_url(url)?).await
     }
 
     /// Connects with `config`.
-    pub async fn with_config(config: AmqpConfig) -> Result<AmqpTransport> {
+    pub async fn connect_with(config: AmqpConfig) -> Result<AmqpTransport> {
         config.validate()?;
         let session = Arc::new(Session::open(&config, 1).await?);
         warn_about_old_brokers(&config, session.server_version());
@@ -86,7 +85,7 @@ impl AmqpTransport {
 impl fmt::Debug for AmqpTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpTransport")
-            .field("broker", &self.shared.config.display_url())
+            .field("broker", &self.shared.config.redacted_url())
             .field("connected", &self.shared.session_now().is_some())
             .finish_non_exhaustive()
     }
@@ -165,7 +164,7 @@ impl Shared {
         body: &[u8],
     ) -> Result<()> {
         self.check_open()?;
-        let deadline = Instant::now() + self.config.publish_timeout;
+        let deadline = Instant::now() + self.config.operation_timeout;
         let key = needs.key();
         let mut quick = 0;
         loop {
@@ -342,8 +341,8 @@ async fn supervise(
         s.current.send_replace(None);
         let config = s.config.clone();
         drop(s);
-        tracing::warn!(broker = %config.display_url(), "AMQP connection lost; reconnecting");
-        let mut retry = Retry::new(Duration::from_millis(100), config.reconnect_max_delay);
+        tracing::warn!(broker = %config.redacted_url(), "AMQP connection lost; reconnecting");
+        let mut retry = Retry::new(config.reconnect_min, config.reconnect_max);
         session = loop {
             match Session::open(&config, session.generation + 1).await {
                 Ok(new) => break Arc::new(new),

@@ -21,6 +21,18 @@ impl Secret {
     }
 }
 
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret::new(value)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
@@ -139,23 +151,20 @@ impl BrokerUrl {
         })
     }
 
-    /// Takes the query parameters out, one by one: `f` is called with each key and value and
-    /// answers whether it knows the key. The first unknown key is an error naming the keys
-    /// that are known.
-    pub fn take_query(
-        &self,
-        known: &[&str],
-        mut f: impl FnMut(&str, &str) -> Result<()>,
-    ) -> Result<()> {
+    /// Applies the query parameters to `settings` through its table of `keys` (see
+    /// [`settings!`](crate::settings!)), in order. The first unknown key is an error naming
+    /// the keys that are known.
+    pub fn apply_query<C>(&self, keys: &[crate::settings::Key<C>], settings: &mut C) -> Result<()> {
         for (k, v) in &self.query {
-            if !known.contains(&k.as_str()) {
+            let Some(key) = keys.iter().find(|key| key.name == k) else {
+                let known: Vec<_> = keys.iter().map(|key| key.name).collect();
                 return Err(Error::Config(format!(
                     "unknown query parameter {k:?} in a {} URL; known: {}",
                     self.scheme,
                     known.join(", ")
                 )));
-            }
-            f(k, v)?;
+            };
+            (key.apply)(settings, v)?;
         }
         Ok(())
     }
@@ -374,16 +383,23 @@ mod tests {
 
     #[test]
     fn refuses_unknown_query_keys() {
-        let u = BrokerUrl::parse("redis://h?mode=list&bogus=1").unwrap();
-        let mut seen = vec![];
-        let err = u
-            .take_query(&["mode"], |k, v| {
-                seen.push((k.to_owned(), v.to_owned()));
+        #[derive(Default)]
+        struct Seen(Vec<String>);
+        let keys = [crate::settings::Key {
+            name: "mode",
+            apply: |s: &mut Seen, v: &str| {
+                s.0.push(v.to_owned());
                 Ok(())
-            })
-            .unwrap_err();
-        assert!(err.to_string().contains("bogus"), "{err}");
-        assert_eq!(seen.len(), 1);
+            },
+        }];
+        let u = BrokerUrl::parse("redis://h?mode=list&bogus=1").unwrap();
+        let mut seen = Seen::default();
+        let err = u.apply_query(&keys, &mut seen).unwrap_err();
+        assert!(
+            err.to_string().contains("bogus") && err.to_string().contains("mode"),
+            "{err}"
+        );
+        assert_eq!(seen.0, ["list"]);
     }
 
     #[test]

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use aether_core::url::{BrokerUrl, Secret, parse_bool, parse_duration, parse_value};
+use std::path::PathBuf;
+
+use aether_core::settings::FromValue;
+use aether_core::url::{BrokerUrl, Secret};
 use aether_core::{Error, Level, Result};
 
 use crate::presence::Presence;
-use crate::tls::TlsConfig;
 
 /// The MQTT protocol version spoken to the broker.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -36,134 +38,96 @@ impl std::str::FromStr for MqttVersion {
     }
 }
 
-/// The settings of an [`MqttTransport`](crate::MqttTransport).
-///
-/// Built from a URL ([`MqttConfig::from_url`]) or with [`MqttConfig::new`] and the setters.
-/// Each field's doc states its default and its URL query key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MqttConfig {
-    /// Broker host. Default `localhost`.
-    pub host: String,
-    /// Broker port. Default 1883, or 8883 with TLS.
-    pub port: u16,
-    /// TLS, on for `mqtts://`. Default: off.
-    pub tls: Option<TlsConfig>,
-    /// Protocol version (`version=5|3.1.1`). Default 5.
-    pub version: MqttVersion,
-    /// The MQTT client id (`client_id=`). Default: `aether-` and 16 random hex digits.
-    /// Required for a persistent session.
-    pub client_id: Option<String>,
-    /// Start with a clean session (`clean_session=`). Default true. With false, the broker
-    /// keeps this client's subscriptions and queues its QoS 1 messages while it is away
-    /// (for `session_expiry` on MQTT 5).
-    pub clean_session: bool,
-    /// How long the broker keeps a persistent session after a disconnect, MQTT 5 only
-    /// (`session_expiry=`). Default 1 hour; ignored with a clean session.
-    pub session_expiry: Duration,
-    /// Keep-alive interval (`keepalive=`). Default 30 s.
-    pub keep_alive: Duration,
-    /// How long the first connection may take (`connect_timeout=`). Default 10 s.
-    pub connect_timeout: Duration,
-    /// How long a publish or subscribe may wait for the broker, reconnections included
-    /// (`operation_timeout=`). Default 30 s.
-    pub operation_timeout: Duration,
-    /// First delay between reconnection attempts, doubling up to `reconnect_max`
-    /// (`reconnect_min=`). Default 100 ms.
-    pub reconnect_min: Duration,
-    /// Longest delay between reconnection attempts (`reconnect_max=`). Default 5 s.
-    pub reconnect_max: Duration,
-    /// User name (from the URL's user info). Default: none.
-    pub username: Option<String>,
-    /// Password (from the URL's user info); never printed. Default: none.
-    pub password: Option<Secret>,
-    /// Last-will presence (`presence=UNION[/HOST[/CLIENT]]`). Default: none.
-    pub presence: Option<Presence>,
-    /// Publishes awaiting the broker's acknowledgement at once (`max_inflight=`); more wait
-    /// their turn. Default 1,024.
-    pub max_inflight: usize,
-    /// Messages buffered per subscription and per consumer between the broker and the
-    /// application (`buffer=`). A subscriber that falls further behind loses messages,
-    /// counted in [`MqttTransport::overflowed`](crate::MqttTransport::overflowed). Default
-    /// 16,384.
-    pub buffer: usize,
-    /// Largest payload in bytes (`max_payload=`). Default 268,435,455, MQTT's limit.
-    pub max_payload: usize,
-    /// Topic prefix of dead letters (`dead_letter_topic=`; empty turns dead letters off, so
-    /// nodes keep them locally). Default `aether-dead-letter`: a dead letter of topic `T`
-    /// is published on `aether-dead-letter/T`.
-    pub dead_letter_topic: Option<String>,
-    /// Publish dead letters retained, so the broker stores the last one of each topic
-    /// (`dead_letter_retain=`). Default true.
-    pub dead_letter_retain: bool,
+impl FromValue for MqttVersion {
+    fn from_value(_: &str, value: &str) -> Result<Self> {
+        value.parse()
+    }
 }
 
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            host: "localhost".into(),
-            port: 1883,
-            tls: None,
-            version: MqttVersion::V5,
-            client_id: None,
-            clean_session: true,
-            session_expiry: Duration::from_secs(3600),
-            keep_alive: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(10),
-            operation_timeout: Duration::from_secs(30),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
-            username: None,
-            password: None,
-            presence: None,
-            max_inflight: 1024,
-            buffer: 16_384,
-            max_payload: MQTT_MAX_PAYLOAD,
-            dead_letter_topic: Some("aether-dead-letter".into()),
-            dead_letter_retain: true,
-        }
+aether_core::settings! {
+    /// The settings of an [`MqttTransport`](crate::MqttTransport).
+    ///
+    /// Parsed from `mqtt[s]://[user[:password]@]host[:port][?key=value&...]` by
+    /// [`MqttConfig::from_url`], or built from [`MqttConfig::default`] and the setters.
+    /// Unknown query keys are an error; `Debug` never prints a password.
+    #[derive(Clone, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct MqttConfig {
+        /// Broker host. Default `localhost`.
+        host: String = "localhost".into(),
+        /// Broker port. Default 1883; an `mqtts://` URL makes it 8883.
+        port: u16 = 1883,
+        /// User name, from the URL's user info. Default none.
+        username: Option<String> = None,
+        /// Password, from the URL's user info. Default none.
+        password: Option<Secret> = None,
+        /// TLS, on for `mqtts://`; the system's trust store verifies the broker unless
+        /// `tls_ca` is given. Default off.
+        tls: bool = false,
+        /// PEM file of the certificate authorities that sign the broker's certificate.
+        /// Default none.
+        [key] tls_ca: Option<PathBuf> = None,
+        /// PEM file of this client's certificate, for brokers that require one. Default none.
+        [key] tls_cert: Option<PathBuf> = None,
+        /// PEM file of this client's private key (if not in `tls_cert`). Default none.
+        [key] tls_key: Option<PathBuf> = None,
+        /// Password of the private key. Default none.
+        [key] tls_key_password: Option<Secret> = None,
+        /// Whether the broker's certificate must name the host connected to. Default true.
+        [key] tls_verify_hostname: bool = true,
+        /// Protocol version, `5` or `3.1.1`. Default 5.
+        [key] version: MqttVersion = MqttVersion::V5,
+        /// The MQTT client id; required for a persistent session. Default `aether-` and 16
+        /// random hex digits.
+        [key] client_id: Option<String> = None,
+        /// Start with a clean session. With false, the broker keeps this client's
+        /// subscriptions and queues its QoS 1 messages while it is away (for
+        /// `session_expiry` on MQTT 5). Default true.
+        [key] clean_session: bool = true,
+        /// How long the broker keeps a persistent session after a disconnect, MQTT 5 only;
+        /// ignored with a clean session. Default 1 hour.
+        [key] session_expiry: Duration = Duration::from_secs(3600),
+        /// Keep-alive interval. Default 30 s.
+        [key] keep_alive: Duration = Duration::from_secs(30),
+        /// How long the first connection may take. Default 10 s.
+        [key] connect_timeout: Duration = Duration::from_secs(10),
+        /// How long a publish or subscribe may wait for the broker, reconnections
+        /// included. Default 30 s.
+        [key] operation_timeout: Duration = Duration::from_secs(30),
+        /// First wait between reconnection attempts; it doubles up to `reconnect_max`.
+        /// Default 100 ms.
+        [key] reconnect_min: Duration = Duration::from_millis(100),
+        /// Longest wait between reconnection attempts. Default 5 s.
+        [key] reconnect_max: Duration = Duration::from_secs(5),
+        /// Last-will presence, `UNION[/HOST[/CLIENT]]` in a URL ([`Presence`]). Default none.
+        [key = MqttConfig::apply_presence] presence: Option<Presence> = None,
+        /// Publishes awaiting the broker's acknowledgement at once; more wait their turn.
+        /// Default 1,024.
+        [key] max_inflight: usize = 1024,
+        /// Messages buffered per subscription and per consumer between the broker and the
+        /// application. A subscriber that falls further behind loses messages, counted in
+        /// [`MqttTransport::overflowed`](crate::MqttTransport::overflowed). Default 16,384.
+        [key] subscription_capacity: usize = 16_384,
+        /// Largest payload in bytes. Default 268,435,455, MQTT's limit.
+        [key] max_payload: usize = MQTT_MAX_PAYLOAD,
+        /// Topic prefix of dead letters: a dead letter of topic `T` is published on
+        /// `{dead_letter_topic}/T`. Empty (or `None`) turns dead letters off, so nodes keep
+        /// them locally. Default `aether-dead-letter`.
+        [key = MqttConfig::apply_dead_letter_topic]
+        dead_letter_topic: Option<String> = Some("aether-dead-letter".into()),
+        /// Publish dead letters retained, so the broker stores the last one of each topic.
+        /// Default true.
+        [key] dead_letter_retain: bool = true,
     }
 }
 
 /// The largest payload MQTT can carry.
 const MQTT_MAX_PAYLOAD: usize = 268_435_455;
 
-const QUERY_KEYS: &[&str] = &[
-    "version",
-    "client_id",
-    "clean_session",
-    "session_expiry",
-    "keepalive",
-    "connect_timeout",
-    "operation_timeout",
-    "reconnect_min",
-    "reconnect_max",
-    "presence",
-    "max_inflight",
-    "buffer",
-    "max_payload",
-    "dead_letter_topic",
-    "dead_letter_retain",
-    "ca_file",
-    "cert_file",
-    "key_file",
-    "key_password",
-    "verify_hostname",
-];
-
 impl MqttConfig {
-    /// The defaults, for a broker at `host:port`.
-    pub fn new(host: impl Into<String>, port: u16) -> Self {
-        MqttConfig {
-            host: host.into(),
-            port,
-            ..MqttConfig::default()
-        }
-    }
-
-    /// Parses `mqtt[s]://[user[:password]@]host[:port][?key=value&...]`; the keys are named
-    /// on each field. `mqtts` turns TLS on (port 8883) and accepts `ca_file`, `cert_file`,
-    /// `key_file`, `key_password` and `verify_hostname`. Unknown keys are an error.
+    /// Parses `mqtt[s]://[user[:password]@]host[:port][?key=value&...]` (keys in the
+    /// table of [`MqttConfig`]). `mqtts` turns TLS on (port 8883). Unknown keys are an
+    /// error.
     ///
     /// ```
     /// use aether_mqtt::{MqttConfig, MqttVersion};
@@ -198,153 +162,77 @@ impl MqttConfig {
                 u.path
             )));
         }
-        let mut c = MqttConfig::new(
-            u.host.clone(),
-            u.port.unwrap_or(if tls { 8883 } else { 1883 }),
-        );
-        c.username = u.username.clone();
-        c.password = u.password.clone();
-        let mut t = tls.then(TlsConfig::new);
-        let mut presence = None;
-        u.take_query(QUERY_KEYS, |k, v| {
-            match k {
-                "version" => c.version = v.parse()?,
-                "client_id" => c.client_id = Some(v.to_owned()),
-                "clean_session" => c.clean_session = parse_bool(k, v)?,
-                "session_expiry" => c.session_expiry = parse_duration(k, v)?,
-                "keepalive" => c.keep_alive = parse_duration(k, v)?,
-                "connect_timeout" => c.connect_timeout = parse_duration(k, v)?,
-                "operation_timeout" => c.operation_timeout = parse_duration(k, v)?,
-                "reconnect_min" => c.reconnect_min = parse_duration(k, v)?,
-                "reconnect_max" => c.reconnect_max = parse_duration(k, v)?,
-                "presence" => presence = Some(v.to_owned()),
-                "max_inflight" => c.max_inflight = parse_value(k, v)?,
-                "buffer" => c.buffer = parse_value(k, v)?,
-                "max_payload" => c.max_payload = parse_value(k, v)?,
-                "dead_letter_topic" => c.dead_letter_topic = (!v.is_empty()).then(|| v.to_owned()),
-                "dead_letter_retain" => c.dead_letter_retain = parse_bool(k, v)?,
-                tls_key => {
-                    let Some(t) = t.as_mut() else {
-                        return Err(Error::Config(format!(
-                            "{tls_key} needs TLS: use an mqtts:// URL"
-                        )));
-                    };
-                    match tls_key {
-                        "ca_file" => t.ca_file = Some(v.into()),
-                        "cert_file" => t.cert_file = Some(v.into()),
-                        "key_file" => t.key_file = Some(v.into()),
-                        "key_password" => t.key_password = Some(Secret::new(v)),
-                        _ => t.verify_hostname = parse_bool(k, v)?,
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        c.tls = t;
-        if let Some(p) = presence {
-            let mut parts = p.splitn(3, '/');
-            let mut pr = Presence::new(parts.next().unwrap_or_default());
-            if let Some(host) = parts.next() {
-                pr = pr.host(host);
-            }
-            if let Some(client) = parts.next() {
-                pr = pr.client(client);
-            }
-            c.presence = Some(pr);
-        }
-        c.check()?;
+        let mut c = MqttConfig {
+            host: u.host.clone(),
+            port: u.port.unwrap_or(if tls { 8883 } else { 1883 }),
+            tls,
+            username: u.username.clone(),
+            password: u.password.clone(),
+            ..MqttConfig::default()
+        };
+        u.apply_query(MqttConfig::KEYS, &mut c)?;
+        c.validate()?;
         Ok(c)
     }
 
-    /// Sets [`MqttConfig::tls`].
-    pub fn tls(mut self, tls: TlsConfig) -> Self {
-        if self.port == 1883 {
-            self.port = 8883;
+    fn apply_presence(&mut self, value: &str) -> Result<()> {
+        let mut parts = value.splitn(3, '/');
+        let mut presence = Presence::new(parts.next().unwrap_or_default());
+        if let Some(host) = parts.next() {
+            presence = presence.host(host);
         }
-        self.tls = Some(tls);
+        if let Some(client) = parts.next() {
+            presence = presence.client(client);
+        }
+        self.presence = Some(presence);
+        Ok(())
+    }
+
+    fn apply_dead_letter_topic(&mut self, value: &str) -> Result<()> {
+        self.dead_letter_topic = (!value.is_empty()).then(|| value.to_owned());
+        Ok(())
+    }
+
+    /// Sets [`MqttConfig::username`] and [`MqttConfig::password`].
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<Secret>) -> Self {
+        self.username = Some(username.into());
+        self.password = Some(password.into());
         self
     }
-    /// Sets [`MqttConfig::version`].
-    pub fn version(mut self, version: MqttVersion) -> Self {
-        self.version = version;
-        self
-    }
-    /// Sets [`MqttConfig::client_id`].
-    pub fn client_id(mut self, id: impl Into<String>) -> Self {
-        self.client_id = Some(id.into());
-        self
-    }
-    /// Sets [`MqttConfig::clean_session`].
-    pub fn clean_session(mut self, clean: bool) -> Self {
-        self.clean_session = clean;
-        self
-    }
-    /// Sets [`MqttConfig::session_expiry`].
-    pub fn session_expiry(mut self, d: Duration) -> Self {
-        self.session_expiry = d;
-        self
-    }
-    /// Sets [`MqttConfig::keep_alive`].
-    pub fn keep_alive(mut self, d: Duration) -> Self {
-        self.keep_alive = d;
-        self
-    }
-    /// Sets [`MqttConfig::connect_timeout`].
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
-        self
-    }
-    /// Sets [`MqttConfig::operation_timeout`].
-    pub fn operation_timeout(mut self, d: Duration) -> Self {
-        self.operation_timeout = d;
-        self
-    }
+
     /// Sets [`MqttConfig::reconnect_min`] and [`MqttConfig::reconnect_max`].
     pub fn reconnect(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = min;
         self.reconnect_max = max;
         self
     }
-    /// Sets [`MqttConfig::username`] and [`MqttConfig::password`].
-    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
-        self.username = Some(username.into());
-        self.password = Some(Secret::new(password));
-        self
-    }
-    /// Sets [`MqttConfig::presence`].
-    pub fn presence(mut self, presence: Presence) -> Self {
-        self.presence = Some(presence);
-        self
-    }
-    /// Sets [`MqttConfig::max_inflight`].
-    pub fn max_inflight(mut self, n: usize) -> Self {
-        self.max_inflight = n;
-        self
-    }
-    /// Sets [`MqttConfig::buffer`].
-    pub fn buffer(mut self, n: usize) -> Self {
-        self.buffer = n;
-        self
-    }
-    /// Sets [`MqttConfig::max_payload`].
-    pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes;
-        self
-    }
-    /// Sets [`MqttConfig::dead_letter_topic`] (`None` turns dead letters off).
-    pub fn dead_letter_topic(mut self, prefix: Option<String>) -> Self {
-        self.dead_letter_topic = prefix;
-        self
-    }
-    /// Sets [`MqttConfig::dead_letter_retain`].
-    pub fn dead_letter_retain(mut self, on: bool) -> Self {
-        self.dead_letter_retain = on;
-        self
+
+    /// The broker's URL with the password replaced by `***`, for logs.
+    pub fn redacted_url(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(_)) => format!("{u}:***@"),
+            (Some(u), None) => format!("{u}@"),
+            (None, _) => String::new(),
+        };
+        format!("{scheme}://{auth}{}:{}", self.host, self.port)
     }
 
     /// Refuses settings that cannot work, saying what to change.
-    pub fn check(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         let bad = |why: String| Err(Error::Config(why));
+        let tls_keys = [
+            ("tls_ca", self.tls_ca.is_some()),
+            ("tls_cert", self.tls_cert.is_some()),
+            ("tls_key", self.tls_key.is_some()),
+            ("tls_key_password", self.tls_key_password.is_some()),
+            ("tls_verify_hostname", !self.tls_verify_hostname),
+        ];
+        if let Some((key, _)) = tls_keys.iter().find(|(_, set)| *set)
+            && !self.tls
+        {
+            return bad(format!("{key} needs TLS: use an mqtts:// URL"));
+        }
         if !self.clean_session && self.client_id.is_none() {
             return bad(
                 "a persistent session (clean_session=false) needs a fixed client_id".into(),
@@ -361,14 +249,14 @@ impl MqttConfig {
         if self.max_inflight == 0 || self.max_inflight > 65_535 {
             return bad("max_inflight must be 1 to 65,535".into());
         }
-        if self.buffer == 0 {
-            return bad("buffer must be at least 1".into());
+        if self.subscription_capacity == 0 {
+            return bad("subscription_capacity must be at least 1".into());
         }
         if self.max_payload == 0 || self.max_payload > MQTT_MAX_PAYLOAD {
             return bad(format!("max_payload must be 1 to {MQTT_MAX_PAYLOAD} bytes"));
         }
         if self.keep_alive > Duration::from_secs(65_535) {
-            return bad("keepalive must be at most 65,535 s".into());
+            return bad("keep_alive must be at most 65,535 s".into());
         }
         if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
             return bad("reconnect_min must be above 0 and at most reconnect_max".into());
@@ -395,7 +283,7 @@ impl MqttConfig {
 
     /// The paho server URI.
     pub(crate) fn server_uri(&self) -> String {
-        let scheme = if self.tls.is_some() { "ssl" } else { "tcp" };
+        let scheme = if self.tls { "ssl" } else { "tcp" };
         format!("{scheme}://{}:{}", self.host, self.port)
     }
 }
@@ -409,22 +297,22 @@ mod tests {
         let c = MqttConfig::from_url("mqtt://127.0.0.1").unwrap();
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 1883));
         assert_eq!(c.version, MqttVersion::V5);
-        assert!(c.clean_session && c.tls.is_none());
+        assert!(c.clean_session && !c.tls);
         assert_eq!(c.server_uri(), "tcp://127.0.0.1:1883");
         let c = MqttConfig::from_url("mqtts://broker.example").unwrap();
         assert_eq!(c.port, 8883);
         assert_eq!(c.server_uri(), "ssl://broker.example:8883");
-        assert!(c.tls.as_ref().unwrap().verify_hostname);
+        assert!(c.tls && c.tls_verify_hostname);
     }
 
     #[test]
     fn every_option_from_the_url() {
         let c = MqttConfig::from_url(
             "mqtts://u:p%40ss@h:1?version=3.1.1&client_id=w1&clean_session=false&session_expiry=60s\
-             &keepalive=5s&connect_timeout=2s&operation_timeout=3s&reconnect_min=50ms&reconnect_max=2s\
-             &presence=u3/vm/c1&max_inflight=10&buffer=20&max_payload=4096&dead_letter_topic=dl\
-             &dead_letter_retain=false&ca_file=/ca.pem&cert_file=/c.pem\
-             &key_file=/k.pem&key_password=kp&verify_hostname=false",
+             &keep_alive=5s&connect_timeout=2s&operation_timeout=3s&reconnect_min=50ms&reconnect_max=2s\
+             &presence=u3/vm/c1&max_inflight=10&subscription_capacity=20&max_payload=4096\
+             &dead_letter_topic=dl&dead_letter_retain=false&tls_ca=/ca.pem&tls_cert=/c.pem\
+             &tls_key=/k.pem&tls_key_password=kp&tls_verify_hostname=false",
         )
         .unwrap();
         assert_eq!(c.version, MqttVersion::V3_1_1);
@@ -440,15 +328,17 @@ mod tests {
             c.presence,
             Some(Presence::new("u3").host("vm").client("c1"))
         );
-        assert_eq!((c.max_inflight, c.buffer, c.max_payload), (10, 20, 4096));
+        assert_eq!(
+            (c.max_inflight, c.subscription_capacity, c.max_payload),
+            (10, 20, 4096)
+        );
         assert_eq!(c.dead_letter_topic.as_deref(), Some("dl"));
         assert!(!c.dead_letter_retain);
-        let t = c.tls.as_ref().unwrap();
-        assert_eq!(t.ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
-        assert_eq!(t.cert_file.as_deref(), Some(std::path::Path::new("/c.pem")));
-        assert_eq!(t.key_file.as_deref(), Some(std::path::Path::new("/k.pem")));
-        assert_eq!(t.key_password.as_ref().unwrap().expose(), "kp");
-        assert!(!t.verify_hostname);
+        assert_eq!(c.tls_ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(c.tls_cert.as_deref(), Some(std::path::Path::new("/c.pem")));
+        assert_eq!(c.tls_key.as_deref(), Some(std::path::Path::new("/k.pem")));
+        assert_eq!(c.tls_key_password.as_ref().unwrap().expose(), "kp");
+        assert!(!c.tls_verify_hostname);
         assert_eq!(c.password.as_ref().unwrap().expose(), "p@ss");
         let printed = format!("{c:?}");
         assert!(
@@ -462,7 +352,7 @@ mod tests {
         for (url, why) in [
             ("mqtt://h?qos=2", "unknown query parameter"),
             ("mqtt://h?version=6", "unknown MQTT version"),
-            ("mqtt://h?ca_file=/x", "needs TLS"),
+            ("mqtt://h?tls_ca=/x", "needs TLS"),
             ("mqtt://h?clean_session=false", "needs a fixed client_id"),
             ("mqtt://h?max_inflight=0", "max_inflight"),
             ("mqtt://h?dead_letter_topic=a/%23", "dead_letter_topic"),

@@ -143,12 +143,12 @@ pub(crate) fn connect_options(
         let (topic, payload) = presence.will(client_id)?;
         b.will_message(paho::Message::new(topic.as_str(), payload, 1));
     }
-    if let Some(tls) = &config.tls {
+    if config.tls {
         let mut s = paho::SslOptionsBuilder::new();
         for (what, path) in [
-            ("ca_file", &tls.ca_file),
-            ("cert_file", &tls.cert_file),
-            ("key_file", &tls.key_file),
+            ("tls_ca", &config.tls_ca),
+            ("tls_cert", &config.tls_cert),
+            ("tls_key", &config.tls_key),
         ] {
             if let Some(path) = path
                 && let Err(e) = std::fs::metadata(path)
@@ -157,19 +157,20 @@ pub(crate) fn connect_options(
             }
         }
         let bad_path = |what: &str, e: paho::Error| Error::Config(format!("TLS {what}: {e}"));
-        if let Some(ca) = &tls.ca_file {
-            s.trust_store(ca).map_err(|e| bad_path("ca_file", e))?;
+        if let Some(ca) = &config.tls_ca {
+            s.trust_store(ca).map_err(|e| bad_path("tls_ca", e))?;
         }
-        if let Some(cert) = &tls.cert_file {
-            s.key_store(cert).map_err(|e| bad_path("cert_file", e))?;
+        if let Some(cert) = &config.tls_cert {
+            s.key_store(cert).map_err(|e| bad_path("tls_cert", e))?;
         }
-        if let Some(key) = &tls.key_file {
-            s.private_key(key).map_err(|e| bad_path("key_file", e))?;
+        if let Some(key) = &config.tls_key {
+            s.private_key(key).map_err(|e| bad_path("tls_key", e))?;
         }
-        if let Some(pw) = &tls.key_password {
+        if let Some(pw) = &config.tls_key_password {
             s.private_key_password(pw.expose());
         }
-        s.enable_server_cert_auth(true).verify(tls.verify_hostname);
+        s.enable_server_cert_auth(true)
+            .verify(config.tls_verify_hostname);
         b.ssl_options(s.finalize());
     }
     Ok(b.finalize())

@@ -79,7 +79,7 @@
 //! made meanwhile wait for it, up to `operation_timeout`. [`MqttTransport::is_connected`],
 //! [`MqttTransport::connections`] and [`MqttTransport::wait_restored`] tell where it
 //! stands. Messages arriving faster than a subscriber takes them are buffered up to
-//! `buffer` per subscription and consumer, then dropped and counted
+//! `subscription_capacity` per subscription and consumer, then dropped and counted
 //! ([`MqttTransport::overflowed`]): dispatch runs on paho's network thread and never
 //! blocks it.
 //!
@@ -101,14 +101,12 @@ mod error;
 mod presence;
 mod queue;
 mod router;
-mod tls;
 mod transport;
 
 pub use config::{MqttConfig, MqttVersion};
 pub use error::MqttError;
 pub use presence::Presence;
 pub use router::shared_subscription;
-pub use tls::TlsConfig;
 pub use transport::MqttTransport;
 
 /// The paho-mqtt crate this adapter is built on, for code that needs the raw client (the

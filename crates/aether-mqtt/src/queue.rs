@@ -17,7 +17,7 @@
 //!
 //! Each consumer has `prefetch` credits. A perform arriving for a consumer with credit is
 //! handed out at once, from paho's callback thread, with no task in between; otherwise it
-//! waits in the consumer's line (at most [`buffer`](crate::MqttConfig::buffer) long) until
+//! waits in the consumer's line (at most [`subscription_capacity`](crate::MqttConfig::subscription_capacity) long) until
 //! a delivery is settled.
 
 use std::collections::VecDeque;

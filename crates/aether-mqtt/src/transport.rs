@@ -45,13 +45,13 @@ impl MqttTransport {
     /// Connects to the broker a `mqtt://` or `mqtts://` URL names (see
     /// [`MqttConfig::from_url`]). Fails if the broker cannot be reached.
     pub async fn connect(url: &str) -> Result<MqttTransport> {
-        MqttTransport::with_config(MqttConfig::from_url(url)?).await
+        MqttTransport::connect_with(MqttConfig::from_url(url)?).await
     }
 
     /// Connects with `config`. Fails if the broker cannot be reached within
     /// [`MqttConfig::connect_timeout`].
-    pub async fn with_config(config: MqttConfig) -> Result<MqttTransport> {
-        config.check()?;
+    pub async fn connect_with(config: MqttConfig) -> Result<MqttTransport> {
+        config.validate()?;
         let client_id = config.client_id.clone().unwrap_or_else(|| {
             format!(
                 "aether-{}",
@@ -150,7 +150,7 @@ impl MqttTransport {
     }
 
     /// Messages dropped because a local subscription or consumer had
-    /// [`MqttConfig::buffer`] messages waiting already.
+    /// [`MqttConfig::subscription_capacity`] messages waiting already.
     pub fn overflowed(&self) -> u64 {
         self.inner.router.overflowed()
     }
@@ -407,7 +407,7 @@ impl Transport for MqttTransport {
 
     async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
         self.inner.check_open()?;
-        let (tx, rx) = mpsc::channel(self.inner.config.buffer);
+        let (tx, rx) = mpsc::channel(self.inner.config.subscription_capacity);
         let (local, broker_filter) = self
             .inner
             .router
@@ -438,7 +438,11 @@ impl Transport for MqttTransport {
     async fn consume(&self, queue: &WorkQueue, options: ConsumeOptions) -> Result<Consumer> {
         self.inner.check_open()?;
         let weak = Arc::downgrade(&self.inner);
-        let (slot, rx) = Slot::new(weak.clone(), options.prefetch, self.inner.config.buffer);
+        let (slot, rx) = Slot::new(
+            weak.clone(),
+            options.prefetch,
+            self.inner.config.subscription_capacity,
+        );
         let (local, broker_filter) = self
             .inner
             .router

@@ -190,7 +190,7 @@ async fn a_burst_of_publishes_waits_for_room() {
 #[tokio::test]
 async fn a_slow_subscriber_loses_what_exceeds_its_buffer() {
     let u = union();
-    let t = connect(&with_query(&url(), "buffer=4")).await;
+    let t = connect(&with_query(&url(), "subscription_capacity=4")).await;
     let topic = Topic::new(&u, "j", "t", "x", "1", Action::Status).unwrap();
     let mut slow = t.subscribe(&TopicFilter::exact(&topic)).await.unwrap();
     let mut last = t

@@ -115,9 +115,9 @@ async fn tls_with_a_ca_file_and_a_client_certificate() {
         p("server.pem"),
         p("server.key")
     ));
-    let base = format!("mqtts://127.0.0.1:{}?ca_file={}", broker.port, p("ca.pem"));
+    let base = format!("mqtts://127.0.0.1:{}?tls_ca={}", broker.port, p("ca.pem"));
     let with_cert = format!(
-        "{base}&cert_file={}&key_file={}",
+        "{base}&tls_cert={}&tls_key={}",
         p("client.pem"),
         p("client.key")
     );
@@ -132,7 +132,7 @@ async fn tls_with_a_ca_file_and_a_client_certificate() {
     assert!(err.to_string().contains("cannot connect"), "{err}");
     // The broker's certificate must come from a CA this client trusts.
     let untrusted = format!(
-        "mqtts://127.0.0.1:{}?cert_file={}&key_file={}&connect_timeout=2s",
+        "mqtts://127.0.0.1:{}?tls_cert={}&tls_key={}&connect_timeout=2s",
         broker.port,
         p("client.pem"),
         p("client.key")
@@ -140,12 +140,12 @@ async fn tls_with_a_ca_file_and_a_client_certificate() {
     assert!(MqttTransport::connect(&untrusted).await.is_err());
     // A missing file is a configuration error that says which.
     let err = MqttTransport::connect(&format!(
-        "mqtts://127.0.0.1:{}?ca_file=/nonexistent.pem",
+        "mqtts://127.0.0.1:{}?tls_ca=/nonexistent.pem",
         broker.port
     ))
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("ca_file"), "{err}");
+    assert!(err.to_string().contains("tls_ca"), "{err}");
 
     // The broker's certificate must name the host connected to, unless told otherwise.
     let other = Mosquitto::start(&format!(
@@ -155,7 +155,7 @@ async fn tls_with_a_ca_file_and_a_client_certificate() {
         p("other.key")
     ));
     let url = format!(
-        "mqtts://127.0.0.1:{}?ca_file={}&connect_timeout=2s",
+        "mqtts://127.0.0.1:{}?tls_ca={}&connect_timeout=2s",
         other.port,
         p("ca.pem")
     );
@@ -163,9 +163,9 @@ async fn tls_with_a_ca_file_and_a_client_certificate() {
         MqttTransport::connect(&url).await.is_err(),
         "a certificate for another name"
     );
-    let t = MqttTransport::connect(&format!("{url}&verify_hostname=false"))
+    let t = MqttTransport::connect(&format!("{url}&tls_verify_hostname=false"))
         .await
-        .expect("verify_hostname=false accepts it");
+        .expect("tls_verify_hostname=false accepts it");
     round_trip(&t).await;
     t.close().await.unwrap();
 }

@@ -4,7 +4,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use aether_core::url::{BrokerUrl, Secret, parse_bool, parse_duration, parse_value};
+use std::path::PathBuf;
+
+use aether_core::settings::FromValue;
+use aether_core::url::{BrokerUrl, Secret};
 use aether_core::{Error, Result};
 
 /// How the work queue is kept in Redis. Broadcast is pub/sub in both modes.
@@ -47,129 +50,92 @@ pub struct Node {
     pub port: u16,
 }
 
-/// Settings of a Redis transport.
-///
-/// Parsed from `redis://[user:password@]host[:port][/db][?key=value&...]` (`rediss://` for
-/// TLS) by [`RedisConfig::from_url`], or built with [`RedisConfig::new`] and the setters.
-/// `Debug` never prints the password.
-///
-/// | query key | meaning | default |
-/// |---|---|---|
-/// | `mode` | `streams` or `list` ([`Mode`]) | `streams` |
-/// | `prefix` | first part of every key aether creates | `aether` |
-/// | `max_len` | performs kept per queue (stream `MAXLEN ~`, list `LTRIM`) | 100000 |
-/// | `dead_letter_max_len` | dead letters kept per queue | 10000 |
-/// | `max_payload` | largest payload in bytes | 8388608 (8 MiB) |
-/// | `timeout` | command timeout | `10s` |
-/// | `connect_timeout` | connection (and TLS handshake) timeout | `10s` |
-/// | `reconnect_max_delay` | longest wait between reconnection attempts | `2s` |
-/// | `block` | longest a consumer's blocking read waits before it looks around | `5s` |
-/// | `subscription_capacity` | messages a subscription buffers | 1024 |
-/// | `cluster` | `true`: the host (and every `node`) is a seed of a Redis Cluster | `false` |
-/// | `node` | another seed node `host:port` of the cluster (repeatable) | |
-/// | `tls_ca` | PEM file of a CA to trust besides the system's (`rediss://` only) | |
-/// | `tls_insecure` | `true`: accept any server certificate (tests only) | `false` |
-#[derive(Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RedisConfig {
-    /// The server, or the first seed node of a cluster. Default `127.0.0.1:6379`.
-    pub node: Node,
-    /// More seed nodes of a cluster. Default none.
-    pub cluster_nodes: Vec<Node>,
-    /// Connect to a Redis Cluster. Default false.
-    pub cluster: bool,
-    /// ACL user. Default none.
-    pub username: Option<String>,
-    /// Password. Default none.
-    pub password: Option<Secret>,
-    /// Database number (not in cluster mode). Default 0.
-    pub database: u8,
-    /// TLS (`rediss://`). Default false.
-    pub tls: bool,
-    /// A CA certificate (PEM file) to trust, for TLS. Default none.
-    pub tls_ca: Option<String>,
-    /// Accept any server certificate. Default false.
-    pub tls_insecure: bool,
-    /// How the work queue is kept. Default [`Mode::Streams`].
-    pub mode: Mode,
-    /// First part of every key. Default `aether`.
-    pub prefix: String,
-    /// Performs kept per queue; past it the oldest are trimmed. Default 100,000.
-    pub max_len: u64,
-    /// Dead letters kept per queue; past it the oldest are trimmed. Default 10,000.
-    pub dead_letter_max_len: u64,
-    /// Largest payload. Default 8 MiB: Redis disconnects a pub/sub subscriber whose output
-    /// buffer passes 8 MiB for a minute or 32 MiB at once (`client-output-buffer-limit`).
-    pub max_payload: usize,
-    /// Command timeout. Default 10 s.
-    pub timeout: Duration,
-    /// Connection timeout. Default 10 s.
-    pub connect_timeout: Duration,
-    /// Longest wait between reconnection attempts (they start at 10 ms and double).
-    /// Default 2 s.
-    pub reconnect_max_delay: Duration,
-    /// Longest a consumer's blocking read waits before it checks for work to reclaim.
-    /// Default 5 s.
-    pub block: Duration,
-    /// Messages a subscription buffers before it holds up the others. Default 1,024.
-    pub subscription_capacity: usize,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            node: Node {
-                host: "127.0.0.1".into(),
-                port: 6379,
-            },
-            cluster_nodes: Vec::new(),
-            cluster: false,
-            username: None,
-            password: None,
-            database: 0,
-            tls: false,
-            tls_ca: None,
-            tls_insecure: false,
-            mode: Mode::Streams,
-            prefix: "aether".into(),
-            max_len: 100_000,
-            dead_letter_max_len: 10_000,
-            max_payload: 8 << 20,
-            timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
-            reconnect_max_delay: Duration::from_secs(2),
-            block: Duration::from_secs(5),
-            subscription_capacity: 1024,
+impl Node {
+    /// The node `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Node {
+        Node {
+            host: host.into(),
+            port,
         }
     }
 }
 
-/// The query keys [`RedisConfig::from_url`] knows.
-const KEYS: &[&str] = &[
-    "mode",
-    "prefix",
-    "max_len",
-    "dead_letter_max_len",
-    "max_payload",
-    "timeout",
-    "connect_timeout",
-    "reconnect_max_delay",
-    "block",
-    "subscription_capacity",
-    "cluster",
-    "node",
-    "tls_ca",
-    "tls_insecure",
-];
+impl FromValue for Mode {
+    fn from_value(key: &str, value: &str) -> Result<Self> {
+        match value {
+            "streams" => Ok(Mode::Streams),
+            "list" => Ok(Mode::List),
+            _ => Err(Error::Config(format!(
+                "invalid value {value:?} for {key}: expected streams or list"
+            ))),
+        }
+    }
+}
+
+aether_core::settings! {
+    /// Settings of a Redis transport.
+    ///
+    /// Parsed from `redis://[user:password@]host[:port][/db][?key=value&...]` (`rediss://`
+    /// for TLS) by [`RedisConfig::from_url`], or built from [`RedisConfig::default`] and the
+    /// setters. Unknown query keys are an error; `Debug` never prints the password.
+    #[derive(Clone, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct RedisConfig {
+        /// The server, or the first seed node of a cluster. Default `127.0.0.1`.
+        host: String = "127.0.0.1".into(),
+        /// Its port. Default 6379.
+        port: u16 = 6379,
+        /// ACL user. Default none.
+        username: Option<String> = None,
+        /// Password. Default none.
+        password: Option<Secret> = None,
+        /// Database number, the URL's path (not in cluster mode). Default 0.
+        database: u8 = 0,
+        /// TLS, on for `rediss://`. Default off.
+        tls: bool = false,
+        /// PEM file of a CA to trust besides the system's, for TLS. Default none.
+        [key] tls_ca: Option<PathBuf> = None,
+        /// Accept any server certificate (tests only). Default false.
+        [key] tls_insecure: bool = false,
+        /// `true`: the host (and every `cluster_nodes` entry) is a seed of a Redis
+        /// Cluster. Default false.
+        [key] cluster: bool = false,
+        /// More seed nodes `host:port` of the cluster; the key repeats. Default none.
+        [key = RedisConfig::add_cluster_node] cluster_nodes: Vec<Node> = Vec::new(),
+        /// How the work queue is kept, `streams` or `list` ([`Mode`]). Default `streams`.
+        [key] mode: Mode = Mode::Streams,
+        /// First part of every key aether creates; non-empty, without braces. Default
+        /// `aether`.
+        [key] prefix: String = "aether".into(),
+        /// Performs kept per queue (stream `MAXLEN ~`, list `LTRIM`). Default 100,000.
+        [key] max_len: u64 = 100_000,
+        /// Dead letters kept per queue; past it the oldest are trimmed. Default 10,000.
+        [key] dead_letter_capacity: u64 = 10_000,
+        /// Largest payload in bytes. Default 8 MiB: Redis disconnects a pub/sub subscriber
+        /// whose output buffer passes 8 MiB for a minute or 32 MiB at once
+        /// (`client-output-buffer-limit`).
+        [key] max_payload: usize = 8 << 20,
+        /// How long a command may take, and an enqueue may wait for the subscriptions to be
+        /// back after a reconnection. Default 10 s.
+        [key] operation_timeout: Duration = Duration::from_secs(10),
+        /// How long a connection (and TLS handshake) may take. Default 10 s.
+        [key] connect_timeout: Duration = Duration::from_secs(10),
+        /// First wait between reconnection attempts; it doubles up to `reconnect_max`.
+        /// Default 10 ms.
+        [key] reconnect_min: Duration = Duration::from_millis(10),
+        /// Longest wait between reconnection attempts. Default 2 s.
+        [key] reconnect_max: Duration = Duration::from_secs(2),
+        /// Longest a consumer's blocking read waits before it checks for work to reclaim.
+        /// Default 5 s.
+        [key] block: Duration = Duration::from_secs(5),
+        /// Messages a subscription buffers before it holds up the others. Default 1,024.
+        [key] subscription_capacity: usize = 1024,
+    }
+}
 
 impl RedisConfig {
-    /// The defaults: `127.0.0.1:6379`, streams mode.
-    pub fn new() -> Self {
-        RedisConfig::default()
-    }
-
-    /// Parses a `redis://` or `rediss://` URL (see the table above). Unknown query keys are
-    /// an error; errors never contain the password.
+    /// Parses a `redis://` or `rediss://` URL (keys in the table above). Unknown query keys
+    /// are an error; errors never contain the password.
     pub fn from_url(url: &str) -> Result<RedisConfig> {
         let u = BrokerUrl::parse(url)?;
         let mut c = RedisConfig::default();
@@ -183,10 +149,10 @@ impl RedisConfig {
             }
         }
         if !u.host.is_empty() {
-            c.node.host = strip_brackets(&u.host).to_owned();
+            c.host = strip_brackets(&u.host).to_owned();
         }
         if let Some(port) = u.port {
-            c.node.port = port;
+            c.port = port;
         }
         c.username = u.username.clone();
         c.password = u.password.clone();
@@ -198,137 +164,64 @@ impl RedisConfig {
                 ))
             })?;
         }
-        u.take_query(KEYS, |k, v| {
-            match k {
-                "mode" => {
-                    c.mode = match v {
-                        "streams" => Mode::Streams,
-                        "list" => Mode::List,
-                        _ => {
-                            return Err(Error::Config(format!(
-                                "invalid value {v:?} for mode: expected streams or list"
-                            )));
-                        }
-                    }
-                }
-                "prefix" => {
-                    if v.is_empty() || v.contains(['{', '}']) {
-                        return Err(Error::Config(format!(
-                            "invalid prefix {v:?}: it must be non-empty, without braces"
-                        )));
-                    }
-                    c.prefix = v.to_owned();
-                }
-                "max_len" => c.max_len = positive(k, v)?,
-                "dead_letter_max_len" => c.dead_letter_max_len = positive(k, v)?,
-                "max_payload" => c.max_payload = positive::<u64>(k, v)? as usize,
-                "timeout" => c.timeout = parse_duration(k, v)?,
-                "connect_timeout" => c.connect_timeout = parse_duration(k, v)?,
-                "reconnect_max_delay" => c.reconnect_max_delay = parse_duration(k, v)?,
-                "block" => c.block = parse_duration(k, v)?,
-                "subscription_capacity" => {
-                    c.subscription_capacity = positive::<u64>(k, v)? as usize
-                }
-                "cluster" => c.cluster = parse_bool(k, v)?,
-                "node" => c.cluster_nodes.push(parse_node(v)?),
-                "tls_ca" => c.tls_ca = Some(v.to_owned()),
-                _ => c.tls_insecure = parse_bool(k, v)?,
-            }
-            Ok(())
-        })?;
-        c.check()?;
+        u.apply_query(RedisConfig::KEYS, &mut c)?;
+        c.validate()?;
         Ok(c)
     }
 
-    /// Refuses settings that cannot work together.
-    pub(crate) fn check(&self) -> Result<()> {
+    fn add_cluster_node(&mut self, value: &str) -> Result<()> {
+        self.cluster_nodes.push(parse_node(value)?);
+        Ok(())
+    }
+
+    /// Refuses settings that cannot work together, saying what to change.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: &str| Err(Error::Config(why.into()));
         if !self.cluster_nodes.is_empty() && !self.cluster {
-            return Err(Error::Config(
-                "`node=` names more cluster seed nodes; add `cluster=true`".into(),
-            ));
+            return bad("`cluster_nodes` names more cluster seed nodes; add `cluster=true`");
         }
         if self.cluster && self.database != 0 {
-            return Err(Error::Config(
-                "a Redis Cluster has only database 0; drop the /db path".into(),
-            ));
+            return bad("a Redis Cluster has only database 0; drop the /db path");
         }
         if (self.tls_ca.is_some() || self.tls_insecure) && !self.tls {
-            return Err(Error::Config(
-                "tls_ca and tls_insecure need a rediss:// URL".into(),
-            ));
+            return bad("tls_ca and tls_insecure need TLS: a rediss:// URL");
         }
         if self.block < Duration::from_millis(10) {
-            return Err(Error::Config("block must be at least 10ms".into()));
+            return bad("block must be at least 10ms");
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err(Error::Config(format!(
+                "invalid prefix {:?}: it must be non-empty, without braces",
+                self.prefix
+            )));
+        }
+        for (key, value) in [
+            ("max_len", self.max_len),
+            ("dead_letter_capacity", self.dead_letter_capacity),
+            ("max_payload", self.max_payload as u64),
+            ("subscription_capacity", self.subscription_capacity as u64),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{key} must be at least 1")));
+            }
+        }
+        if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
+            return bad("reconnect_min must be above 0 and at most reconnect_max");
         }
         Ok(())
     }
 
-    /// Sets [`RedisConfig::node`].
-    pub fn node(mut self, host: &str, port: u16) -> Self {
-        self.node = Node {
-            host: host.to_owned(),
-            port,
-        };
+    /// Sets [`RedisConfig::username`] (none when empty) and [`RedisConfig::password`].
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<Secret>) -> Self {
+        self.username = Some(username.into()).filter(|u| !u.is_empty());
+        self.password = Some(password.into());
         self
     }
-    /// Sets [`RedisConfig::mode`].
-    pub fn mode(mut self, mode: Mode) -> Self {
-        self.mode = mode;
-        self
-    }
-    /// Sets [`RedisConfig::prefix`].
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        self.prefix = prefix.to_owned();
-        self
-    }
-    /// Sets the ACL user and password.
-    pub fn credentials(mut self, username: Option<&str>, password: &str) -> Self {
-        self.username = username.map(str::to_owned);
-        self.password = Some(Secret::new(password));
-        self
-    }
-    /// Sets [`RedisConfig::database`].
-    pub fn database(mut self, db: u8) -> Self {
-        self.database = db;
-        self
-    }
-    /// Connects to a Redis Cluster through these seed nodes (the first replaces
-    /// [`RedisConfig::node`]).
-    pub fn cluster(mut self, seeds: &[(&str, u16)]) -> Self {
-        self.cluster = true;
-        let mut nodes = seeds.iter().map(|(h, p)| Node {
-            host: (*h).to_owned(),
-            port: *p,
-        });
-        if let Some(first) = nodes.next() {
-            self.node = first;
-        }
-        self.cluster_nodes = nodes.collect();
-        self
-    }
-    /// Sets [`RedisConfig::tls`].
-    pub fn tls(mut self, on: bool) -> Self {
-        self.tls = on;
-        self
-    }
-    /// Sets [`RedisConfig::max_len`] (at least 1).
-    pub fn max_len(mut self, n: u64) -> Self {
-        self.max_len = n.max(1);
-        self
-    }
-    /// Sets [`RedisConfig::max_payload`].
-    pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes;
-        self
-    }
-    /// Sets [`RedisConfig::timeout`].
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-    /// Sets [`RedisConfig::block`].
-    pub fn block(mut self, block: Duration) -> Self {
-        self.block = block;
+
+    /// Sets [`RedisConfig::reconnect_min`] and [`RedisConfig::reconnect_max`].
+    pub fn reconnect(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max;
         self
     }
 
@@ -341,7 +234,7 @@ impl RedisConfig {
             (Some(u), None) => format!("{u}@"),
             (None, None) => String::new(),
         };
-        let host = &self.node.host;
+        let host = &self.host;
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {
@@ -349,36 +242,9 @@ impl RedisConfig {
         };
         format!(
             "{scheme}://{auth}{host}:{}/{}?mode={}",
-            self.node.port, self.database, self.mode
+            self.port, self.database, self.mode
         )
     }
-}
-
-impl fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("node", &self.node)
-            .field("cluster_nodes", &self.cluster_nodes)
-            .field("cluster", &self.cluster)
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .field("database", &self.database)
-            .field("tls", &self.tls)
-            .field("mode", &self.mode)
-            .field("prefix", &self.prefix)
-            .field("max_len", &self.max_len)
-            .field("max_payload", &self.max_payload)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-fn positive<T: std::str::FromStr + PartialOrd + Default>(key: &str, value: &str) -> Result<T> {
-    let v: T = parse_value(key, value)?;
-    if v <= T::default() {
-        return Err(Error::Config(format!("{key} must be at least 1")));
-    }
-    Ok(v)
 }
 
 fn strip_brackets(host: &str) -> &str {
@@ -394,10 +260,7 @@ fn parse_node(v: &str) -> Result<Node> {
     if host.is_empty() {
         return Err(bad());
     }
-    Ok(Node {
-        host: host.to_owned(),
-        port: port.parse().map_err(|_| bad())?,
-    })
+    Ok(Node::new(host, port.parse().map_err(|_| bad())?))
 }
 
 #[cfg(test)]
@@ -409,17 +272,11 @@ mod tests {
         let c = RedisConfig::from_url("redis://127.0.0.1:6379").unwrap();
         assert_eq!(c, RedisConfig::default());
         let c = RedisConfig::from_url(
-            "rediss://bob:s%3Acret@cache.example:6380/3?mode=list&prefix=app&max_len=50&timeout=250ms&tls_insecure=true",
+            "rediss://bob:s%3Acret@cache.example:6380/3?mode=list&prefix=app&max_len=50&operation_timeout=250ms&tls_insecure=true",
         )
         .unwrap();
         assert!(c.tls && c.tls_insecure);
-        assert_eq!(
-            c.node,
-            Node {
-                host: "cache.example".into(),
-                port: 6380
-            }
-        );
+        assert_eq!((c.host.as_str(), c.port), ("cache.example", 6380));
         assert_eq!(c.username.as_deref(), Some("bob"));
         assert_eq!(c.password.as_ref().unwrap().expose(), "s:cret");
         assert_eq!(
@@ -427,40 +284,25 @@ mod tests {
             (3, Mode::List, "app")
         );
         assert_eq!(c.max_len, 50);
-        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.operation_timeout, Duration::from_millis(250));
         let c = RedisConfig::from_url("redis://[::1]").unwrap();
-        assert_eq!(
-            c.node,
-            Node {
-                host: "::1".into(),
-                port: 6379
-            }
-        );
+        assert_eq!((c.host.as_str(), c.port), ("::1", 6379));
     }
 
     #[test]
     fn cluster_urls() {
         let c = RedisConfig::from_url(
-            "redis://10.0.0.1:7000?cluster=true&node=10.0.0.2:7001&node=[::1]:7002",
+            "redis://10.0.0.1:7000?cluster=true&cluster_nodes=10.0.0.2:7001&cluster_nodes=[::1]:7002",
         )
         .unwrap();
         assert!(c.cluster);
         assert_eq!(
             c.cluster_nodes,
-            [
-                Node {
-                    host: "10.0.0.2".into(),
-                    port: 7001
-                },
-                Node {
-                    host: "::1".into(),
-                    port: 7002
-                }
-            ]
+            [Node::new("10.0.0.2", 7001), Node::new("::1", 7002)]
         );
-        assert!(RedisConfig::from_url("redis://h?node=a:1").is_err());
+        assert!(RedisConfig::from_url("redis://h?cluster_nodes=a:1").is_err());
         assert!(RedisConfig::from_url("redis://h/2?cluster=true").is_err());
-        assert!(RedisConfig::from_url("redis://h?cluster=true&node=nope").is_err());
+        assert!(RedisConfig::from_url("redis://h?cluster=true&cluster_nodes=nope").is_err());
     }
 
     #[test]

@@ -13,24 +13,8 @@ use fred::types::config::{
 
 use crate::config::RedisConfig;
 
-/// The backend name in errors.
-pub(crate) const BACKEND: &str = "redis";
-
-/// Wraps a fred error as an aether transport error.
-pub(crate) fn redis_err(e: fred::error::Error) -> Error {
-    Error::transport(BACKEND, e)
-}
-
-/// Whether `e` is the server's `NOGROUP` (the stream or its group is gone, e.g. after a
-/// restart without persistence).
-pub(crate) fn is_nogroup(e: &fred::error::Error) -> bool {
-    e.details().starts_with("NOGROUP")
-}
-
-/// Whether `e` is a blocking command that timed out without an answer.
-pub(crate) fn is_timeout(e: &fred::error::Error) -> bool {
-    matches!(e.kind(), fred::error::ErrorKind::Timeout)
-}
+// The error helpers moved to error.rs; re-exported so the adapter's modules keep one path.
+pub(crate) use crate::error::{BACKEND, is_nogroup, is_timeout, redis_err};
 
 /// Makes connected fred clients, each with its own connection(s).
 #[derive(Clone)]
@@ -44,7 +28,7 @@ pub(crate) struct Connector {
 impl Connector {
     pub(crate) fn new(c: &RedisConfig) -> Result<Connector> {
         let server = if c.cluster {
-            let mut hosts = vec![Server::new(c.node.host.as_str(), c.node.port)];
+            let mut hosts = vec![Server::new(c.host.as_str(), c.port)];
             hosts.extend(
                 c.cluster_nodes
                     .iter()
@@ -55,7 +39,7 @@ impl Connector {
                 policy: ClusterDiscoveryPolicy::UseCache,
             }
         } else {
-            ServerConfig::new_centralized(c.node.host.as_str(), c.node.port)
+            ServerConfig::new_centralized(c.host.as_str(), c.port)
         };
         let config = Config {
             fail_fast: true,
@@ -85,17 +69,19 @@ impl Connector {
             },
             ..ConnectionConfig::default()
         };
-        let max_delay = c
-            .reconnect_max_delay
-            .as_millis()
-            .clamp(10, u32::MAX as u128) as u32;
-        // Retry forever: 10 ms, 20 ms, ... up to the max delay.
-        let policy = ReconnectPolicy::new_exponential(0, 10, max_delay, 2);
+        let millis = |d: Duration| d.as_millis().clamp(1, u32::MAX as u128) as u32;
+        // Retry forever: reconnect_min, twice that, ... up to reconnect_max.
+        let policy = ReconnectPolicy::new_exponential(
+            0,
+            millis(c.reconnect_min),
+            millis(c.reconnect_max),
+            2,
+        );
         Ok(Connector {
             config,
             connection,
             policy,
-            timeout: c.timeout,
+            timeout: c.operation_timeout,
         })
     }
 
@@ -149,10 +135,18 @@ fn tls_config(c: &RedisConfig) -> Result<Option<fred::types::config::TlsConfig>>
     }
     let mut builder = native_tls::TlsConnector::builder();
     if let Some(path) = &c.tls_ca {
-        let pem = std::fs::read(path)
-            .map_err(|e| Error::Config(format!("cannot read the TLS CA file {path}: {e}")))?;
-        let cert = native_tls::Certificate::from_pem(&pem)
-            .map_err(|e| Error::Config(format!("the TLS CA file {path} is not PEM: {e}")))?;
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read the TLS CA file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
+            Error::Config(format!(
+                "the TLS CA file {} is not PEM: {e}",
+                path.display()
+            ))
+        })?;
         builder.add_root_certificate(cert);
     }
     if c.tls_insecure {

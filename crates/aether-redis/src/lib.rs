@@ -40,7 +40,7 @@
 //!
 //! Every key of a queue carries the hash tag `{union:job:task:context}`, so the
 //! transport's scripts work on a **Redis Cluster**:
-//! `redis://node1:7000/?cluster=true&node=node2:7001&node=node3:7002`.
+//! `redis://node1:7000/?cluster=true&cluster_nodes=node2:7001&cluster_nodes=node3:7002`.
 //!
 //! All processes of one union must use the same mode. The URL keys are listed at
 //! [`RedisConfig`]; unknown keys are an error, and the password is never printed.
@@ -64,6 +64,7 @@
 
 mod config;
 mod connect;
+mod error;
 mod keys;
 mod list;
 mod pubsub;
@@ -73,7 +74,13 @@ mod streams;
 mod transport;
 
 pub use config::{Mode, Node, RedisConfig};
+pub use error::RedisError;
 pub use transport::RedisTransport;
+
+/// The fred crate this adapter is built on: its error is the source of
+/// [`RedisError::Client`], and code that needs the raw client (the benchmark's baseline,
+/// say) gets the same version.
+pub use fred;
 
 use aether_core::{Result, SharedTransport};
 

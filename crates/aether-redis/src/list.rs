@@ -232,7 +232,7 @@ pub(crate) async fn consume(
         queue: queue.clone(),
         lease: options.lease.max(Duration::from_millis(30)),
         max_deliveries: options.max_deliveries.max(1),
-        dead_max_len: config.dead_letter_max_len,
+        dead_max_len: config.dead_letter_capacity,
     });
     shared.register().await?;
     let blocking = connector.blocking_client(config.block).await?;

@@ -183,7 +183,7 @@ pub(crate) async fn consume(
         topic_prefix: keys.topic_prefix.clone(),
         queue: queue.clone(),
         max_len: config.max_len,
-        dead_max_len: config.dead_letter_max_len,
+        dead_max_len: config.dead_letter_capacity,
         acks,
     });
     shared.ensure_group().await?;

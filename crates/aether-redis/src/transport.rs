@@ -47,7 +47,7 @@ impl RedisTransport {
     /// Connects with `config`. Fails if the server cannot be reached now; later
     /// connection losses are repaired in the background.
     pub async fn connect_with(config: RedisConfig) -> Result<RedisTransport> {
-        config.check()?;
+        config.validate()?;
         let connector = Connector::new(&config)?;
         let client = connector.client().await.map_err(|e| {
             Error::transport(
@@ -141,7 +141,10 @@ impl Transport for RedisTransport {
         let inner = &self.inner;
         // Replies to this perform come by pub/sub: after a reconnection, wait until the
         // subscriptions are back before sending it.
-        inner.broadcast.ready(inner.config.timeout).await?;
+        inner
+            .broadcast
+            .ready(inner.config.operation_timeout)
+            .await?;
         match inner.config.mode {
             Mode::Streams => streams::enqueue(&inner.client, &inner.config, topic, payload).await,
             Mode::List => list::enqueue(&inner.client, &inner.config, topic, payload).await,
@@ -179,7 +182,7 @@ impl Transport for RedisTransport {
             .xadd::<Value, _, _, _, _>(
                 key,
                 false,
-                ("MAXLEN", "~", config.dead_letter_max_len as i64),
+                ("MAXLEN", "~", config.dead_letter_capacity as i64),
                 "*",
                 vec![
                     ("topic", Value::from(letter.topic)),

@@ -109,7 +109,7 @@ fn printed(url: &str) -> Vec<String> {
     }));
     #[cfg(feature = "amqp")]
     out.push(show(aether_amqp::AmqpConfig::from_url(url), |c| {
-        c.display_url()
+        c.redacted_url()
     }));
     out
 }

@@ -200,8 +200,8 @@ mod tests {
             "redis://h:1?mode=list"
         );
         assert_eq!(
-            super::with_query("redis://h:1/?timeout=1s", "mode=streams"),
-            "redis://h:1/?timeout=1s&mode=streams"
+            super::with_query("redis://h:1/?operation_timeout=1s", "mode=streams"),
+            "redis://h:1/?operation_timeout=1s&mode=streams"
         );
     }
 }

@@ -45,10 +45,7 @@ pub(crate) async fn run(
     payload: usize,
 ) -> anyhow::Result<Report> {
     let config = aether::aether_mqtt::MqttConfig::from_url(url)?;
-    anyhow::ensure!(
-        config.tls.is_none(),
-        "the raw mqtt baseline speaks plain TCP only"
-    );
+    anyhow::ensure!(!config.tls, "the raw mqtt baseline speaks plain TCP only");
     let uri = format!("tcp://{}:{}", config.host, config.port);
     let union = format!("raw{}x{inflight}", std::process::id());
     let prefix: Arc<str> = format!("{union}/bench/echo/x/").into();

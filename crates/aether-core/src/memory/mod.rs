@@ -24,45 +24,35 @@ use crate::topic::{Topic, TopicFilter, WorkQueue};
 use crate::transport::{
     Capabilities, ConsumeOptions, Consumer, DeadLetter, Subscription, Transport,
 };
-use crate::url::{BrokerUrl, parse_bool, parse_value};
+use crate::url::BrokerUrl;
 
 mod broker;
 
 use broker::{Broker, SubGuard, lock};
 
-/// Settings of an in-memory broker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MemoryConfig {
-    /// Performs a workgroup may hold before `enqueue` waits for room. Default 65,536.
-    pub queue_capacity: usize,
-    /// Messages a subscription buffers before `publish` waits for it. Default 1,024.
-    pub subscription_capacity: usize,
-    /// Largest payload, in bytes. Default 64 MiB.
-    pub max_payload: usize,
-    /// Whether an unacknowledged delivery comes back when dropped. Default true; false
-    /// makes the broker behave like MQTT or Redis pub/sub, to exercise the client's
-    /// lease-based redispatch.
-    pub redeliver: bool,
-    /// Dead letters kept; the oldest are dropped past this. Default 1,024.
-    pub dead_letter_capacity: usize,
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        MemoryConfig {
-            queue_capacity: 65_536,
-            subscription_capacity: 1024,
-            max_payload: 64 << 20,
-            redeliver: true,
-            dead_letter_capacity: 1024,
-        }
+crate::settings! {
+    /// Settings of an in-memory broker.
+    #[derive(Clone, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct MemoryConfig {
+        /// Performs a workgroup may hold before `enqueue` waits for room. Default 65,536.
+        [key] queue_capacity: usize = 65_536,
+        /// Messages a subscription buffers before `publish` waits for it. Default 1,024.
+        [key] subscription_capacity: usize = 1024,
+        /// Largest payload, in bytes. Default 64 MiB.
+        [key] max_payload: usize = 64 << 20,
+        /// Whether an unacknowledged delivery comes back when dropped. Default true; false
+        /// makes the broker behave like MQTT or Redis pub/sub, to exercise the client's
+        /// lease-based redispatch.
+        [key] redeliver: bool = true,
+        /// Dead letters kept; the oldest are dropped past this. Default 1,024.
+        [key] dead_letter_capacity: usize = 1024,
     }
 }
 
 impl MemoryConfig {
-    /// Parses `memory://[name][?redeliver=false&queue_capacity=N&subscription_capacity=N&max_payload=N]`,
-    /// returning the broker name too.
+    /// Parses `memory://[name][?key=value&...]` (keys in the table above), returning the
+    /// broker name too.
     pub fn from_url(url: &str) -> Result<(String, MemoryConfig)> {
         let u = BrokerUrl::parse(url)?;
         if u.scheme != "memory" {
@@ -71,31 +61,13 @@ impl MemoryConfig {
                 u.scheme
             )));
         }
-        if u.port.is_some() || u.username.is_some() || !u.path.is_empty() {
+        if u.port.is_some() || u.username.is_some() || u.password.is_some() || !u.path.is_empty() {
             return Err(Error::Config(
                 "a memory:// URL is memory://[name][?options]".into(),
             ));
         }
         let mut c = MemoryConfig::default();
-        u.take_query(
-            &[
-                "redeliver",
-                "queue_capacity",
-                "subscription_capacity",
-                "max_payload",
-                "dead_letter_capacity",
-            ],
-            |k, v| {
-                match k {
-                    "redeliver" => c.redeliver = parse_bool(k, v)?,
-                    "queue_capacity" => c.queue_capacity = parse_value(k, v)?,
-                    "subscription_capacity" => c.subscription_capacity = parse_value(k, v)?,
-                    "max_payload" => c.max_payload = parse_value(k, v)?,
-                    _ => c.dead_letter_capacity = parse_value(k, v)?,
-                }
-                Ok(())
-            },
-        )?;
+        u.apply_query(MemoryConfig::KEYS, &mut c)?;
         let name = if u.host.is_empty() {
             "default".to_owned()
         } else {
