@@ -106,9 +106,9 @@ impl<T: FromValue> FromValue for Option<T> {
     }
 }
 
-/// What a setter of [`settings!`] takes for a setting of type `T`: `T` itself, `T` for an
-/// `Option<T>`, and `&str` for the string-like types (`String`, `PathBuf`, [`Secret`] and
-/// their options). Integer literals infer the setting's type.
+/// What a setter of [`settings!`](crate::settings!) takes for a setting of type `T`: `T`
+/// itself, `T` for an `Option<T>`, and `&str` for the string-like types (`String`,
+/// `PathBuf`, [`Secret`] and their options). Integer literals infer the setting's type.
 pub trait IntoSetting<T> {
     /// The setting's value.
     fn into_setting(self) -> T;
@@ -226,7 +226,7 @@ macro_rules! settings {
     };
 }
 
-/// Checks the `[key]` marker of [`settings!`]; not for direct use.
+/// Checks the `[key]` marker of [`settings!`](crate::settings!); not for direct use.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __settings_kw {
@@ -235,7 +235,7 @@ macro_rules! __settings_kw {
     };
 }
 
-/// The key column of a [`settings!`] docs table; not for direct use.
+/// The key column of a [`settings!`](crate::settings!) docs table; not for direct use.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __settings_key_cell {
@@ -247,7 +247,7 @@ macro_rules! __settings_key_cell {
     };
 }
 
-/// The `apply` of a [`settings!`] key; not for direct use.
+/// The `apply` of a [`settings!`](crate::settings!) key; not for direct use.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __settings_apply {
