@@ -237,11 +237,7 @@ impl AetherTask {
     }
 
     fn running(&self) -> Result<&Running> {
-        self.running.as_ref().ok_or_else(|| {
-            Error::Config(
-                "status() and complete() are for a task received through on_perform".into(),
-            )
-        })
+        self.running.as_ref().ok_or(Error::NotReceived)
     }
 }
 

@@ -53,6 +53,24 @@ pub enum Error {
     /// A configuration value or URL was refused.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A task with this tid is already in flight from this node; tids must be unique.
+    #[error("task {tid} is already in flight from this node; tids must be unique")]
+    DuplicateTid {
+        /// The tid asked for again.
+        tid: String,
+    },
+    /// A topic whose action is not `perform` was handed to
+    /// [`Transport::enqueue`](crate::Transport::enqueue).
+    #[error("enqueue takes a perform topic, not {topic}")]
+    NotAPerform {
+        /// The topic given.
+        topic: String,
+    },
+    /// [`AetherTask::status`](crate::AetherTask::status) or
+    /// [`complete`](crate::AetherTask::complete) on a task that was not received through
+    /// `on_perform`, so there is no running task to report on.
+    #[error("status() and complete() are for a task received through on_perform")]
+    NotReceived,
     /// A URL's scheme belongs to an adapter that is not compiled in.
     #[error("the URL scheme `{scheme}` needs the `{feature}` cargo feature of the `aether` crate")]
     FeatureDisabled {

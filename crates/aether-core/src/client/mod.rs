@@ -206,9 +206,7 @@ impl TaskBuilder<'_> {
             .await?;
         let shared = Arc::new(TaskShared::new(tid.clone(), config.progress_buffer));
         if !route.insert(&tid, shared.clone()) {
-            return Err(Error::Config(format!(
-                "task {tid} is already in flight from this node; tids must be unique"
-            )));
+            return Err(Error::DuplicateTid { tid });
         }
         if let Err(e) = node
             .timed("enqueue", transport.enqueue(&topic, bytes.clone()))

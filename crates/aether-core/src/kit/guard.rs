@@ -15,8 +15,8 @@ use crate::topic::Topic;
 /// Calls check it first ([`check_publish`](Gate::check_publish),
 /// [`check_enqueue`](Gate::check_enqueue), [`check_open`](Gate::check_open)), so every
 /// transport refuses the same things with the same errors: [`Error::Closed`] after
-/// [`close`](Gate::close), [`Error::PayloadTooLarge`] past the limit, [`Error::Config`]
-/// for an enqueue whose topic is not a perform. Reading it costs one atomic load.
+/// [`close`](Gate::close), [`Error::PayloadTooLarge`] past the limit,
+/// [`Error::NotAPerform`] for an enqueue whose topic is not a perform. Reading it costs one atomic load.
 ///
 /// ```
 /// use aether_core::kit::Gate;
@@ -84,9 +84,9 @@ impl Gate {
     pub fn check_enqueue(&self, topic: &Topic, payload: &[u8]) -> Result<()> {
         self.check_publish(payload)?;
         if topic.action() != Action::Perform {
-            return Err(Error::Config(format!(
-                "enqueue takes a perform topic, not {topic}"
-            )));
+            return Err(Error::NotAPerform {
+                topic: topic.to_string(),
+            });
         }
         Ok(())
     }
@@ -135,7 +135,7 @@ mod tests {
         let table: &[Case<'_>] = &[
             (&open, &perform, b"ok", None),
             (&open, &perform, b"big", Some("PayloadTooLarge")),
-            (&open, &status, b"ok", Some("Config")),
+            (&open, &status, b"ok", Some("NotAPerform")),
             (&open, &status, b"big", Some("PayloadTooLarge")),
             (&closed, &perform, b"ok", Some("Closed")),
             (&closed, &status, b"big", Some("Closed")),
@@ -144,7 +144,7 @@ mod tests {
             let got = gate.check_enqueue(topic, payload).err().map(|e| match e {
                 Error::Closed => "Closed",
                 Error::PayloadTooLarge { .. } => "PayloadTooLarge",
-                Error::Config(_) => "Config",
+                Error::NotAPerform { .. } => "NotAPerform",
                 _ => "other",
             });
             assert_eq!(got, *want, "case {i}");
