@@ -103,6 +103,7 @@ macro_rules! conformance {
         $m!(callback_style_round_trip);
         $m!(task_enqueued_before_any_worker_is_handled);
         $m!(worker_process_killed_mid_task);
+        $m!(killed_worker_tasks_run_once_more);
         $m!(completion_lost_while_disconnected_is_recovered);
         $m!(broker_restart_workers_resume);
     };

@@ -11,6 +11,7 @@ mod redelivering {
         harness: MemoryHarness::new(true);
         ignore: {
             worker_process_killed_mid_task: "the in-memory broker lives inside one process",
+            killed_worker_tasks_run_once_more: "the in-memory broker lives inside one process",
             completion_lost_while_disconnected_is_recovered: "the in-memory transport has no network connection to break",
             broker_restart_workers_resume: "the in-memory broker has no server to restart",
         }
@@ -24,6 +25,7 @@ mod without_redelivery {
         harness: MemoryHarness::new(false);
         ignore: {
             worker_process_killed_mid_task: "the in-memory broker lives inside one process",
+            killed_worker_tasks_run_once_more: "the in-memory broker lives inside one process",
             completion_lost_while_disconnected_is_recovered: "the in-memory transport has no network connection to break",
             broker_restart_workers_resume: "the in-memory broker has no server to restart",
         }

@@ -92,9 +92,12 @@ pub struct Config {
     /// Whether clients dispatch a task again when they may have lost track of it. `None`
     /// (the default): a task no worker accepted within the lease, only where the transport
     /// does not redeliver after a consumer crash (elsewhere it waits in the queue); a task
-    /// whose worker stopped heartbeating, always; a task not heard of when the transport
-    /// reports a gap in the client's subscriptions, always (a task still queued is then
-    /// enqueued again). `Some(true)` turns all three on, `Some(false)` all off (and with
+    /// whose worker stopped heartbeating, unless the transport both redelivers and reports
+    /// gaps (then the transport hands a dead worker's tasks to another, and a completion
+    /// lost in a gap is recovered by the gap report; a redispatch beside a redelivery would
+    /// run the task twice); a task whose replies may be lost in a gap the transport reports
+    /// in the client's subscriptions, always (a task still queued is then enqueued again;
+    /// an accepted one only if its worker does not heartbeat within half its lease). `Some(true)` turns all three on, `Some(false)` all off (and with
     /// them held-back acceptance, see [`Config::defer_accept`]).
     pub redispatch: Option<bool>,
     /// Backoff between dispatches. Default 100 ms doubling to 10 s.

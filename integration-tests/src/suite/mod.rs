@@ -180,6 +180,10 @@ pub const CASES: &[Case] = &[
         requires: networked,
     },
     Case {
+        name: "killed_worker_tasks_run_once_more",
+        requires: networked,
+    },
+    Case {
         name: "completion_lost_while_disconnected_is_recovered",
         requires: networked,
     },

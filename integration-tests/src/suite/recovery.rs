@@ -160,6 +160,136 @@ pub async fn worker_process_killed_mid_task(h: &dyn Harness, u: &str) {
     assert_eq!(cn.stats().succeeded, 1);
 }
 
+/// A worker process killed with SIGKILL while it holds several tasks, beside two live
+/// workers that hold others: each task the dead worker held runs once more, on one
+/// worker (the transport's redelivery or, where it has none, the client's lease
+/// redispatch), every other task runs once, and every task has exactly one outcome. Runs
+/// are counted where each worker records them: the process's `started` lines, and the
+/// live workers' handlers.
+pub async fn killed_worker_tasks_run_once_more(h: &dyn Harness, u: &str) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    const HELD: usize = 6;
+    const MORE: usize = 10;
+    let url = h.url().expect("capability says shared between processes");
+    let u = u.to_owned();
+    let bin = WORKER_BIN
+        .get()
+        .expect("conformance! sets the worker binary");
+    let mut child = tokio::process::Command::new(bin)
+        .args([&url, &u, "kill", "many", "x"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn aether-test-worker");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = within("the worker process to start", lines.next_line())
+        .await
+        .unwrap();
+    assert_eq!(ready.as_deref(), Some("ready"));
+    // The process's runs, read until its output ends.
+    let killed_runs: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let k = killed_runs.clone();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(tid) = line.strip_prefix("started ") {
+                *k.lock().unwrap().entry(tid.to_owned()).or_default() += 1;
+            }
+        }
+    });
+    let lease = |b: aether::AetherBuilder| b.lease(SHORT_LEASE);
+    let cn = node(h, &u, lease).await;
+    let client = cn.client();
+    let mut tasks = Vec::new();
+    for i in 0..HELD {
+        tasks.push(client.perform("kill", "many", "x", &i).await.unwrap());
+    }
+    eventually(WAIT, "the worker process to take its tasks", || {
+        killed_runs.lock().unwrap().len() == HELD
+    })
+    .await;
+
+    let live_runs: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let mut live = Vec::new();
+    for _ in 0..2 {
+        let wn = node(h, &u, lease).await;
+        let r = live_runs.clone();
+        let w = announce(wn.worker())
+            .handle("kill", "many", "x", move |ctx: TaskContext, v: usize| {
+                *r.lock().unwrap().entry(ctx.tid().to_owned()).or_default() += 1;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    Ok::<_, Error>(v)
+                }
+            })
+            .start()
+            .await
+            .unwrap();
+        live.push((wn, w));
+    }
+    for i in HELD..HELD + MORE {
+        tasks.push(client.perform("kill", "many", "x", &i).await.unwrap());
+    }
+    eventually(WAIT, "every task to be running somewhere", || {
+        let killed = killed_runs.lock().unwrap().len();
+        let live = live_runs.lock().unwrap().len();
+        killed + live == HELD + MORE
+    })
+    .await;
+    assert!(
+        !live_runs.lock().unwrap().is_empty(),
+        "the live workers hold tasks too"
+    );
+    child.start_kill().unwrap();
+    assert!(!child.wait().await.unwrap().success(), "killed");
+    within("the process's output to end", reader).await.unwrap();
+
+    for (i, task) in tasks.into_iter().enumerate() {
+        let r: usize = within("every task's outcome", task.result())
+            .await
+            .unwrap_or_else(|e| panic!("task {i}: {e}"));
+        assert_eq!(r, i);
+    }
+    // A second run would start within a lease or two of the outcomes (a late redelivery or
+    // redispatch); there is no event to await for one that must not happen.
+    tokio::time::sleep(3 * SHORT_LEASE).await;
+
+    let killed = killed_runs.lock().unwrap().clone();
+    let live = live_runs.lock().unwrap().clone();
+    let mut wrong = Vec::new();
+    let tids: std::collections::BTreeSet<&String> = killed.keys().chain(live.keys()).collect();
+    for tid in &tids {
+        let by_killed = killed.get(*tid).copied().unwrap_or(0);
+        let by_live = live.get(*tid).copied().unwrap_or(0);
+        let want = if by_killed > 0 { (1, 1) } else { (0, 1) };
+        if (by_killed, by_live) != want {
+            wrong.push(format!("{tid}: {by_killed} killed + {by_live} live runs"));
+        }
+    }
+    assert_eq!(tids.len(), HELD + MORE, "every task ran");
+    assert!(
+        wrong.is_empty(),
+        "{}: {} of {} tasks ran a wrong number of times ({} held by the killed worker): {wrong:?}",
+        h.name(),
+        wrong.len(),
+        tids.len(),
+        killed.len()
+    );
+    let stats = cn.stats();
+    println!(
+        "{}: {} tasks, {} held by the killed worker and run once more, {} redispatched",
+        h.name(),
+        tids.len(),
+        killed.len(),
+        stats.redispatched
+    );
+    assert_eq!(
+        stats.succeeded,
+        (HELD + MORE) as u64,
+        "one outcome each: {stats:?}"
+    );
+    assert_eq!(stats.failed + stats.lost, 0, "{stats:?}");
+}
+
 /// Workers and clients carry on by themselves after their broker restarts.
 pub async fn broker_restart_workers_resume(h: &dyn Harness, u: &str) {
     let broker = h

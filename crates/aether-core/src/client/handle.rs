@@ -93,9 +93,9 @@ pub(super) struct TaskInner {
     pub(super) worker_lease: Option<Duration>,
     /// The handle was dropped.
     pub(super) detached: bool,
-    /// The route's subscription was interrupted while no worker had been heard of: the
-    /// supervisor dispatches the task again at once.
-    pub(super) probe: bool,
+    /// The route's subscription was interrupted, and the task's replies may be lost:
+    /// unless it is heard of after `since`, the supervisor dispatches it again at `at`.
+    pub(super) probe: Option<Probe>,
     /// The route's gap count when the latest dispatch had reached the transport; `None`
     /// while a dispatch is under way. Only a gap after it can have lost its replies.
     pub(super) dispatched_at_gap: Option<u64>,
@@ -126,7 +126,7 @@ impl TaskShared {
                 seen: false,
                 worker_lease: None,
                 detached: false,
-                probe: false,
+                probe: None,
                 dispatched_at_gap: None,
             }),
             wake: Notify::new(),
@@ -175,17 +175,28 @@ impl TaskShared {
         true
     }
 
-    /// Asks the supervisor to dispatch the task again if no worker was heard of since its
-    /// last dispatch and that dispatch went out before gap number `gap`: its acceptance or
-    /// completion may have been missed. A dispatch still under way, or made after the
-    /// subscriptions were back, has lost nothing.
+    /// Asks the supervisor to dispatch the task again if its replies may have been lost
+    /// in gap number `gap` (its latest dispatch went out before it). A task no worker was
+    /// heard of since that dispatch goes again at once. A task a worker accepted may still
+    /// be running there: it goes again only if no heartbeat comes within half the worker's
+    /// lease (it heartbeats every third), which means the worker completed it meanwhile
+    /// (and answers the repeat from memory) or died. A dispatch still under way, or made
+    /// after the subscriptions were back, has lost nothing; a worker that promised no
+    /// heartbeats (a Python one) cannot be told apart from a busy one, so is left alone.
     pub(super) fn probe(&self, gap: u64) {
         let mut inner = self.lock();
-        if inner.seen || inner.outcome.is_some() || inner.dispatched_at_gap.is_none_or(|d| d >= gap)
-        {
+        if inner.outcome.is_some() || inner.dispatched_at_gap.is_none_or(|d| d >= gap) {
             return;
         }
-        inner.probe = true;
+        let now = Instant::now();
+        let at = match (inner.seen, inner.worker_lease) {
+            (false, _) => now,
+            (true, Some(lease)) => now + lease / 2,
+            (true, None) => return,
+        };
+        if inner.probe.is_none() {
+            inner.probe = Some(Probe { since: now, at });
+        }
         drop(inner);
         self.wake_supervisor.notify_one();
     }
@@ -252,6 +263,15 @@ impl TaskShared {
             counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A redispatch asked for by a gap.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Probe {
+    /// When the gap was reported: anything heard later shows nothing was lost.
+    pub(super) since: Instant,
+    /// When to dispatch again if nothing was heard.
+    pub(super) at: Instant,
 }
 
 /// A task in flight: its progress, its outcome, and the means to cancel it.

@@ -2,7 +2,8 @@
 //!
 //! Each perform gets a supervisor that watches the task's lease: if no worker accepts the
 //! task, or the worker that has it stops sending heartbeats, within the lease, the client
-//! sends the perform again with the same tid and `attempt + 1` (bounded, with backoff).
+//! sends the perform again with the same tid and `attempt + 1` (bounded, with backoff),
+//! where the transport would not hand the task to another worker by itself.
 //! Workers drop tids they already completed, and the client surfaces the first outcome
 //! only, so a task whose worker died is still completed exactly once as far as the caller
 //! can see, on every transport.
@@ -161,9 +162,12 @@ impl TaskBuilder<'_> {
         let caps = transport.capabilities();
         // Before a worker accepts: wait on transports that keep the perform queued; chase it
         // on those that may have dropped it. After a worker accepted and promised
-        // heartbeats: silence means the worker died or its completion was lost (a
-        // subscriber reconnecting), and a redispatch recovers both (a worker that already
-        // completed the tid repeats its completion), so that is on unless turned off.
+        // heartbeats, silence means the worker died or its completion was lost (a
+        // subscriber reconnecting). Where the transport redelivers a dead worker's tasks
+        // and reports the gaps in which replies were lost, both are recovered without the
+        // lease, and a redispatch beside the transport's redelivery would run the task
+        // twice; elsewhere the lease redispatch recovers them (a worker that already
+        // completed the tid repeats its completion).
         let redispatch = match config.redispatch {
             Some(on) => Redispatch {
                 before_accept: on,
@@ -172,7 +176,7 @@ impl TaskBuilder<'_> {
             },
             None => Redispatch {
                 before_accept: !caps.redelivers_on_crash,
-                after_accept: true,
+                after_accept: !(caps.redelivers_on_crash && caps.gap_signals),
                 on_gap: true,
             },
         };

@@ -52,23 +52,27 @@ impl Supervisor {
         let mut attempt = 1u32;
         let mut chances = 1u32;
         loop {
-            let (lease_at, probe) = {
+            let (lease_at, probe_at) = {
                 let mut inner = self.shared.lock();
                 if inner.outcome.is_some() {
                     break;
                 }
-                let probe = std::mem::take(&mut inner.probe) && !inner.seen;
+                // A probe the task answered (heard of after the gap) is done with.
+                if inner.probe.is_some_and(|p| inner.heard > p.since) {
+                    inner.probe = None;
+                }
+                let probe_at = inner.probe.filter(|_| self.redispatch.on_gap).map(|p| p.at);
                 let lease_at = self.lease_deadline(&inner, config.lease);
                 if inner.detached && lease_at.is_none() && self.deadline.is_none() {
                     break;
                 }
-                (lease_at, probe)
+                (lease_at, probe_at)
             };
-            if probe && self.redispatch.on_gap {
+            if probe_at.is_some_and(|at| at <= Instant::now()) {
                 attempt += 1;
                 self.dispatch_again(
                     attempt,
-                    "subscription interrupted before the task was heard of",
+                    "subscription interrupted; the task's replies may be lost",
                 )
                 .await;
                 continue;
@@ -76,6 +80,7 @@ impl Supervisor {
             // `notify_one` keeps a permit if the supervisor is not waiting yet.
             tokio::select! {
                 _ = self.shared.wake_supervisor.notified() => {}
+                _ = sleep_until_opt(probe_at) => {}
                 _ = sleep_until_opt(self.deadline) => {
                     if self.shared.finish(TaskEvent::TimedOut, Outcome::DeadlineExceeded, counters) {
                         self.send_cancel().await;
@@ -99,15 +104,24 @@ impl Supervisor {
                         }
                         break;
                     }
-                    attempt += 1;
-                    chances += 1;
+                    let expired = Instant::now();
                     tokio::select! {
-                        _ = tokio::time::sleep(config.backoff.delay(chances)) => {}
+                        _ = tokio::time::sleep(config.backoff.delay(chances + 1)) => {}
                         _ = sleep_until_opt(self.deadline) => continue,
                     }
-                    if self.shared.lock().outcome.is_some() {
-                        break;
+                    {
+                        let inner = self.shared.lock();
+                        if inner.outcome.is_some() {
+                            break;
+                        }
+                        // Heard of during the backoff (a late heartbeat, or another worker
+                        // that took the task over): sending it again would run it twice.
+                        if inner.heard > expired {
+                            continue;
+                        }
                     }
+                    attempt += 1;
+                    chances += 1;
                     self.dispatch_again(attempt, "lease expired").await;
                 }
             }
@@ -126,7 +140,7 @@ impl Supervisor {
             inner.worker_lease = None;
             // This dispatch answers any gap so far; a gap while it is under way lost
             // nothing it could be answered by.
-            inner.probe = false;
+            inner.probe = None;
             inner.dispatched_at_gap = None;
         }
         tracing::info!(topic = %self.topic, attempt, why, "dispatching again");

@@ -18,9 +18,10 @@ pub(crate) struct Faulty {
     pub(crate) inner: MemoryTransport,
     pub(crate) redelivers: bool,
     pub(crate) gaps: Option<Arc<watch::Sender<u64>>>,
-    /// Completions still to drop on publish; each dropped one is reported as a gap, once
-    /// the subscriber would be back, where there is a counter.
-    pub(crate) drop_completions: AtomicUsize,
+    /// Completions still to drop on publish (shared by the transports that hold a clone);
+    /// each dropped one is reported as a gap, once the subscriber would be back, where
+    /// there is a counter.
+    pub(crate) drop_completions: Arc<AtomicUsize>,
     /// Report a gap while the next enqueue is under way (as a Redis enqueue waiting for its
     /// subscriptions to come back does).
     pub(crate) gap_in_enqueue: AtomicBool,
@@ -42,7 +43,7 @@ impl Faulty {
             inner,
             redelivers,
             gaps: gaps.cloned(),
-            drop_completions: AtomicUsize::new(0),
+            drop_completions: Arc::default(),
             gap_in_enqueue: AtomicBool::new(false),
             statuses: Arc::default(),
             slow_status_subscriptions: None,
