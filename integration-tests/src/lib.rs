@@ -16,6 +16,7 @@
 //! }
 //! ```
 
+pub mod backlog;
 pub mod brokers;
 pub mod harness;
 pub mod proxy;

@@ -7,3 +7,17 @@ use integration_tests::brokers::redis::RedisHarness;
 integration_tests::conformance! {
     harness: RedisHarness::from_env("streams");
 }
+
+/// Past `max_len`, enqueue is refused with `Error::QueueFull`; nothing accepted is
+/// trimmed away before a workgroup consumed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_past_max_len_is_refused_not_dropped() {
+    use integration_tests::harness::Harness;
+    let url = RedisHarness::from_env("streams").url().unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    integration_tests::backlog::backlog_past_the_limit_is_refused_not_dropped(
+        &format!("{url}{sep}max_len=1000"),
+        1000,
+    )
+    .await;
+}

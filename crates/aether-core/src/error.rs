@@ -85,6 +85,14 @@ pub enum Error {
     /// The transport, client or worker has been closed.
     #[error("closed")]
     Closed,
+    /// The work queue already holds as many performs as its transport keeps (`limit`);
+    /// this one was not enqueued. Backpressure: retry later, or raise the limit. A
+    /// transport refuses rather than drop a perform no workgroup has consumed yet.
+    #[error("the work queue is full ({limit} performs); nothing was enqueued")]
+    QueueFull {
+        /// The transport's limit, e.g. Redis `max_len`.
+        limit: u64,
+    },
     /// A broker operation did not finish in time.
     #[error("{0} timed out")]
     Timeout(&'static str),

@@ -107,7 +107,8 @@ aether_core::settings! {
         /// First part of every key aether creates; non-empty, without braces. Default
         /// `aether`.
         [key] prefix: String = "aether".into(),
-        /// Performs kept per queue (stream `MAXLEN ~`, list `LTRIM`). Default 100,000.
+        /// Performs a queue holds (a stream's entries, or a workgroup's list); past it
+        /// `enqueue` fails with `Error::QueueFull`, nothing is trimmed. Default 100,000.
         [key] max_len: u64 = 100_000,
         /// Dead letters kept per queue; past it the oldest are trimmed. Default 10,000.
         [key] dead_letter_capacity: u64 = 10_000,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use aether_core::kit::{Credit, CreditUnit, Outlet, Settle, SettleOnce};
 use aether_core::{
-    Bytes, ConsumeOptions, Consumer, DeadLetter, Delivery, Result, Topic, WorkQueue,
+    Bytes, ConsumeOptions, Consumer, DeadLetter, Delivery, Error, Result, Topic, WorkQueue,
 };
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -56,7 +56,8 @@ fn parse_element(e: &Bytes) -> Option<(u32, String, Bytes)> {
     Some((r, tid, e.slice(first + 1 + second + 1..)))
 }
 
-/// Pushes a perform to every workgroup of its queue, or to the backlog.
+/// Pushes a perform to every workgroup of its queue, or to the backlog; refuses it with
+/// [`Error::QueueFull`] when one of those lists holds `max_len` performs.
 pub(crate) async fn enqueue(
     client: &Client,
     config: &RedisConfig,
@@ -64,7 +65,7 @@ pub(crate) async fn enqueue(
     payload: Bytes,
 ) -> Result<()> {
     let keys = QueueKeys::of_topic(&config.prefix, topic);
-    scripts::LIST_ENQUEUE
+    let groups = scripts::LIST_ENQUEUE
         .run::<i64>(
             client,
             vec![keys.groups(), keys.backlog()],
@@ -76,6 +77,11 @@ pub(crate) async fn enqueue(
         )
         .await
         .map_err(redis_err)?;
+    if groups < 0 {
+        return Err(Error::QueueFull {
+            limit: config.max_len,
+        });
+    }
     Ok(())
 }
 

@@ -125,9 +125,9 @@ return 1
 
 script!(
     STREAM_REQUEUE,
-    "KEYS: stream. ARGV: group, consumer, id, max len, redeliveries. If this consumer still \
-     owns the entry: acknowledges it and adds it again, marked for this group only. 1 if \
-     requeued.",
+    "KEYS: stream. ARGV: group, consumer, id, redeliveries. If this consumer still owns the \
+     entry: acknowledges it and adds it again, marked for this group only (untrimmed: it \
+     replaces the entry). 1 if requeued.",
     r#"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if p[1] == nil or p[1][2] ~= ARGV[2] then return 0 end
@@ -140,7 +140,7 @@ for i = 1, #f, 2 do
   if f[i] == 't' then tid = f[i + 1] elseif f[i] == 'p' then payload = f[i + 1] end
 end
 if tid == nil or payload == nil then return 0 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 't', tid, 'p', payload, 'r', ARGV[5], 'g', ARGV[1])
+redis.call('XADD', KEYS[1], '*', 't', tid, 'p', payload, 'r', ARGV[4], 'g', ARGV[1])
 return 1
 "#
 );
@@ -210,22 +210,36 @@ return 0
 script!(
     LIST_ENQUEUE,
     "KEYS: groups, backlog. ARGV: group list prefix, element, max len. Pushes the element \
-     to every registered workgroup's list, or to the backlog when there is none. Returns \
-     the number of workgroups.",
+     to every registered workgroup's list, or to the backlog when there is none; pushes \
+     nothing when one of those lists already holds max len elements (nothing is ever \
+     trimmed: every element is a perform its workgroup has not consumed). Returns the \
+     number of workgroups, or -1 when full.",
     r#"
 local groups = redis.call('SMEMBERS', KEYS[1])
 local n = tonumber(ARGV[3])
+local lists = {}
 if #groups == 0 then
-  redis.call('LPUSH', KEYS[2], ARGV[2])
-  redis.call('LTRIM', KEYS[2], 0, n - 1)
+  lists[1] = KEYS[2]
 else
-  for _, g in ipairs(groups) do
-    local k = ARGV[1] .. g
-    redis.call('LPUSH', k, ARGV[2])
-    redis.call('LTRIM', k, 0, n - 1)
-  end
+  for i, g in ipairs(groups) do lists[i] = ARGV[1] .. g end
 end
+for _, k in ipairs(lists) do
+  if redis.call('LLEN', k) >= n then return -1 end
+end
+for _, k in ipairs(lists) do redis.call('LPUSH', k, ARGV[2]) end
 return #groups
+"#
+);
+
+script!(
+    STREAM_ENQUEUE,
+    "KEYS: stream. ARGV: max len, tid, payload. Adds the perform unless the stream already \
+     holds max len entries (entries every group has acknowledged are trimmed by the \
+     housekeeping, never unconsumed ones). 1 if added, -1 when full.",
+    r#"
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
+redis.call('XADD', KEYS[1], '*', 't', ARGV[2], 'p', ARGV[3])
+return 1
 "#
 );
 

@@ -1,7 +1,7 @@
 //! The work queue in streams mode.
 //!
 //! One stream per queue (`{prefix}:{u:j:t:x}:stream`), one consumer group per workgroup.
-//! `enqueue` is `XADD ... MAXLEN ~`. A consumer reads with `XREADGROUP ... COUNT n BLOCK`
+//! `enqueue` is `XADD`, refused with `Error::QueueFull` at `max_len` entries. A consumer reads with `XREADGROUP ... COUNT n BLOCK`
 //! on a connection of its own, `n` being its free prefetch credit; `ack` is `XACK`. Every
 //! half lease a consumer claims entries idle longer than the lease from consumers that
 //! died (`XAUTOCLAIM`), dead-letters those delivered too often, trims what every group has
@@ -31,7 +31,9 @@ use crate::pubsub::value_bytes;
 use crate::reader::{Halt, StopGuard, perform_topic, read_retry, reclaim_interval, refuse};
 use crate::scripts;
 
-/// Puts a perform on its queue's stream.
+/// Puts a perform on its queue's stream, or refuses it with [`Error::QueueFull`] when the
+/// stream holds `max_len` entries: trimming there would drop performs no workgroup has
+/// consumed yet (the housekeeping trims what every group has acknowledged).
 pub(crate) async fn enqueue(
     client: &Client,
     config: &RedisConfig,
@@ -39,19 +41,23 @@ pub(crate) async fn enqueue(
     payload: Bytes,
 ) -> Result<()> {
     let keys = QueueKeys::of_topic(&config.prefix, topic);
-    client
-        .xadd::<Value, _, _, _, _>(
-            keys.stream(),
-            false,
-            ("MAXLEN", "~", config.max_len as i64),
-            "*",
+    let added = scripts::STREAM_ENQUEUE
+        .run::<i64>(
+            client,
+            vec![keys.stream()],
             vec![
-                ("t", Value::from(topic.tid())),
-                ("p", Value::Bytes(payload)),
+                (config.max_len as i64).into(),
+                topic.tid().into(),
+                Value::Bytes(payload),
             ],
         )
         .await
         .map_err(redis_err)?;
+    if added < 0 {
+        return Err(Error::QueueFull {
+            limit: config.max_len,
+        });
+    }
     Ok(())
 }
 
@@ -64,7 +70,6 @@ struct Shared {
     name: String,
     topic_prefix: String,
     queue: WorkQueue,
-    max_len: u64,
     dead_max_len: u64,
     /// To the task that acknowledges in batches.
     acks: mpsc::Sender<(String, oneshot::Sender<Result<(), fred::error::Error>>)>,
@@ -127,7 +132,6 @@ impl Shared {
                     self.group.as_str().into(),
                     self.name.as_str().into(),
                     id.into(),
-                    (self.max_len as i64).into(),
                     (redeliveries as i64).into(),
                 ],
             )
@@ -182,7 +186,6 @@ pub(crate) async fn consume(
         name: consumer_name(),
         topic_prefix: keys.topic_prefix.clone(),
         queue: queue.clone(),
-        max_len: config.max_len,
         dead_max_len: config.dead_letter_capacity,
         acks,
     });
