@@ -401,7 +401,7 @@ impl Transport for AmqpTransport {
         Capabilities::new()
             .durable(true)
             .redelivers_on_crash(true)
-            .wildcards(true)
+            .multi_level_wildcards(true)
             // A queue per subscription: two subscriptions may be delivered out of order
             // with each other.
             .ordered(false)

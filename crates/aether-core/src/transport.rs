@@ -13,8 +13,22 @@
 //!   acknowledged because its consumer went away comes back to another consumer where the
 //!   transport can do that ([`Capabilities::redelivers_on_crash`]).
 //!
-//! [`Transport::capabilities`] says what a transport guarantees; the core refuses, at
-//! start-up, a configuration whose promise the transport cannot keep.
+//! Every transport must provide, because the core relies on it:
+//!
+//! - single-level `+` filters: clients subscribe to a queue's replies and workers to its
+//!   cancels with `{union}/{job}/{task}/{context}/+/{action}`;
+//! - one publisher's broadcasts in the order sent, within each subscription;
+//! - one copy of each perform per workgroup: a worker's `workgroup` setting means "each
+//!   task once per workgroup", whatever the other workgroups on the queue;
+//! - the acknowledgement contract of [`Delivery`] and the lifecycle of [`Subscription`],
+//!   [`Consumer`] and [`Transport::close`] as documented below.
+//!
+//! [`Transport::capabilities`] says what varies between transports, and each flag is
+//! either acted on by the core or held to the transport by the contract suite
+//! (`integration-tests/src/contract`), in both directions: what the transport must do where
+//! a flag is set, and what it must not do (or must refuse) where it is not. The core
+//! refuses, when a node is built or a worker started, a configuration whose promise the
+//! transport cannot keep (see [`Capabilities`]).
 
 use std::any::Any;
 use std::fmt;
@@ -52,15 +66,17 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// returns: a message published after that is delivered. The messages one publisher
     /// sends on the topics it matches arrive in the order they were sent. Dropping the [`Subscription`]
     /// unsubscribes. Closing the transport ends every subscription (`next` returns `None`).
-    /// A transport without wildcards answers [`Error::Unsupported`] for a filter with `+`
-    /// or `#`.
+    /// Every transport takes single-level `+`; a transport without
+    /// [`Capabilities::multi_level_wildcards`] answers [`Error::Unsupported`] for a filter
+    /// with `#`.
     async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription>;
 
     /// Puts a perform on the work queue of `topic`'s (union, job, task, context); `topic`'s
     /// action is [`crate::Action::Perform`] and its tid identifies the task. Returns once
     /// the broker has accepted it (publisher confirms where the broker has them). Each
-    /// workgroup consuming that queue receives it once. On a durable transport it waits
-    /// for a consumer if there is none.
+    /// workgroup consuming that queue receives it once (required of every transport). On a
+    /// durable transport it waits for a consumer if there is none; elsewhere a perform
+    /// with no consumer is lost (the client's redispatch sends it again).
     async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()>;
 
     /// Starts consuming `queue` as one consumer of its workgroup. At most
@@ -86,20 +102,32 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     async fn close(&self) -> Result<()>;
 }
 
-/// What a transport guarantees. Built with [`Capabilities::new`] and the setters, so adapter
-/// crates can fill it in while new fields are added.
+/// What a transport guarantees, where transports differ. Built with [`Capabilities::new`]
+/// and the setters, so adapter crates can fill it in while new fields are added.
+///
+/// Each flag is used: the core acts on `redelivers_on_crash`, `durable` and `gap_signals`
+/// (when a client dispatches a task again, whether workers may hold back acceptance),
+/// `ordered` (how a client subscribes to a task's replies), `max_payload` (the limit in
+/// force, and a node asking for more is refused at `build()`) and `dead_letters` (where a
+/// dead letter is kept); the contract suite checks the flags against what the transport
+/// does, and the task-level suite skips what a transport without `durable`,
+/// `multi_level_wildcards` or `shared_between_processes` cannot pass. Single-level `+`
+/// filters, order within one subscription and per-workgroup fan-out are no capability:
+/// every transport provides them (see the [module docs](self)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
     /// Work enqueued while no consumer runs is kept until one comes, and survives a broker
-    /// restart where the broker persists.
+    /// restart where the broker persists. Where false, a perform sent before any worker
+    /// consumes is lost, and the client's redispatch is what sends it again.
     pub durable: bool,
     /// An unacknowledged delivery comes back to another consumer when its consumer is
     /// gone. Where false, the client's lease-based redispatch is what recovers a task
     /// whose worker died.
     pub redelivers_on_crash: bool,
-    /// Subscribe accepts filters with `+` and `#`.
-    pub wildcards: bool,
+    /// Subscribe accepts multi-level `#` filters (every transport takes `+`). The core
+    /// never needs `#`; applications watching a whole union or job do.
+    pub multi_level_wildcards: bool,
     /// Broadcasts from one publisher reach this transport's subscriptions in the order they
     /// were sent, across subscriptions: a message is in the buffers of the subscriptions it
     /// matches before a later one is in theirs (one connection dispatching in arrival
@@ -108,9 +136,14 @@ pub struct Capabilities {
     /// statuses and completions through one subscription, so a completion never overtakes
     /// the progress reports sent before it.
     pub ordered: bool,
-    /// The largest payload the transport carries, in bytes.
+    /// The largest payload the transport carries, in bytes: larger ones are refused on
+    /// send with [`Error::PayloadTooLarge`]. A node's `max_payload` may not exceed it.
     pub max_payload: usize,
-    /// Dead letters are stored by the transport ([`Transport::dead_letter`] succeeds).
+    /// Dead letters are stored by the transport: [`Transport::dead_letter`] and
+    /// [`Delivery::reject`] keep the letter for an operator. Where false, `dead_letter`
+    /// answers [`Error::Unsupported`] and `reject` removes the delivery, logging the
+    /// letter; the dead letters of the node itself (tasks a client gave up on) are then
+    /// kept in memory instead (`Aether::local_dead_letters`).
     pub dead_letters: bool,
     /// A separate process can connect to the same broker (false for the in-memory one).
     pub shared_between_processes: bool,
@@ -129,7 +162,7 @@ impl Capabilities {
         Capabilities {
             durable: false,
             redelivers_on_crash: false,
-            wildcards: false,
+            multi_level_wildcards: false,
             ordered: false,
             max_payload: 1 << 20,
             dead_letters: false,
@@ -147,9 +180,9 @@ impl Capabilities {
         self.redelivers_on_crash = v;
         self
     }
-    /// Sets [`Capabilities::wildcards`].
-    pub fn wildcards(mut self, v: bool) -> Self {
-        self.wildcards = v;
+    /// Sets [`Capabilities::multi_level_wildcards`].
+    pub fn multi_level_wildcards(mut self, v: bool) -> Self {
+        self.multi_level_wildcards = v;
         self
     }
     /// Sets [`Capabilities::ordered`].
@@ -468,22 +501,53 @@ impl Delivery {
 /// did not parse) and has already moved to the dead-letter place.
 pub type Consumed = std::result::Result<Delivery, InvalidMessage>;
 
-/// A live consumer of a work queue. Dropping it stops consuming.
+/// A live consumer of a work queue. Dropping it stops consuming and gives back what it
+/// had buffered.
 pub struct Consumer {
     rx: mpsc::Receiver<Consumed>,
-    _guard: Option<Box<dyn Any + Send + Sync>>,
+    guard: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl Consumer {
     /// A consumer fed through `rx`; `guard` is dropped with it (adapters stop consuming
-    /// and give back unacknowledged work in its `Drop`).
+    /// and give back unacknowledged work in its `Drop`). Deliveries still in `rx` then are
+    /// given back with [`Delivery::nack`]`(true)`, so an adapter need not track which of
+    /// its deliveries were handed out.
     pub fn new(rx: mpsc::Receiver<Consumed>, guard: Option<Box<dyn Any + Send + Sync>>) -> Self {
-        Consumer { rx, _guard: guard }
+        Consumer { rx, guard }
     }
 
     /// The next delivery; `None` once the consumer or its transport is closed.
     pub async fn next(&mut self) -> Option<Consumed> {
         self.rx.recv().await
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        // Stop consuming first, so what is given back goes to the other consumers.
+        drop(self.guard.take());
+        self.rx.close();
+        let mut buffered = Vec::new();
+        while let Ok(consumed) = self.rx.try_recv() {
+            if let Ok(delivery) = consumed {
+                buffered.push(delivery);
+            }
+        }
+        if buffered.is_empty() {
+            return;
+        }
+        // Outside a runtime the deliveries are dropped, which their transport treats as
+        // unacknowledged.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for delivery in buffered {
+                    if let Err(e) = delivery.nack(true).await {
+                        tracing::debug!(error = %e.error, "a buffered delivery was not given back");
+                    }
+                }
+            });
+        }
     }
 }
 

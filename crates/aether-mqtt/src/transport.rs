@@ -391,7 +391,7 @@ impl Transport for MqttTransport {
         Capabilities::new()
             .durable(false)
             .redelivers_on_crash(false)
-            .wildcards(true)
+            .multi_level_wildcards(true)
             .ordered(true)
             .max_payload(self.inner.config.max_payload)
             .dead_letters(self.inner.config.dead_letter_topic.is_some())

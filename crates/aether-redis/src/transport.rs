@@ -111,7 +111,7 @@ impl Transport for RedisTransport {
         Capabilities::new()
             .durable(true)
             .redelivers_on_crash(true)
-            .wildcards(true)
+            .multi_level_wildcards(true)
             // A pattern overlapping another goes on another connection (lane), so two
             // subscriptions may be delivered out of order with each other.
             .ordered(false)

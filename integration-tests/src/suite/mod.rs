@@ -76,8 +76,10 @@ fn always(_: &Capabilities, _: bool) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn wildcards(c: &Capabilities, _: bool) -> Result<(), &'static str> {
-    c.wildcards.then_some(()).ok_or("no wildcard subscriptions")
+fn multi_level_wildcards(c: &Capabilities, _: bool) -> Result<(), &'static str> {
+    c.multi_level_wildcards
+        .then_some(())
+        .ok_or("no multi-level (`#`) wildcards")
 }
 
 /// A broker other processes reach over the network.
@@ -95,7 +97,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "wildcard_filters",
-        requires: wildcards,
+        requires: multi_level_wildcards,
     },
     Case {
         name: "one_of_n_exactly_once",
@@ -159,7 +161,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "workers_announce_online_and_idle",
-        requires: wildcards,
+        requires: always,
     },
     Case {
         name: "callback_style_round_trip",
@@ -199,27 +201,30 @@ pub const CASES: &[Case] = &[
     },
 ];
 
-/// Checks a transport's expansion of the suite: the same cases as [`CASES`], every
-/// ignored name a real case, and each ignore matching what the transport reports through
-/// its capabilities at run time (a case it could pass must not be ignored; one it cannot
-/// must be).
+/// Checks a transport's expansion of the suite: the same cases as [`CASES`] then
+/// [`contract::CASES`](crate::contract::CASES), every ignored name a real case, and each
+/// ignore matching what the transport reports through its capabilities at run time (a
+/// case it could pass must not be ignored; one it cannot must be).
 pub async fn check_listing(h: &dyn Harness, listed: &[(&str, bool)], ignored: &[&str]) {
+    let all: Vec<&Case> = CASES.iter().chain(crate::contract::CASES).collect();
     for name in ignored {
         assert!(
-            CASES.iter().any(|c| c.name == *name),
+            all.iter().any(|c| c.name == *name),
             "{}: ignores {name}, which is not a case",
             h.name()
         );
     }
     let names: Vec<&str> = listed.iter().map(|(n, _)| *n).collect();
-    let cases: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+    let cases: Vec<&str> = all.iter().map(|c| c.name).collect();
     assert_eq!(
         names, cases,
-        "conformance! and suite::CASES list different cases"
+        "conformance! and suite::CASES + contract::CASES list different cases"
     );
+    let unique: std::collections::BTreeSet<&str> = cases.iter().copied().collect();
+    assert_eq!(unique.len(), cases.len(), "a case name is used twice");
     let caps = capabilities(h).await;
     let private = h.private_broker().await.is_some();
-    for (case, (_, ignored)) in CASES.iter().zip(listed) {
+    for (case, (_, ignored)) in all.iter().zip(listed) {
         match ((case.requires)(&caps, private), ignored) {
             (Ok(()), true) => panic!(
                 "{}: {} is ignored, but the transport's capabilities say it can pass",

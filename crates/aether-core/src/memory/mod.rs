@@ -182,7 +182,7 @@ impl Transport for MemoryTransport {
         Capabilities::new()
             .durable(true)
             .redelivers_on_crash(self.broker.config.redeliver)
-            .wildcards(true)
+            .multi_level_wildcards(true)
             .ordered(true)
             .max_payload(self.broker.config.max_payload)
             .dead_letters(true)
@@ -217,7 +217,10 @@ impl Transport for MemoryTransport {
             broker: Arc::downgrade(&self.broker),
             id,
         };
-        Ok(Subscription::new(rx, Some(Box::new(guard))))
+        // In one process nothing is lost, so the gap counter never moves; it is there
+        // because the transport reports `gap_signals`.
+        let (gaps_tx, gaps) = tokio::sync::watch::channel(0);
+        Ok(Subscription::new(rx, Some(Box::new((guard, gaps_tx)))).with_gaps(gaps))
     }
 
     async fn enqueue(&self, topic: &Topic, payload: Bytes) -> Result<()> {
