@@ -59,6 +59,7 @@ pub mod error;
 pub mod kit;
 pub mod memory;
 pub mod node;
+pub mod requirements;
 pub mod settings;
 pub mod state;
 pub mod stats;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::client::{Client, Routes};
 use crate::envelope::Codec;
 use crate::error::{Error, Level, Result};
+use crate::requirements::{self, Explicit};
 use crate::stats::{Counters, Stats};
 use crate::topic::validate_segment;
 use crate::transport::{DeadLetter, SharedTransport, Transport};
@@ -80,7 +81,9 @@ pub struct Config {
     /// The codec of performs this node sends. Workers answer in the codec a perform came in.
     /// Default JSON.
     pub codec: Codec,
-    /// Largest encoded message, enforced on send and receive. Default 1 MiB.
+    /// Largest encoded message, enforced on send and receive. Default 1 MiB, or the
+    /// transport's limit where that is lower; set above a transport's limit it is refused
+    /// at `build()`.
     pub max_payload: usize,
     /// How long a task may go without a sign of life (acceptance, progress or heartbeat)
     /// before the client dispatches it again. Workers heartbeat at a third of the lease the
@@ -91,7 +94,8 @@ pub struct Config {
     pub max_attempts: u32,
     /// Whether clients dispatch a task again when they may have lost track of it. `None`
     /// (the default): a task no worker accepted within the lease, only where the transport
-    /// does not redeliver after a consumer crash (elsewhere it waits in the queue); a task
+    /// does not redeliver after a consumer crash or is not durable (elsewhere it waits in
+    /// the queue); a task
     /// whose worker stopped heartbeating, unless the transport both redelivers and reports
     /// gaps (then the transport hands a dead worker's tasks to another, and a completion
     /// lost in a gap is recovered by the gap report; a redispatch beside a redelivery would
@@ -110,10 +114,12 @@ pub struct Config {
     ///
     /// Asked for only where a lost completion of a task never accepted is recovered: where
     /// the client redispatches tasks it has not seen accepted ([`Config::redispatch`]; by
-    /// default on transports that do not redeliver), or where the transport reports gaps in
-    /// its subscriptions ([`Capabilities::gap_signals`](crate::Capabilities::gap_signals))
-    /// and redispatch is not turned off. Elsewhere the acceptance is what arms the recovery
-    /// of a lost completion, so workers are asked to send it at once.
+    /// default on transports that do not redeliver or are not durable), or where the
+    /// transport reports gaps in its subscriptions
+    /// ([`Capabilities::gap_signals`](crate::Capabilities::gap_signals)) and redispatch is
+    /// not turned off. Elsewhere the acceptance is what arms the recovery of a lost
+    /// completion, so workers are asked to send it at once, and a non-zero `defer_accept`
+    /// set explicitly is refused at `build()`.
     pub defer_accept: Duration,
     /// Progress updates a task handle buffers; the oldest are dropped past it. Default 64.
     pub progress_buffer: usize,
@@ -164,6 +170,7 @@ fn short_hostname() -> String {
 pub struct AetherBuilder {
     config: Config,
     channels: HashMap<String, SharedTransport>,
+    explicit: Explicit,
 }
 
 impl AetherBuilder {
@@ -203,6 +210,7 @@ impl AetherBuilder {
     /// Sets [`Config::max_payload`].
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.config.max_payload = bytes;
+        self.explicit.max_payload = true;
         self
     }
     /// Sets [`Config::lease`].
@@ -228,6 +236,7 @@ impl AetherBuilder {
     /// Sets [`Config::defer_accept`].
     pub fn defer_accept(mut self, defer: Duration) -> Self {
         self.config.defer_accept = defer;
+        self.explicit.defer_accept = true;
         self
     }
     /// Sets [`Config::progress_buffer`].
@@ -246,7 +255,8 @@ impl AetherBuilder {
         self
     }
 
-    /// Checks the settings and builds the node.
+    /// Checks the settings, and that each channel's transport can keep what they ask (see
+    /// [`requirements`](crate::requirements)), and builds the node.
     pub fn build(self) -> Result<Aether> {
         let c = &self.config;
         validate_segment(Level::Union, &c.union)?;
@@ -271,6 +281,7 @@ impl AetherBuilder {
                 "max_payload must be at least 256 bytes".into(),
             ));
         }
+        requirements::check_node(c, self.explicit, &self.channels)?;
         Ok(Aether {
             inner: Arc::new(Node {
                 config: self.config,
@@ -387,10 +398,16 @@ impl Aether {
             .dead_lettered
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(topic = %letter.topic, reason = %letter.reason, "dead letter");
-        if let Err(e) = transport.dead_letter(letter.clone()).await {
-            if !matches!(e, Error::Unsupported { .. }) {
-                tracing::warn!(error = %e, "transport refused a dead letter; kept locally");
-            }
+        // Where the transport has no dead-letter place, do not even ask.
+        let stored = transport.capabilities().dead_letters
+            && match transport.dead_letter(letter.clone()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "transport refused a dead letter; kept locally");
+                    false
+                }
+            };
+        if !stored {
             let mut dead = self.inner.dead.lock().unwrap_or_else(|e| e.into_inner());
             if dead.len() >= LOCAL_DEAD_LETTERS {
                 dead.pop_front();
@@ -461,6 +478,20 @@ mod tests {
             .build()
             .unwrap();
         assert!(a.transport("other").is_ok());
+        // A limit above what a channel carries is refused, naming the channel.
+        let small = || MemoryTransport::connect("memory://node-test-small?max_payload=1000");
+        let err = Aether::builder()
+            .transport(t())
+            .channel("small", small().unwrap())
+            .max_payload(2000)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("\"small\"") && m.contains("1000")),
+            "{err}"
+        );
+        // Left at its default, the limit is the transport's.
+        assert!(Aether::builder().transport(small().unwrap()).build().is_ok());
         assert!(matches!(a.transport("nope"), Err(Error::UnknownChannel(_))));
         assert_eq!(a.config().union, "default");
     }

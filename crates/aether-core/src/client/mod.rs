@@ -175,7 +175,7 @@ impl TaskBuilder<'_> {
                 on_gap: on,
             },
             None => Redispatch {
-                before_accept: !caps.redelivers_on_crash,
+                before_accept: !caps.redelivers_on_crash || !caps.durable,
                 after_accept: !(caps.redelivers_on_crash && caps.gap_signals),
                 on_gap: true,
             },

@@ -111,7 +111,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// Retries a failed handler inside the worker. Default: no retries.
+    /// Retries a failed handler inside the worker. Default: no retries. Needs a transport
+    /// with a dead-letter place ([`Capabilities::dead_letters`](crate::Capabilities)) for
+    /// the perform that fails every attempt; `start()` refuses it elsewhere.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self
@@ -188,6 +190,7 @@ impl WorkerBuilder {
             return Err(Error::Config("concurrency must be at least 1".into()));
         }
         let transport = self.node.transport(&self.channel)?.clone();
+        crate::requirements::check_worker(&self.channel, &transport, self.retry.is_some())?;
         let config = self.node.config();
         let mut regs = Vec::new();
         for (job, task, context, handler) in self.handlers {
