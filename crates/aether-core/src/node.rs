@@ -491,7 +491,12 @@ mod tests {
             "{err}"
         );
         // Left at its default, the limit is the transport's.
-        assert!(Aether::builder().transport(small().unwrap()).build().is_ok());
+        assert!(
+            Aether::builder()
+                .transport(small().unwrap())
+                .build()
+                .is_ok()
+        );
         assert!(matches!(a.transport("nope"), Err(Error::UnknownChannel(_))));
         assert_eq!(a.config().union, "default");
     }
