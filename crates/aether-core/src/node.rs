@@ -256,7 +256,7 @@ impl AetherBuilder {
     }
 
     /// Checks the settings, and that each channel's transport can keep what they ask (see
-    /// [`requirements`](crate::requirements)), and builds the node.
+    /// [`requirements`]), and builds the node.
     pub fn build(self) -> Result<Aether> {
         let c = &self.config;
         validate_segment(Level::Union, &c.union)?;

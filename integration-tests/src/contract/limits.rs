@@ -9,7 +9,7 @@ use super::*;
 const LARGEST_SENT: usize = 4 << 20;
 
 /// `publish` and `enqueue` of more than `max_payload` bytes fail with `PayloadTooLarge`
-/// and send nothing; a payload at the limit (or [`LARGEST_SENT`], whichever is smaller)
+/// and send nothing; a payload at the limit (or 4 MiB, whichever is smaller)
 /// is carried whole both ways. Oversized messages that arrive from elsewhere are the
 /// core's to count and drop (`oversized_payload_is_a_typed_error` in the task suite).
 pub async fn payload_limit_enforced_on_send(h: &dyn Harness, u: &str) {
