@@ -130,7 +130,9 @@ pub async fn single_level_wildcard_required_multi_level_or_unsupported(h: &dyn H
     s.close().await.expect("close");
 }
 
-/// Where `ordered`: 200 messages from one publisher on one topic arrive in the order sent.
+/// 200 messages from one publisher on one topic arrive in the order sent, on every
+/// transport (order within one subscription is no capability; `ordered` is about order
+/// across subscriptions, which the client adapts to).
 pub async fn broadcasts_from_one_publisher_arrive_in_order(h: &dyn Harness, u: &str) {
     const N: usize = 200;
     let p = h.connect().await;
