@@ -155,27 +155,8 @@ impl QueueEngine {
             redeliveries: 0,
         };
         loop {
-            let space = {
-                let mut queues = lock(&self.queues);
-                if !queues.contains_key(key) {
-                    queues.insert(key.to_owned(), Queue::default());
-                }
-                let q = queues.get_mut(key).expect("inserted");
-                if !q.full(cap) {
-                    let mut sends = Vec::new();
-                    if q.groups.is_empty() {
-                        q.backlog.push_back(job);
-                    } else {
-                        for (name, g) in q.groups.iter_mut() {
-                            g.pending.push_back(job.clone());
-                            g.dispatch(self, key, name, &mut sends);
-                        }
-                    }
-                    drop(queues);
-                    send_all(sends);
-                    return Ok(());
-                }
-                q.space.clone()
+            let Err(space) = self.put(key, &job) else {
+                return Ok(());
             };
             let notified = space.notified();
             tokio::pin!(notified);
@@ -187,6 +168,50 @@ impl QueueEngine {
             }
             gate.check_open()?;
         }
+    }
+
+    /// Puts a perform on the queue of `topic` as [`enqueue`](QueueEngine::enqueue) does,
+    /// but never waits: while a workgroup's queue (or the backlog of a queue no workgroup
+    /// consumes yet) holds `queue_capacity` performs, it refuses with
+    /// [`Error::QueueFull`](crate::Error::QueueFull) and enqueues nothing. For a device or
+    /// hub whose one loop serves every connection and cannot wait for room.
+    pub fn try_enqueue(self: &Arc<Self>, topic: &Topic, payload: Bytes) -> Result<()> {
+        let job = Job {
+            topic: topic.clone(),
+            payload,
+            redeliveries: 0,
+        };
+        match self.put(topic.queue_prefix(), &job) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(crate::Error::QueueFull {
+                limit: self.config.queue_capacity as u64,
+            }),
+        }
+    }
+
+    /// Queues `job` for every workgroup of queue `key` (or in its backlog) and hands out
+    /// what credit allows; when full, queues nothing and returns the queue's room signal.
+    fn put(self: &Arc<Self>, key: &str, job: &Job) -> std::result::Result<(), Arc<Notify>> {
+        let mut queues = lock(&self.queues);
+        if !queues.contains_key(key) {
+            queues.insert(key.to_owned(), Queue::default());
+        }
+        let q = queues.get_mut(key).expect("inserted");
+        if q.full(self.config.queue_capacity) {
+            return Err(q.space.clone());
+        }
+        let mut sends = Vec::new();
+        if q.groups.is_empty() {
+            q.backlog.push_back(job.clone());
+        } else {
+            for (name, g) in q.groups.iter_mut() {
+                g.pending.push_back(job.clone());
+                g.dispatch(self, key, name, &mut sends);
+            }
+        }
+        drop(queues);
+        send_all(sends);
+        Ok(())
     }
 
     /// Starts a consumer of `queue` in its workgroup with `prefetch` credit; `owner` is
@@ -543,6 +568,29 @@ mod tests {
             .unwrap();
         drop(c.next().await);
         assert!(next_soon(&mut c).await.is_none());
+        assert_eq!(engine.pending(&queue("g")), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_enqueue_refuses_when_full_and_enqueues_nothing() {
+        let config = EngineConfig {
+            queue_capacity: 1,
+            ..EngineConfig::default()
+        };
+        let engine = QueueEngine::new(config);
+        // (tid, accepted) with no workgroup yet (the backlog), then one consuming.
+        engine.try_enqueue(&topic("1"), Bytes::new()).unwrap();
+        let full = engine.try_enqueue(&topic("2"), Bytes::new());
+        assert!(matches!(full, Err(crate::Error::QueueFull { limit: 1 })));
+        let mut c = engine.consume(&queue("g"), 1, 1);
+        let (first, _, d) = tid(&mut c).await;
+        assert_eq!(first, "1");
+        engine.try_enqueue(&topic("3"), Bytes::new()).unwrap();
+        let full = engine.try_enqueue(&topic("4"), Bytes::new());
+        assert!(matches!(full, Err(crate::Error::QueueFull { .. })));
+        d.ack().await.unwrap();
+        let (next, _, _d) = tid(&mut c).await;
+        assert_eq!(next, "3", "the refused one was never queued");
         assert_eq!(engine.pending(&queue("g")), 0);
     }
 
