@@ -115,9 +115,21 @@ aether_core::settings! {
         /// them locally. Default `aether-dead-letter`.
         [key = MqttConfig::apply_dead_letter_topic]
         dead_letter_topic: Option<String> = Some("aether-dead-letter".into()),
-        /// Publish dead letters retained, so the broker stores the last one of each topic.
-        /// Default true.
+        /// Publish dead letters retained, so the broker stores the last one of each topic
+        /// (up to `dead_letter_capacity` of them). Default true.
         [key] dead_letter_retain: bool = true,
+        /// How long the broker keeps a dead letter: its MQTT 5 message expiry. MQTT 3.1.1
+        /// has none, so there a retained dead letter stays until it is cleared. Default 7
+        /// days.
+        [key] dead_letter_expiry: Duration = Duration::from_secs(7 * 24 * 3600),
+        /// Dead letters retained per `dead_letter_expiry` (per connection lifetime on MQTT
+        /// 3.1.1); the ones past it are published without retain, so subscribers still see
+        /// them. Bounds what bad input can make the broker store. Default 1,000.
+        [key] dead_letter_capacity: usize = 1000,
+        /// Largest dead-letter payload in bytes (and never above `max_payload`): a longer
+        /// payload is cut to it, and the letter says so (`aether-truncated`, with the
+        /// original `aether-size`). Default 65,536.
+        [key] dead_letter_max_payload: usize = 65_536,
     }
 }
 
@@ -268,6 +280,14 @@ impl MqttConfig {
                 "dead_letter_topic {prefix:?} must not contain + # or NUL, nor start with $"
             ));
         }
+        if self.dead_letter_expiry < Duration::from_secs(1)
+            || self.dead_letter_expiry.as_secs() > i32::MAX as u64
+        {
+            return bad(format!(
+                "dead_letter_expiry must be 1 s to {} s (MQTT's message expiry)",
+                i32::MAX
+            ));
+        }
         if let Some(p) = &self.presence {
             aether_core::topic::validate_segment(Level::Union, &p.union)?;
             aether_core::topic::validate_segment(Level::Context, &p.host)?;
@@ -311,7 +331,8 @@ mod tests {
             "mqtts://u:p%40ss@h:1?version=3.1.1&client_id=w1&clean_session=false&session_expiry=60s\
              &keep_alive=5s&connect_timeout=2s&operation_timeout=3s&reconnect_min=50ms&reconnect_max=2s\
              &presence=u3/vm/c1&max_inflight=10&subscription_capacity=20&max_payload=4096\
-             &dead_letter_topic=dl&dead_letter_retain=false&tls_ca=/ca.pem&tls_cert=/c.pem\
+             &dead_letter_topic=dl&dead_letter_retain=false&dead_letter_expiry=60s\
+             &dead_letter_capacity=7&dead_letter_max_payload=99&tls_ca=/ca.pem&tls_cert=/c.pem\
              &tls_key=/k.pem&tls_key_password=kp&tls_verify_hostname=false",
         )
         .unwrap();
@@ -334,6 +355,8 @@ mod tests {
         );
         assert_eq!(c.dead_letter_topic.as_deref(), Some("dl"));
         assert!(!c.dead_letter_retain);
+        assert_eq!(c.dead_letter_expiry, Duration::from_secs(60));
+        assert_eq!((c.dead_letter_capacity, c.dead_letter_max_payload), (7, 99));
         assert_eq!(c.tls_ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
         assert_eq!(c.tls_cert.as_deref(), Some(std::path::Path::new("/c.pem")));
         assert_eq!(c.tls_key.as_deref(), Some(std::path::Path::new("/k.pem")));
@@ -356,6 +379,7 @@ mod tests {
             ("mqtt://h?clean_session=false", "needs a fixed client_id"),
             ("mqtt://h?max_inflight=0", "max_inflight"),
             ("mqtt://h?dead_letter_topic=a/%23", "dead_letter_topic"),
+            ("mqtt://h?dead_letter_expiry=0s", "dead_letter_expiry"),
             ("mqtt://h?presence=a.b", "union"),
             ("mqtt://h/path", "no path"),
             ("mqtt://", "no host"),

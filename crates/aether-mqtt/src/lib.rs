@@ -55,9 +55,16 @@
 //!   What acknowledging a delivery means here: see [Acknowledgements](#acknowledgements).
 //! - **ordered** per topic and publisher; **wildcards** `+` and `#`.
 //! - **dead letters** are published, retained, on `aether-dead-letter/{topic}` (prefix
-//!   `dead_letter_topic`), with the reason in the MQTT 5 user property `aether-reason`.
-//!   Inspect them with `mosquitto_sub -v -t 'aether-dead-letter/#'`; clear one by
-//!   publishing an empty retained message on its topic.
+//!   `dead_letter_topic`), with the reason, original topic and size in the MQTT 5 user
+//!   properties `aether-reason`, `aether-topic` and `aether-size`. What the broker keeps
+//!   of them is bounded whatever arrives: content cut to `dead_letter_max_payload`
+//!   (64 KiB, marked `aether-truncated`), an MQTT 5 message expiry of
+//!   `dead_letter_expiry` (7 days), and at most `dead_letter_capacity` (1,000) retained
+//!   per expiry window, the rest published without retain. (MQTT 3.1.1 carries neither
+//!   properties nor expiry: there the reason is only logged, and the 1,000 are per
+//!   connection.) Inspect them with `mosquitto_sub -V mqttv5 -F '%t %P %p' -t
+//!   'aether-dead-letter/#'`; clear one by publishing an empty retained message on its
+//!   topic.
 //!
 //! ## Acknowledgements
 //!
@@ -97,6 +104,7 @@
 
 mod config;
 mod connection;
+mod dead_letter;
 mod error;
 mod presence;
 mod queue;

@@ -222,6 +222,7 @@ fn give_back(inner: &Inner, topic: &Topic, payload: &[u8], redeliveries: u32) {
         payload,
         retain: false,
         user: &[(REDELIVERIES, &count)],
+        expiry: None,
     });
 }
 
@@ -266,6 +267,7 @@ impl Settle for MqttSettle {
                     payload: &self.payload,
                     retain: false,
                     user: &[(REDELIVERIES, &count)],
+                    expiry: None,
                 })
                 .await?;
         }

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::{MqttConfig, MqttVersion};
 use crate::connection::{self, Link};
+use crate::dead_letter::{self, RetainBudget};
 use crate::error::{MqttError, is_disconnect, paho as paho_err};
 use crate::queue::{ConsumerGuard, Slot};
 use crate::router::{Local, Router};
@@ -38,6 +39,8 @@ pub(crate) struct Inner {
     gate: Gate,
     /// Permits for publishes awaiting the broker's acknowledgement.
     inflight: Semaphore,
+    /// Dead letters that may still be retained in the current expiry window.
+    retain_budget: RetainBudget,
     link: Arc<watch::Sender<Link>>,
 }
 
@@ -100,6 +103,7 @@ impl MqttTransport {
         Ok(MqttTransport {
             inner: Arc::new(Inner {
                 inflight: Semaphore::new(config.max_inflight),
+                retain_budget: RetainBudget::new(&config),
                 gate: Gate::new(config.max_payload),
                 client,
                 config,
@@ -173,6 +177,8 @@ pub(crate) struct Publish<'a> {
     pub(crate) retain: bool,
     /// MQTT 5 user properties.
     pub(crate) user: &'a [(&'a str, &'a str)],
+    /// MQTT 5 message expiry, in seconds.
+    pub(crate) expiry: Option<u32>,
 }
 
 impl<'a> Publish<'a> {
@@ -183,6 +189,7 @@ impl<'a> Publish<'a> {
             payload,
             retain: false,
             user: &[],
+            expiry: None,
         }
     }
 }
@@ -206,11 +213,17 @@ impl Inner {
             .payload(p.payload)
             .qos(1)
             .retained(p.retain);
-        if self.v5() && !p.user.is_empty() {
+        if self.v5() && (!p.user.is_empty() || p.expiry.is_some()) {
             let mut props = paho::Properties::new();
             for (k, v) in p.user {
                 props
                     .push_string_pair(paho::PropertyCode::UserProperty, k, v)
+                    .map_err(paho_err)?;
+            }
+            if let Some(secs) = p.expiry {
+                let secs = i32::try_from(secs).unwrap_or(i32::MAX);
+                props
+                    .push_int(paho::PropertyCode::MessageExpiryInterval, secs)
                     .map_err(paho_err)?;
             }
             m = m.properties(props);
@@ -295,57 +308,36 @@ impl Inner {
         }
     }
 
-    /// The topic of a dead letter: `{dead_letter_topic}/{topic}`, wildcards replaced.
-    fn dead_letter_topic(&self, letter: &DeadLetter) -> Result<String> {
-        let Some(prefix) = &self.config.dead_letter_topic else {
-            return Err(Error::unsupported(
-                "mqtt",
-                "a dead-letter place (dead_letter_topic is off)",
-            ));
-        };
-        let tail: String = letter
-            .topic
-            .chars()
-            .map(|c| {
-                if matches!(c, '+' | '#' | '\0') {
-                    '_'
-                } else {
-                    c
-                }
-            })
-            .collect();
-        Ok(format!("{prefix}/{tail}"))
-    }
-
-    /// Publishes a dead letter on `{dead_letter_topic}/{topic}`.
+    /// Publishes a dead letter on `{dead_letter_topic}/{topic}`, bounded as
+    /// [`dead_letter`](crate::dead_letter) says.
     pub(crate) async fn dead_letter(&self, letter: &DeadLetter) -> Result<()> {
-        let topic = self.dead_letter_topic(letter)?;
-        let reason = letter.reason.to_string();
-        tracing::warn!(%topic, %reason, "dead letter");
+        let l = dead_letter::prepare(&self.config, &self.retain_budget, letter)?;
+        tracing::warn!(topic = %l.topic, reason = %letter.reason, "dead letter");
         self.publish(Publish {
-            topic: &topic,
-            payload: &letter.payload,
-            retain: self.config.dead_letter_retain,
-            user: &[("aether-reason", &reason), ("aether-topic", &letter.topic)],
+            topic: &l.topic,
+            payload: &l.payload,
+            retain: l.retain,
+            user: &l.user_pairs(),
+            expiry: l.expiry,
         })
         .await
     }
 
     /// Publishes a dead letter without waiting (from paho's callback thread).
     pub(crate) fn dead_letter_detached(&self, letter: &DeadLetter) {
-        let reason = letter.reason.to_string();
-        match self.dead_letter_topic(letter) {
-            Ok(topic) => {
-                tracing::warn!(%topic, %reason, "dead letter");
+        match dead_letter::prepare(&self.config, &self.retain_budget, letter) {
+            Ok(l) => {
+                tracing::warn!(topic = %l.topic, reason = %letter.reason, "dead letter");
                 self.publish_detached(Publish {
-                    topic: &topic,
-                    payload: &letter.payload,
-                    retain: self.config.dead_letter_retain,
-                    user: &[("aether-reason", &reason), ("aether-topic", &letter.topic)],
+                    topic: &l.topic,
+                    payload: &l.payload,
+                    retain: l.retain,
+                    user: &l.user_pairs(),
+                    expiry: l.expiry,
                 });
             }
             Err(_) => {
-                tracing::warn!(topic = %letter.topic, %reason, "dead letter dropped: no dead_letter_topic");
+                tracing::warn!(topic = %letter.topic, reason = %letter.reason, "dead letter dropped: no dead_letter_topic");
             }
         }
     }
@@ -386,7 +378,7 @@ impl Transport for MqttTransport {
     /// Not durable (a perform with no worker subscribed is lost), no redelivery after a
     /// crash (the client's lease redispatches), wildcards, ordered across subscriptions (one
     /// connection, dispatched in arrival order), dead letters
-    /// when `dead_letter_topic` is set (retained unless `dead_letter_retain` is false).
+    /// when `dead_letter_topic` is set (bounded; see [`Transport::dead_letter`]).
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .durable(false)
@@ -453,9 +445,11 @@ impl Transport for MqttTransport {
         Ok(Consumer::new(rx, Some(Box::new(guard))))
     }
 
-    /// Publishes the letter's payload on `{dead_letter_topic}/{topic}` (retained by
-    /// default), with the reason and original topic as MQTT 5 user properties
-    /// `aether-reason` and `aether-topic`.
+    /// Publishes the letter's payload, cut to `dead_letter_max_payload`, on
+    /// `{dead_letter_topic}/{topic}` (retained by default, up to `dead_letter_capacity`
+    /// per `dead_letter_expiry`, with that message expiry on MQTT 5), with the reason,
+    /// original topic and size as MQTT 5 user properties `aether-reason`, `aether-topic`,
+    /// `aether-size` (and `aether-truncated` when cut).
     async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
         self.inner.check_open()?;
         self.inner.dead_letter(&letter).await
