@@ -22,6 +22,13 @@ mod check;
 
 pub use check::MAX_DEPTH;
 
+/// Now, in the unit of [`Header::deadline`]: milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The wire format of a message. A decoder recognises either by its first byte, and a
 /// worker answers in the codec the request came in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

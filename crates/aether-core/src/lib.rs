@@ -56,6 +56,7 @@ pub mod client;
 pub mod context;
 pub mod envelope;
 pub mod error;
+mod inbound;
 pub mod kit;
 pub mod memory;
 pub mod node;

@@ -11,13 +11,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::action::Action;
-use crate::envelope::{Codec, Header, encode_raw};
+use crate::envelope::{Codec, Header, encode_raw, unix_ms};
 use crate::error::{Error, Result};
 use crate::node::{Aether, DEFAULT_CONTEXT};
 use crate::topic::Topic;
@@ -28,7 +28,7 @@ mod supervisor;
 
 use handle::TaskShared;
 pub use handle::{Progress, TaskHandle};
-pub(crate) use route::{Routes, accept_broadcast};
+pub(crate) use route::Routes;
 use supervisor::{Redispatch, Supervisor};
 
 /// Performs tasks. Cheap to clone.
@@ -250,10 +250,4 @@ impl TaskBuilder<'_> {
 fn new_tid() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     id[..16].to_owned()
-}
-
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

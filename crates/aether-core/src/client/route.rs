@@ -9,8 +9,8 @@ use tokio::task::JoinHandle;
 
 use super::handle::{Outcome, TaskShared};
 use crate::action::Action;
-use crate::envelope::Envelope;
-use crate::error::{DecodeError, Error, Result};
+use crate::error::{Error, Result};
+use crate::inbound::accept_broadcast;
 use crate::node::Aether;
 use crate::state::TaskEvent;
 use crate::stats::Counters;
@@ -264,43 +264,5 @@ async fn gap(gaps: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
     match gaps {
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
-    }
-}
-
-/// Checks a broadcast message: topic, size, envelope. Bad ones are counted and dropped.
-pub(crate) fn accept_broadcast(
-    received: Received,
-    limit: usize,
-    counters: &Counters,
-) -> Option<(Topic, Envelope)> {
-    let msg = match received {
-        Ok(msg) => msg,
-        Err(invalid) => {
-            counters.invalid_topic.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(topic = %invalid.raw_topic, error = %invalid.error, "message on an invalid topic dropped");
-            return None;
-        }
-    };
-    if msg.payload.len() > limit {
-        counters.oversized.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(topic = %msg.topic, size = msg.payload.len(), limit, "oversized message dropped");
-        return None;
-    }
-    match Envelope::decode(msg.payload) {
-        Ok(env) if env.header().action == msg.topic.action() => Some((msg.topic, env)),
-        Ok(env) => {
-            counters.unexpected_action.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(topic = %msg.topic, action = %env.header().action, "action does not match the topic; dropped");
-            None
-        }
-        Err(e) => {
-            let counter = match e {
-                DecodeError::UnknownAction(_) => &counters.unknown_action,
-                _ => &counters.malformed,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(topic = %msg.topic, error = %e, "malformed message dropped");
-            None
-        }
     }
 }

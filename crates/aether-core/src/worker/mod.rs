@@ -20,10 +20,10 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::action::Action;
-use crate::client::accept_broadcast;
 use crate::context::TaskContext;
 use crate::envelope::{Codec, Header, encode_raw};
 use crate::error::{BoxError, Error, Result};
+use crate::inbound::accept_broadcast;
 use crate::node::{Aether, Backoff};
 use crate::topic::{DEFAULT_WORKGROUP, Topic, WorkQueue};
 use crate::transport::{ConsumeOptions, Consumer, SharedTransport, Subscription};
@@ -31,11 +31,14 @@ use crate::transport::{ConsumeOptions, Consumer, SharedTransport, Subscription};
 mod dedup;
 mod handler;
 mod process;
+mod reporter;
+mod run;
 
 use dedup::DedupWindow;
 use handler::FnHandler;
 pub(crate) use handler::{Failure, Handler, Produce};
 use process::process;
+pub(crate) use reporter::Reporter;
 
 /// Retries of a failed handler inside the worker (opt-in). When every attempt fails the task
 /// completes as failed and its perform goes to the dead-letter place.

@@ -1,4 +1,4 @@
-//! What a worker does with one delivery, from checks to completion.
+//! What a worker does with one delivery: admit it, run the handler (with retries), complete.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::handler::{Failure, Produce};
+use super::reporter::Reporter;
+use super::run::{RunEnd, cancelled, killed, run_once};
 use super::{Kill, Registration, WorkerShared, lock};
 use crate::action::Action;
-use crate::client::unix_ms;
-use crate::context::{ContextInner, Reporter, TaskContext};
-use crate::envelope::{Envelope, empty_object};
+use crate::context::{ContextInner, TaskContext};
+use crate::envelope::{Envelope, unix_ms};
 use crate::error::DecodeError;
 use crate::transport::{DeadLetterReason, Delivery};
 
@@ -36,41 +36,86 @@ pub(super) enum Settle {
     Reject(DeadLetterReason),
 }
 
-/// How a handler run ended.
-pub(super) enum RunEnd {
-    Done(Result<Produce, Failure>),
-    Cancelled,
-    DeadlineExceeded,
+/// A perform admitted to run here, and what its runs and its completion need.
+struct Admitted {
+    delivery: Delivery,
+    env: Envelope,
+    reporter: Arc<Reporter>,
+    /// `client/tid`: the key of the worker's memory of completed tasks.
+    done_key: String,
+    /// The lease this worker heartbeats within.
+    lease: Duration,
+    /// How long the acceptance may be held back, if the perform allows it.
+    defer: Option<Duration>,
+    cancel: watch::Receiver<bool>,
+    _inflight: InflightGuard,
+}
+
+impl Admitted {
+    /// The handler's view of run number `attempt`.
+    fn context(&self, attempt: u32) -> TaskContext {
+        let header = self.env.header();
+        TaskContext {
+            inner: Arc::new(ContextInner {
+                reporter: self.reporter.clone(),
+                attempt,
+                deadline: header.deadline,
+                headers: header.headers.clone(),
+                progress: AtomicU8::new(0),
+                cancel: self.cancel.clone(),
+            }),
+        }
+    }
+}
+
+/// How the runs of an admitted task ended.
+enum Ran {
+    /// The handler's last result, after `runs` runs.
+    Finished {
+        result: Result<Produce, Failure>,
+        runs: u32,
+    },
+    /// The deadline passed: the client reports it itself; a completion could only race it.
+    Expired,
+    /// The worker is being stopped.
     Killed(Kill),
 }
 
-pub(super) async fn process(
-    shared: Arc<WorkerShared>,
-    reg: Arc<Registration>,
-    mut delivery: Delivery,
-) {
-    let node = &shared.node;
-    let counters = node.counters();
-    let config = node.config();
+pub(super) async fn process(shared: Arc<WorkerShared>, reg: Arc<Registration>, delivery: Delivery) {
+    let counters = shared.node.counters();
     counters.received.fetch_add(1, Ordering::Relaxed);
+    let Some(mut task) = admit(&shared, delivery).await else {
+        return;
+    };
+    match run_with_retries(&shared, &reg, &mut task).await {
+        Ran::Finished { result, runs } => complete(&shared, task, result, runs).await,
+        Ran::Expired => {
+            counters.expired.fetch_add(1, Ordering::Relaxed);
+            lock(&shared.done).insert(task.done_key, None);
+            settle(task.delivery, Settle::Ack).await
+        }
+        Ran::Killed(k) => finish_killed(task.delivery, k).await,
+    }
+}
 
-    if delivery.payload.len() > shared.limit {
+/// The perform in a delivery, or why it goes to the dead-letter place: too large, not an
+/// envelope, not a perform. Counted either way.
+fn decode(shared: &WorkerShared, delivery: &Delivery) -> Result<Envelope, DeadLetterReason> {
+    let counters = shared.node.counters();
+    let size = delivery.payload.len();
+    if size > shared.limit {
         counters.oversized.fetch_add(1, Ordering::Relaxed);
         counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        let size = delivery.payload.len();
-        let reason = DeadLetterReason::Oversized {
-            size,
-            limit: shared.limit,
-        };
-        return settle(delivery, Settle::Reject(reason)).await;
+        let limit = shared.limit;
+        return Err(DeadLetterReason::Oversized { size, limit });
     }
-    let env = match Envelope::decode(delivery.payload.clone()) {
-        Ok(env) if env.header().action == Action::Perform => env,
+    match Envelope::decode(delivery.payload.clone()) {
+        Ok(env) if env.header().action == Action::Perform => Ok(env),
         Ok(env) => {
             counters.unexpected_action.fetch_add(1, Ordering::Relaxed);
             counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            let reason = DeadLetterReason::UnexpectedAction(env.header().action.to_string());
-            return settle(delivery, Settle::Reject(reason)).await;
+            let action = env.header().action.to_string();
+            Err(DeadLetterReason::UnexpectedAction(action))
         }
         Err(e) => {
             let counter = match e {
@@ -80,36 +125,25 @@ pub(super) async fn process(
             counter.fetch_add(1, Ordering::Relaxed);
             counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(topic = %delivery.topic, error = %e, "undecodable perform dead-lettered");
-            return settle(
-                delivery,
-                Settle::Reject(DeadLetterReason::Malformed(e.to_string())),
-            )
-            .await;
+            Err(DeadLetterReason::Malformed(e.to_string()))
         }
+    }
+}
+
+/// Admits a delivery to run here, or settles it: not a perform, already completed or
+/// running here, past its deadline, delivered too often. Sends the acceptance unless the
+/// perform lets it be held back.
+async fn admit(shared: &Arc<WorkerShared>, delivery: Delivery) -> Option<Admitted> {
+    let env = match decode(shared, &delivery) {
+        Ok(env) => env,
+        Err(reason) => return refuse(delivery, Settle::Reject(reason)).await,
     };
+    let counters = shared.node.counters();
     let header = env.header();
     let tid = delivery.topic.tid().to_owned();
     let done_key = format!("{}/{tid}", header.client);
-    // Heartbeats must satisfy both the client's lease and the transport's reclaim of idle
-    // work, which uses this worker's lease.
-    let lease = header
-        .lease
-        .map(Duration::from_millis)
-        .unwrap_or(config.lease)
-        .min(config.lease)
-        .max(Duration::from_millis(30));
-    let reporter = Arc::new(Reporter {
-        transport: shared.transport.clone(),
-        topic: delivery.topic.clone(),
-        codec: env.codec(),
-        host: config.host.clone(),
-        client: config.client_id.clone(),
-        lease,
-        limit: shared.limit,
-        seq: Default::default(),
-        published: Default::default(),
-        accepted: Default::default(),
-    });
+    let lease = worker_lease(shared, header.lease);
+    let reporter = Arc::new(Reporter::new(shared, &delivery, env.codec(), lease));
 
     // Already completed here: repeat the completion, if kept, and drop the perform.
     let repeat = lock(&shared.done).get(&done_key).cloned();
@@ -118,41 +152,25 @@ pub(super) async fn process(
         if let Some(bytes) = completion {
             let _ = reporter.send(Action::Complete, bytes).await;
         }
-        return settle(delivery, Settle::Ack).await;
+        return refuse(delivery, Settle::Ack).await;
     }
-    let (cancel_tx, cancel_rx) = watch::channel(false);
-    let running_here = {
-        let mut inflight = lock(&shared.inflight);
-        let present = inflight.contains_key(&tid);
-        if !present {
-            inflight.insert(tid.clone(), cancel_tx);
-        }
-        present
-    };
-    if running_here {
+    let Some((inflight, cancel)) = InflightGuard::claim(shared, tid) else {
         counters.duplicate_performs.fetch_add(1, Ordering::Relaxed);
-        return settle(delivery, Settle::Ack).await;
-    }
-    let _inflight = InflightGuard(&shared, &tid);
-
-    if let Some(deadline) = header.deadline
-        && deadline <= unix_ms()
-    {
+        return refuse(delivery, Settle::Ack).await;
+    };
+    if header.deadline.is_some_and(|d| d <= unix_ms()) {
         // The client has reported the deadline itself; nobody waits for a completion.
         counters.expired.fetch_add(1, Ordering::Relaxed);
         lock(&shared.done).insert(done_key, None);
-        return settle(delivery, Settle::Ack).await;
+        return refuse(delivery, Settle::Ack).await;
     }
     if delivery.redeliveries >= shared.max_deliveries {
         let attempts = delivery.redeliveries + 1;
         let bytes = reporter.failure_bytes(&format!("delivered {attempts} times; dead-lettered"));
         let _ = reporter.send(Action::Complete, bytes).await;
         counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        return settle(
-            delivery,
-            Settle::Reject(DeadLetterReason::AttemptsExhausted { attempts }),
-        )
-        .await;
+        let reason = DeadLetterReason::AttemptsExhausted { attempts };
+        return refuse(delivery, Settle::Reject(reason)).await;
     }
 
     // Accept: progress 0, with the lease this worker heartbeats within. A client that
@@ -167,70 +185,143 @@ pub(super) async fn process(
         && let Err(e) = reporter.accept().await
     {
         tracing::warn!(topic = %delivery.topic, error = %e, "could not acknowledge; handing the task back");
-        return settle(delivery, Settle::Requeue).await;
+        return refuse(delivery, Settle::Requeue).await;
     }
+    Some(Admitted {
+        delivery,
+        env,
+        reporter,
+        done_key,
+        lease,
+        defer,
+        cancel,
+        _inflight: inflight,
+    })
+}
 
-    let mut attempt = header.attempt.unwrap_or(1).max(delivery.redeliveries + 1);
+/// Settles a delivery that is not admitted.
+async fn refuse(delivery: Delivery, how: Settle) -> Option<Admitted> {
+    settle(delivery, how).await;
+    None
+}
+
+/// The lease a worker heartbeats within: it must satisfy both the client's lease (the
+/// perform's) and the transport's reclaim of idle work, which uses this worker's lease.
+fn worker_lease(shared: &WorkerShared, perform: Option<u64>) -> Duration {
+    let own = shared.node.config().lease;
+    perform
+        .map(Duration::from_millis)
+        .unwrap_or(own)
+        .min(own)
+        .max(Duration::from_millis(30))
+}
+
+/// Runs the handler until it succeeds, fails its last retry, or is stopped.
+async fn run_with_retries(shared: &WorkerShared, reg: &Registration, task: &mut Admitted) -> Ran {
+    let counters = shared.node.counters();
+    let header = task.env.header();
+    let mut attempt = header
+        .attempt
+        .unwrap_or(1)
+        .max(task.delivery.redeliveries + 1);
     let max_runs = shared.retry.map_or(1, |r| r.max_attempts);
+    let cancelled_failure = || Failure::message("cancelled".into());
     let mut runs = 0;
-    let outcome = loop {
+    loop {
         runs += 1;
-        let ctx = TaskContext {
-            inner: Arc::new(ContextInner {
-                reporter: reporter.clone(),
-                attempt,
-                deadline: header.deadline,
-                headers: header.headers.clone(),
-                progress: AtomicU8::new(0),
-                cancel: cancel_rx.clone(),
-            }),
-        };
-        let end = run_once(&shared, &reg, &mut delivery, ctx, env.clone(), lease, defer).await;
-        match end {
+        let ctx = task.context(attempt);
+        let env = task.env.clone();
+        let failure = match run_once(
+            shared,
+            reg,
+            &mut task.delivery,
+            ctx,
+            env,
+            task.lease,
+            task.defer,
+        )
+        .await
+        {
             RunEnd::Done(Ok(produce)) => {
                 counters.handled.fetch_add(1, Ordering::Relaxed);
-                break Ok(produce);
+                return Ran::Finished {
+                    result: Ok(produce),
+                    runs,
+                };
             }
+            RunEnd::Done(Err(failure)) if runs < max_runs => failure,
             RunEnd::Done(Err(failure)) => {
-                if runs < max_runs {
-                    counters.retries.fetch_add(1, Ordering::Relaxed);
-                    let delay = shared
-                        .retry
-                        .map_or(Duration::ZERO, |r| r.backoff.delay(runs + 1));
-                    tracing::info!(topic = %delivery.topic, error = %failure.message, runs, "handler failed; retrying");
-                    let mut kill = shared.kill.subscribe();
-                    let mut cancel = cancel_rx.clone();
-                    let interrupted = tokio::select! {
-                        _ = tokio::time::sleep(delay) => None,
-                        _ = cancelled(&mut cancel) => Some(None),
-                        k = killed(&mut kill) => Some(Some(k)),
-                    };
-                    match interrupted {
-                        None => {}
-                        Some(None) => break Err(Failure::message("cancelled".into())),
-                        Some(Some(k)) => return finish_killed(delivery, k).await,
-                    }
-                    attempt += 1;
-                    continue;
-                }
-                break Err(failure);
+                return Ran::Finished {
+                    result: Err(failure),
+                    runs,
+                };
             }
             RunEnd::Cancelled => {
                 counters.cancelled_in_worker.fetch_add(1, Ordering::Relaxed);
-                break Err(Failure::message("cancelled".into()));
+                return Ran::Finished {
+                    result: Err(cancelled_failure()),
+                    runs,
+                };
             }
-            RunEnd::DeadlineExceeded => {
-                // The client reports the deadline itself; a completion could only race it.
-                counters.expired.fetch_add(1, Ordering::Relaxed);
-                lock(&shared.done).insert(done_key, None);
-                return settle(delivery, Settle::Ack).await;
-            }
-            RunEnd::Killed(k) => return finish_killed(delivery, k).await,
+            RunEnd::DeadlineExceeded => return Ran::Expired,
+            RunEnd::Killed(k) => return Ran::Killed(k),
+        };
+        counters.retries.fetch_add(1, Ordering::Relaxed);
+        let delay = shared
+            .retry
+            .map_or(Duration::ZERO, |r| r.backoff.delay(runs + 1));
+        tracing::info!(topic = %task.delivery.topic, error = %failure.message, runs, "handler failed; retrying");
+        let mut kill = shared.kill.subscribe();
+        let mut cancel = task.cancel.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancelled(&mut cancel) => return Ran::Finished { result: Err(cancelled_failure()), runs },
+            k = killed(&mut kill) => return Ran::Killed(k),
         }
-    };
+        attempt += 1;
+    }
+}
 
-    let exhausted = shared.retry.is_some() && outcome.is_err() && runs >= max_runs;
-    let bytes = match outcome {
+/// Sends the completion of a task that ran, remembered first, and settles the delivery: a
+/// task that failed every retry goes to the dead-letter place.
+async fn complete(
+    shared: &WorkerShared,
+    task: Admitted,
+    result: Result<Produce, Failure>,
+    runs: u32,
+) {
+    let max_runs = shared.retry.map_or(1, |r| r.max_attempts);
+    let exhausted = shared.retry.is_some() && result.is_err() && runs >= max_runs;
+    let bytes = completion_bytes(shared, &task.reporter, result);
+    let last_error = exhausted.then(|| failure_text(&bytes));
+    // Remembered before it is sent: a repeat that arrives meanwhile, or a redelivery after a
+    // failed send, is answered with this completion instead of running the handler again.
+    lock(&shared.done).insert(task.done_key, Some(bytes.clone()));
+    if let Err(e) = task.reporter.send(Action::Complete, bytes).await {
+        tracing::warn!(topic = %task.delivery.topic, error = %e, "could not publish the completion; handing the task back");
+        return settle(task.delivery, Settle::Requeue).await;
+    }
+    match last_error {
+        Some(error) => {
+            let counters = shared.node.counters();
+            counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            let reason = DeadLetterReason::RetriesExhausted {
+                attempts: runs,
+                error,
+            };
+            settle(task.delivery, Settle::Reject(reason)).await
+        }
+        None => settle(task.delivery, Settle::Ack).await,
+    }
+}
+
+/// The completion message of a handler's result, within the payload limit.
+fn completion_bytes(
+    shared: &WorkerShared,
+    reporter: &Reporter,
+    result: Result<Produce, Failure>,
+) -> Bytes {
+    let bytes = match result {
         Ok(produce) => match produce(reporter.codec) {
             Ok(data) => reporter.complete_bytes(None, &data),
             Err(e) => reporter.failure_bytes(&format!("result could not be encoded: {e}")),
@@ -240,7 +331,7 @@ pub(super) async fn process(
             _ => reporter.failure_bytes(&failure.message),
         },
     };
-    let bytes = if bytes.len() > shared.limit {
+    if bytes.len() > shared.limit {
         reporter.failure_bytes(&format!(
             "result of {} bytes exceeds the limit of {} bytes",
             bytes.len(),
@@ -248,36 +339,17 @@ pub(super) async fn process(
         ))
     } else {
         bytes
-    };
-    let last_error = exhausted.then(|| failure_text(&bytes));
-    // Remembered before it is sent: a repeat that arrives meanwhile, or a redelivery after a
-    // failed send, is answered with this completion instead of running the handler again.
-    lock(&shared.done).insert(done_key, Some(bytes.clone()));
-    if let Err(e) = reporter.send(Action::Complete, bytes).await {
-        tracing::warn!(topic = %delivery.topic, error = %e, "could not publish the completion; handing the task back");
-        return settle(delivery, Settle::Requeue).await;
-    }
-    match last_error {
-        Some(error) => {
-            counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            let reason = DeadLetterReason::RetriesExhausted {
-                attempts: runs,
-                error,
-            };
-            settle(delivery, Settle::Reject(reason)).await
-        }
-        None => settle(delivery, Settle::Ack).await,
     }
 }
 
-pub(super) fn failure_text(completion: &Bytes) -> String {
+fn failure_text(completion: &Bytes) -> String {
     Envelope::decode(completion.clone())
         .ok()
         .and_then(|e| e.header().error.clone())
         .unwrap_or_default()
 }
 
-pub(super) async fn finish_killed(delivery: Delivery, kill: Kill) {
+async fn finish_killed(delivery: Delivery, kill: Kill) {
     match kill {
         Kill::Requeue => settle(delivery, Settle::Requeue).await,
         // A crash: the delivery is dropped unacknowledged.
@@ -285,134 +357,29 @@ pub(super) async fn finish_killed(delivery: Delivery, kill: Kill) {
     }
 }
 
-pub(super) struct InflightGuard<'a>(&'a WorkerShared, &'a str);
+/// A tid running here, with its cancel switch in the worker's table until dropped.
+struct InflightGuard {
+    shared: Arc<WorkerShared>,
+    tid: String,
+}
 
-impl Drop for InflightGuard<'_> {
+impl InflightGuard {
+    /// Registers `tid` as running here; `None` if it already is.
+    fn claim(shared: &Arc<WorkerShared>, tid: String) -> Option<(Self, watch::Receiver<bool>)> {
+        let mut inflight = lock(&shared.inflight);
+        if inflight.contains_key(&tid) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(false);
+        inflight.insert(tid.clone(), tx);
+        drop(inflight);
+        let shared = shared.clone();
+        Some((InflightGuard { shared, tid }, rx))
+    }
+}
+
+impl Drop for InflightGuard {
     fn drop(&mut self) {
-        lock(&self.0.inflight).remove(self.1);
-    }
-}
-
-/// Runs the handler once, heartbeating, watching cancellation, deadline and shutdown.
-pub(super) async fn run_once(
-    shared: &WorkerShared,
-    reg: &Registration,
-    delivery: &mut Delivery,
-    ctx: TaskContext,
-    env: Envelope,
-    lease: Duration,
-    defer: Option<Duration>,
-) -> RunEnd {
-    let reporter = ctx.inner.reporter.clone();
-    let mut cancel = ctx.inner.cancel.clone();
-    let deadline = env.header().deadline;
-    let mut kill = shared.kill.subscribe();
-    let mut handle: JoinHandle<Result<Produce, Failure>> =
-        tokio::spawn(reg.handler.call(ctx.clone(), env));
-    let beat = lease / 3;
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let deadline_at = deadline.map(|ms| {
-        let left = ms.saturating_sub(unix_ms());
-        tokio::time::Instant::now() + Duration::from_millis(left)
-    });
-    let counters = shared.node.counters();
-    let mut accept_at = defer
-        .filter(|_| !reporter.accepted.initialized())
-        .map(|d| tokio::time::Instant::now() + d);
-    let stopped = loop {
-        tokio::select! {
-            joined = &mut handle => return RunEnd::Done(joined_result(joined, counters)),
-            _ = sleep_until_opt(accept_at) => {
-                accept_at = None;
-                if let Err(e) = reporter.accept().await {
-                    tracing::debug!(error = %e, "acceptance not sent; the next heartbeat tries again");
-                }
-            }
-            _ = heartbeat.tick() => {
-                let p = ctx.current_progress();
-                if let Err(e) = reporter.status(p, empty_object(reporter.codec)).await {
-                    tracing::debug!(error = %e, "heartbeat not sent");
-                }
-                if let Err(e) = delivery.keep_alive().await {
-                    tracing::debug!(error = %e, "keep-alive failed");
-                }
-            }
-            _ = cancelled(&mut cancel) => break RunEnd::Cancelled,
-            _ = sleep_until_opt(deadline_at) => break RunEnd::DeadlineExceeded,
-            k = killed(&mut kill) => {
-                if k == Kill::Abort {
-                    handle.abort();
-                    return RunEnd::Killed(k);
-                }
-                break RunEnd::Killed(k);
-            }
-        }
-    };
-    // Cancelled, past the deadline or shutting down: tell the handler and give it a grace
-    // period to return before aborting it.
-    if let Some(tx) = lock(&shared.inflight).get(reporter.topic.tid()) {
-        let _ = tx.send(true);
-    }
-    match tokio::time::timeout(shared.cancel_grace, &mut handle).await {
-        // Shutting down: a handler that finished within the grace period reports its
-        // result rather than handing the task back.
-        Ok(joined) if matches!(stopped, RunEnd::Killed(Kill::Requeue)) => {
-            match joined_result(joined, counters) {
-                Ok(p) => RunEnd::Done(Ok(p)),
-                Err(_) => stopped,
-            }
-        }
-        Ok(_) => stopped,
-        Err(_) => {
-            handle.abort();
-            stopped
-        }
-    }
-}
-
-pub(super) fn joined_result(
-    joined: Result<Result<Produce, Failure>, tokio::task::JoinError>,
-    counters: &crate::stats::Counters,
-) -> Result<Produce, Failure> {
-    match joined {
-        Ok(Ok(p)) => Ok(p),
-        Ok(Err(f)) => {
-            counters.handler_errors.fetch_add(1, Ordering::Relaxed);
-            Err(f)
-        }
-        Err(e) if e.is_panic() => {
-            counters.handler_panics.fetch_add(1, Ordering::Relaxed);
-            let payload = e.into_panic();
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic payload".to_owned());
-            Err(Failure::message(format!("handler panicked: {msg}")))
-        }
-        Err(_) => Err(Failure::message("handler was aborted".into())),
-    }
-}
-
-/// Completes when the switch turns on; never if its sender is gone.
-pub(super) async fn cancelled(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|c| *c).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Completes when the worker is killed, with how.
-pub(super) async fn killed(rx: &mut watch::Receiver<Kill>) -> Kill {
-    match rx.wait_for(|k| *k != Kill::No).await {
-        Ok(k) => *k,
-        Err(_) => Kill::Abort,
-    }
-}
-
-pub(super) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+        lock(&self.shared.inflight).remove(&self.tid);
     }
 }
