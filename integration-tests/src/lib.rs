@@ -25,6 +25,7 @@ pub mod contract;
 pub mod harness;
 pub mod proxy;
 pub mod raw_amqp;
+pub mod redis_input;
 pub mod suite;
 
 /// Expands every conformance case for one harness expression (evaluated once per test),

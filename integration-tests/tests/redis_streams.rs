@@ -21,3 +21,9 @@ async fn backlog_past_max_len_is_refused_not_dropped() {
     )
     .await;
 }
+
+/// A perform whose tid is not UTF-8 is refused and dead-lettered saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tid_not_utf8_is_refused_saying_so() {
+    integration_tests::redis_input::tid_not_utf8_is_refused_saying_so("streams").await;
+}

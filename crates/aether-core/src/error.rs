@@ -233,6 +233,12 @@ pub enum TopicError {
         /// Why the character is refused.
         reason: &'static str,
     },
+    /// A segment arrived as bytes that are not UTF-8 (from a broker that carries bytes).
+    #[error("the {level} segment is not UTF-8")]
+    NotUtf8 {
+        /// Which segment.
+        level: Level,
+    },
     /// A segment is longer than [`crate::topic::MAX_SEGMENT_LEN`].
     #[error("the {level} segment is {len} bytes long; the limit is {max}")]
     TooLong {

@@ -32,7 +32,7 @@ use crate::config::RedisConfig;
 use crate::connect::{Connector, is_timeout, redis_err};
 use crate::keys::{QueueKeys, consumer_name};
 use crate::pubsub::value_bytes;
-use crate::reader::{Halt, StopGuard, perform_topic, read_retry, reclaim_interval, refuse};
+use crate::reader::{Halt, RawTid, StopGuard, perform_topic, read_retry, reclaim_interval, refuse};
 use crate::scripts;
 
 /// Encodes a list element.
@@ -47,12 +47,12 @@ fn element(redeliveries: u32, tid: &str, payload: &[u8]) -> Bytes {
 }
 
 /// Decodes a list element: redeliveries, tid, payload.
-fn parse_element(e: &Bytes) -> Option<(u32, String, Bytes)> {
+fn parse_element(e: &Bytes) -> Option<(u32, RawTid, Bytes)> {
     let first = e.iter().position(|&c| c == b':')?;
     let r = std::str::from_utf8(&e[..first]).ok()?.parse().ok()?;
     let rest = &e[first + 1..];
     let second = rest.iter().position(|&c| c == b':')?;
-    let tid = std::str::from_utf8(&rest[..second]).ok()?.to_owned();
+    let tid = RawTid::from_bytes(&rest[..second]);
     Some((r, tid, e.slice(first + 1 + second + 1..)))
 }
 
@@ -161,7 +161,7 @@ impl Shared {
     }
 
     async fn requeue(&self, element: &Bytes) -> Result<()> {
-        let Some((r, tid, payload)) = parse_element(element) else {
+        let Some((r, RawTid::Text(tid), payload)) = parse_element(element) else {
             return self.remove(element).await;
         };
         scripts::LIST_REQUEUE
@@ -392,8 +392,8 @@ impl Reader {
             return;
         };
         let (redeliveries, tid, payload) = match parse_element(&element) {
-            Some((r, tid, payload)) => (r, Some(tid), payload),
-            None => (0, None, element.clone()),
+            Some((r, tid, payload)) => (r, tid, payload),
+            None => (0, RawTid::Missing, element.clone()),
         };
         let acker = SettleOnce::new(
             ListSettle {
@@ -402,15 +402,9 @@ impl Reader {
             },
             Some(permit),
         );
-        let item = match perform_topic(&s.queue, tid.as_deref()) {
+        let item = match perform_topic(&s.queue, &tid) {
             Ok(topic) => Ok(Delivery::new(topic, payload, redeliveries, Box::new(acker))),
-            Err(error) => Err(refuse(
-                acker,
-                &s.keys.topic_prefix,
-                tid.as_deref(),
-                payload,
-                error,
-            )),
+            Err(error) => Err(refuse(acker, &s.keys.topic_prefix, &tid, payload, error)),
         };
         match item {
             Ok(delivery) => self.outlet.deliver(delivery),
@@ -487,7 +481,7 @@ mod tests {
         let e = element(3, "abc123", b"{\"x\":\"a:b\"}\n\0");
         assert_eq!(&e[..9], b"3:abc123:");
         let (r, tid, payload) = parse_element(&e).unwrap();
-        assert_eq!((r, tid.as_str()), (3, "abc123"));
+        assert_eq!((r, tid), (3, RawTid::Text("abc123".into())));
         assert_eq!(&payload[..], b"{\"x\":\"a:b\"}\n\0");
         assert!(parse_element(&Bytes::from_static(b"garbage")).is_none());
         assert!(parse_element(&Bytes::from_static(b"x:t:p")).is_none());

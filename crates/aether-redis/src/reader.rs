@@ -65,12 +65,41 @@ impl Halt {
     }
 }
 
-/// The perform topic of an element of `queue` carrying `tid` (`None`: the element had
-/// none, or could not be read).
-pub(crate) fn perform_topic(queue: &WorkQueue, tid: Option<&str>) -> Result<Topic, TopicError> {
+/// The tid of an element as read from Redis, which stores bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RawTid {
+    /// Text, to be validated as a segment.
+    Text(String),
+    /// Bytes that are not UTF-8, shown lossily.
+    NotUtf8(String),
+    /// None at all, or an element that could not be read.
+    Missing,
+}
+
+impl RawTid {
+    /// Reads `bytes` as a tid.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> RawTid {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => RawTid::Text(s.to_owned()),
+            Err(_) => RawTid::NotUtf8(String::from_utf8_lossy(bytes).into_owned()),
+        }
+    }
+
+    /// How it shows in a refused element's raw topic.
+    pub(crate) fn shown(&self) -> &str {
+        match self {
+            RawTid::Text(s) | RawTid::NotUtf8(s) => s,
+            RawTid::Missing => "",
+        }
+    }
+}
+
+/// The perform topic of an element of `queue` carrying `tid`.
+pub(crate) fn perform_topic(queue: &WorkQueue, tid: &RawTid) -> Result<Topic, TopicError> {
     match tid {
-        Some(tid) => queue.topic(tid, Action::Perform),
-        None => Err(TopicError::Empty { level: Level::Tid }),
+        RawTid::Text(tid) => queue.topic(tid, Action::Perform),
+        RawTid::NotUtf8(_) => Err(TopicError::NotUtf8 { level: Level::Tid }),
+        RawTid::Missing => Err(TopicError::Empty { level: Level::Tid }),
     }
 }
 
@@ -80,15 +109,11 @@ pub(crate) fn perform_topic(queue: &WorkQueue, tid: Option<&str>) -> Result<Topi
 pub(crate) fn refuse(
     mut acker: impl Acker + 'static,
     topic_prefix: &str,
-    tid: Option<&str>,
+    tid: &RawTid,
     payload: Bytes,
     error: TopicError,
 ) -> InvalidMessage {
-    let raw_topic = format!(
-        "{topic_prefix}{}/{}",
-        tid.unwrap_or(""),
-        Action::Perform.as_str()
-    );
+    let raw_topic = format!("{topic_prefix}{}/{}", tid.shown(), Action::Perform.as_str());
     let letter = DeadLetter {
         topic: raw_topic.clone(),
         payload: payload.clone(),
@@ -103,5 +128,23 @@ pub(crate) fn refuse(
         raw_topic,
         payload,
         error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tids_say_what_is_wrong_with_them() {
+        let q = WorkQueue::new("u", "j", "t", "x", "g").unwrap();
+        let ok = perform_topic(&q, &RawTid::from_bytes(b"t1")).unwrap();
+        assert_eq!(ok.tid(), "t1");
+        let bad = RawTid::from_bytes(b"bad\xff");
+        assert_eq!(bad.shown(), "bad\u{fffd}");
+        let err = perform_topic(&q, &bad).unwrap_err().to_string();
+        assert_eq!(err, "the tid segment is not UTF-8");
+        let err = perform_topic(&q, &RawTid::Missing).unwrap_err().to_string();
+        assert_eq!(err, "the tid segment is empty");
     }
 }

@@ -28,7 +28,7 @@ use crate::config::RedisConfig;
 use crate::connect::{Connector, is_nogroup, is_timeout, redis_err};
 use crate::keys::{QueueKeys, consumer_name};
 use crate::pubsub::value_bytes;
-use crate::reader::{Halt, StopGuard, perform_topic, read_retry, reclaim_interval, refuse};
+use crate::reader::{Halt, RawTid, StopGuard, perform_topic, read_retry, reclaim_interval, refuse};
 use crate::scripts;
 
 /// Puts a perform on its queue's stream, or refuses it with [`Error::QueueFull`] when the
@@ -375,7 +375,7 @@ impl Reader {
             return;
         };
         let redeliveries = redeliveries.unwrap_or(fields.redeliveries);
-        let topic = perform_topic(&s.queue, fields.tid.as_deref());
+        let topic = perform_topic(&s.queue, &fields.tid);
         let settle = StreamSettle {
             shared: s.clone(),
             id,
@@ -392,7 +392,7 @@ impl Reader {
             Err(error) => Err(refuse(
                 acker,
                 &s.topic_prefix,
-                fields.tid.as_deref(),
+                &fields.tid,
                 fields.payload,
                 error,
             )),
@@ -405,9 +405,8 @@ impl Reader {
 }
 
 /// The fields of a stream entry aether wrote.
-#[derive(Default)]
 struct Fields {
-    tid: Option<String>,
+    tid: RawTid,
     payload: Bytes,
     redeliveries: u32,
     group: Option<String>,
@@ -415,12 +414,17 @@ struct Fields {
 
 impl Fields {
     fn parse(v: Value) -> Fields {
-        let mut f = Fields::default();
+        let mut f = Fields {
+            tid: RawTid::Missing,
+            payload: Bytes::new(),
+            redeliveries: 0,
+            group: None,
+        };
         let Value::Array(items) = v else { return f };
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             match k.as_str().as_deref() {
-                Some("t") => f.tid = v.as_string(),
+                Some("t") => f.tid = RawTid::from_bytes(&value_bytes(v)),
                 Some("p") => f.payload = value_bytes(v),
                 Some("r") => f.redeliveries = v.as_u64().unwrap_or(0) as u32,
                 Some("g") => f.group = v.as_string(),
