@@ -627,3 +627,76 @@ async fn short_strings_that_are_not_utf8_are_refused_not_fatal() {
     assert_eq!(&m.payload[..], b"good");
     t.close().await.unwrap();
 }
+
+/// A perform whose tid (message id) is not a valid segment is refused, and stored in the
+/// dead-letter queue with its reason in `x-aether-reason` (the broker's own dead-lettering
+/// of a rejected message carried none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tid_is_dead_lettered_with_its_reason() {
+    use std::time::Duration;
+
+    use aether::aether_amqp::amqprs::channel::{
+        BasicGetArguments, ExchangeDeleteArguments, QueueDeleteArguments,
+    };
+    use aether::{ConsumeOptions, WorkQueue};
+    use integration_tests::brokers::amqp::raw_channel;
+    use integration_tests::harness::{Harness, union};
+    use integration_tests::raw_amqp::{RawAmqp, RawMessage};
+    let h = AmqpHarness::from_env();
+    let u = union();
+    let dead = format!("aether.dl.{u}");
+    let url = format!("{}&dead_letter={dead}", h.url().unwrap());
+    let t = aether::connect(&url).await.unwrap();
+    let q = WorkQueue::new(&u, "j", "t", "x", "g").unwrap();
+    let mut consumer = t.consume(&q, ConsumeOptions::new()).await.unwrap();
+    let mut raw = RawAmqp::connect(&url).await;
+    raw.publish(&RawMessage {
+        exchange: &format!("aether.{u}.work"),
+        routing_key: format!("{u}.j.t.x").as_bytes(),
+        message_id: Some(b"bad.tid"),
+        body: b"{}",
+        ..Default::default()
+    })
+    .await;
+    let invalid = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .expect("the bad perform refused")
+        .expect("consumer open")
+        .expect_err("a tid holding '.' is an invalid topic");
+    assert!(
+        invalid.raw_topic.contains("bad.tid"),
+        "{}",
+        invalid.raw_topic
+    );
+
+    let (conn, ch) = raw_channel(&url).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let (_, properties, body) = loop {
+        let got = ch
+            .basic_get(BasicGetArguments::new(&dead).no_ack(true).finish())
+            .await
+            .unwrap();
+        if let Some(m) = got {
+            break m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing in the dead-letter queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body, b"{}");
+    let headers = format!("{:?}", properties.headers());
+    assert!(
+        headers.contains("x-aether-reason") && headers.contains("invalid topic"),
+        "dead letter headers: {headers}"
+    );
+    let _ = ch.queue_delete(QueueDeleteArguments::new(&dead)).await;
+    let _ = ch
+        .exchange_delete(ExchangeDeleteArguments::new(&dead))
+        .await;
+    let _ = ch.close().await;
+    let _ = conn.close().await;
+    t.close().await.unwrap();
+    h.cleanup(&u).await;
+}

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, Weak};
 use aether_core::kit::{Settle, SettleOnce};
 use aether_core::transport::InvalidMessage;
 use aether_core::{
-    Action, ConsumeOptions, Consumed, Consumer, DeadLetter, Delivery, Error, Result, WorkQueue,
+    Action, ConsumeOptions, Consumed, Consumer, DeadLetter, DeadLetterReason, Delivery, Error,
+    Result, WorkQueue,
 };
 use amqprs::channel::{
     BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicGetArguments,
@@ -221,16 +222,12 @@ async fn forward(
         let topic = match st.queue.topic(tid, Action::Perform) {
             Ok(topic) => topic,
             Err(error) => {
-                // Dead-lettered by the broker through the queue's dead-letter exchange.
-                let _ = chan
-                    .channel
-                    .basic_reject(BasicRejectArguments::new(tag, false))
-                    .await;
                 let invalid = InvalidMessage {
                     raw_topic: format!("{}.{tid}.perform", deliver.routing_key()),
                     payload,
                     error,
                 };
+                refuse(&shared, &chan, tag, &invalid);
                 if tx.send(Err(invalid)).await.is_err() {
                     break;
                 }
@@ -279,6 +276,43 @@ async fn forward(
             let _ = chan.channel.basic_nack(nack).await;
         }
     }
+}
+
+/// Moves a perform whose topic is not valid to the dead-letter queue with its reason, then
+/// acknowledges it; if that fails, rejects it, so the broker dead-letters it through the
+/// queue's dead-letter exchange (without the reason). In a task of its own: the consumer
+/// carries on meanwhile.
+fn refuse(shared: &Weak<Shared>, chan: &Chan, tag: u64, invalid: &InvalidMessage) {
+    let letter = DeadLetter {
+        topic: invalid.raw_topic.clone(),
+        payload: invalid.payload.clone(),
+        reason: DeadLetterReason::InvalidTopic(invalid.error.to_string()),
+    };
+    let shared = shared.clone();
+    let chan = chan.clone();
+    tokio::spawn(async move {
+        let stored = match shared.upgrade() {
+            Some(shared) => shared.dead_letter(&letter).await,
+            None => Err(Error::Closed),
+        };
+        let settled = match stored {
+            Ok(()) => {
+                chan.channel
+                    .basic_ack(BasicAckArguments::new(tag, false))
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(topic = %letter.topic, error = %e, "amqp: dead letter not stored; rejecting it to the broker's dead-letter exchange");
+                chan.channel
+                    .basic_reject(BasicRejectArguments::new(tag, false))
+                    .await
+            }
+        };
+        if let Err(e) = settled {
+            // The channel is gone: the broker delivers it again, and it is refused again.
+            tracing::debug!(topic = %letter.topic, error = %e, "amqp: refused perform not settled");
+        }
+    });
 }
 
 /// After the consumer's channel ended: consume again if the connection lives (the

@@ -103,8 +103,14 @@ impl Harness for AmqpHarness {
     }
 }
 
-async fn delete_exchanges(url: &str, union: &str) -> anyhow::Result<()> {
-    use aether::aether_amqp::amqprs::channel::ExchangeDeleteArguments;
+/// A plain amqprs connection to `url` and a channel on it, for what a test checks or
+/// tidies on the broker directly.
+pub async fn raw_channel(
+    url: &str,
+) -> anyhow::Result<(
+    aether::aether_amqp::amqprs::connection::Connection,
+    aether::aether_amqp::amqprs::channel::Channel,
+)> {
     use aether::aether_amqp::amqprs::connection::{Connection, OpenConnectionArguments};
     let u = aether::BrokerUrl::parse(url)?;
     let mut args = OpenConnectionArguments::new(
@@ -121,6 +127,12 @@ async fn delete_exchanges(url: &str, union: &str) -> anyhow::Result<()> {
     args.virtual_host(vhost);
     let conn = Connection::open(&args).await?;
     let channel = conn.open_channel(None).await?;
+    Ok((conn, channel))
+}
+
+async fn delete_exchanges(url: &str, union: &str) -> anyhow::Result<()> {
+    use aether::aether_amqp::amqprs::channel::ExchangeDeleteArguments;
+    let (conn, channel) = raw_channel(url).await?;
     for name in [
         format!("aether.{union}"),
         format!("aether.{union}.work"),
