@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine or a developer's one:
-#   1. build tools (cmake, g++, make, pkg-config, libssl-dev) from Debian packages if missing;
+#   1. build tools (cmake, g++, make, pkg-config, libssl-dev, libzmq3-dev) from Debian packages
+#      if missing;
 #   2. brokers (Redis 6379, Mosquitto 1883, RabbitMQ 5672): used if already reachable, else
 #      started with `docker compose` where a Docker engine runs, else installed from Debian
 #      packages and started;
@@ -27,6 +28,8 @@ log "build tools"
 missing=()
 for tool in cmake g++ make pkg-config; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+# aether-zmq links the system's libzmq (with libsodium, for CURVE); see .cargo/config.toml.
+[ -f /usr/include/zmq.h ] || missing+=(libzmq3-dev)
 [ ${#missing[@]} -eq 0 ] || { log "installing ${missing[*]}"; apt_install "${missing[@]}"; }
 
 log "brokers"

@@ -32,6 +32,7 @@
 //! | `redis` | [`aether-redis`](https://docs.rs/aether-redis) | `redis://`, `rediss://` |
 //! | `mqtt` | [`aether-mqtt`](https://docs.rs/aether-mqtt) | `mqtt://`, `mqtts://` |
 //! | `amqp` | [`aether-amqp`](https://docs.rs/aether-amqp) | `amqp://`, `amqps://` |
+//! | `zmq` | [`aether-zmq`](https://docs.rs/aether-zmq) | `zmq://` (`tcp://`), `?bind=true` hosts the device |
 //! | `full` | every adapter above | |
 
 pub use aether_core::*;
@@ -47,6 +48,8 @@ pub use aether_amqp;
 pub use aether_mqtt;
 #[cfg(feature = "redis")]
 pub use aether_redis;
+#[cfg(feature = "zmq")]
+pub use aether_zmq;
 
 /// Connects to the transport a URL names, picking the adapter from its scheme.
 ///
@@ -76,7 +79,13 @@ pub async fn connect(url: &str) -> Result<SharedTransport> {
         #[cfg(not(feature = "amqp"))]
         "amqp" | "amqps" => Err(disabled("amqp")),
         "ws" | "wss" => Err(disabled("ws")),
-        "tcp" | "ipc" | "zmq" => Err(disabled("zmq")),
+        #[cfg(feature = "zmq")]
+        "zmq" | "tcp" => aether_zmq::connect(url).await,
+        #[cfg(not(feature = "zmq"))]
+        "tcp" | "zmq" => Err(disabled("zmq")),
+        "ipc" => Err(Error::Config(
+            "ipc:// is not served; the ZeroMQ transport takes zmq://host:port".into(),
+        )),
         _ => Err(Error::Config(format!(
             "unknown URL scheme {scheme:?}; known: memory, redis, rediss, mqtt, mqtts, amqp, amqps, ws, wss, zmq"
         ))),

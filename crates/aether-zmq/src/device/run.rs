@@ -1,0 +1,194 @@
+//! The device's thread: binds the ROUTER, then one loop reads messages, forwards the
+//! engine's handouts, beats the heartbeat and sends what [`Core`] produced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether_core::Result;
+use aether_core::kit::QueueEngine;
+use bytes::Bytes;
+use futures::StreamExt;
+use tmq::AsZmqSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::Counters;
+use super::core::{Core, Outgoing};
+use crate::config::ZmqConfig;
+use crate::error::{ZmqError, socket_err};
+
+pub(super) struct Setup {
+    pub(super) config: ZmqConfig,
+    pub(super) inproc: String,
+    pub(super) engine: Arc<QueueEngine>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) stopped: watch::Receiver<bool>,
+}
+
+pub(super) fn thread_main(setup: Setup, bound: std::sync::mpsc::Sender<Result<String>>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = bound.send(Err(ZmqError::Device(e.to_string()).into()));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let router = match bind(&setup.config, &setup.inproc).await {
+            Ok((router, endpoint)) => {
+                let _ = bound.send(Ok(endpoint));
+                router
+            }
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        };
+        serve(router, setup).await;
+    });
+}
+
+/// Binds the ROUTER on the TCP endpoint (retrying while a stopped device still holds it)
+/// and the in-process one; returns the TCP endpoint bound.
+async fn bind(config: &ZmqConfig, inproc: &str) -> Result<(tmq::router::Router, String)> {
+    let endpoint = config.endpoint();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let router = loop {
+        let attempt = tmq::router(super::context())
+            .set_linger(0)
+            .set_maxmsgsize(config.max_message())
+            .set_sndhwm(config.hwm as i32)
+            .set_rcvhwm(config.hwm as i32)
+            .bind(&endpoint);
+        match attempt {
+            Ok(r) => break r,
+            Err(tmq::TmqError::Zmq(zmq::Error::EADDRINUSE)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(socket_err(format!("bind {endpoint}"), e)),
+        }
+    };
+    // Unroutable and full peers are errors to handle (EHOSTUNREACH, EAGAIN), not silent
+    // drops; a peer reconnecting under its routing id takes over its old connection.
+    router
+        .set_router_mandatory(true)
+        .and_then(|()| router.set_router_handover(true))
+        .map_err(|e| socket_err("set ROUTER options", e))?;
+    let socket = router.get_socket();
+    // Read before binding inproc, which becomes the last endpoint.
+    let tcp = socket
+        .get_last_endpoint()
+        .map_err(|e| socket_err("read the bound endpoint", e))?
+        .unwrap_or(endpoint);
+    socket
+        .bind(inproc)
+        .map_err(|e| socket_err(format!("bind {inproc}"), e))?;
+    Ok((router, tcp))
+}
+
+async fn serve(mut router: tmq::router::Router, setup: Setup) {
+    let Setup {
+        config,
+        engine,
+        counters,
+        mut stopped,
+        ..
+    } = setup;
+    let heartbeat = config.heartbeat;
+    let (handouts, mut handed) = mpsc::channel(1024);
+    let mut core = Core::new(config, engine, counters.clone(), handouts);
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While messages wait for room, try again this often.
+    let mut retry = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        let backlog = core.has_backlog();
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => break,
+            next = router.next() => match next {
+                Some(Ok(msg)) => {
+                    let mut frames: Vec<Bytes> = msg.iter().map(|m| Bytes::copy_from_slice(m)).collect();
+                    if frames.is_empty() {
+                        continue;
+                    }
+                    let id = frames.remove(0);
+                    core.on_message(id, frames, Instant::now()).await;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "device socket read failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                None => break,
+            },
+            Some(h) = handed.recv() => {
+                core.on_handout(h);
+                // Take what else is ready in one go.
+                while let Ok(h) = handed.try_recv() {
+                    core.on_handout(h);
+                }
+            }
+            _ = tick.tick() => core.on_tick(Instant::now()),
+            _ = retry.tick(), if backlog => {
+                let again = core.take_backlog();
+                send_all(&router, &mut core, &counters, again);
+            }
+        }
+        let out = core.take_out();
+        send_all(&router, &mut core, &counters, out);
+    }
+    core.drop_all();
+}
+
+/// Sends without blocking: a message the socket cannot take now (the peer's queue is full,
+/// or it is reconnecting) goes back to its peer's outbox when it must not be lost, and is
+/// dropped and counted otherwise.
+fn send_all(
+    router: &tmq::router::Router,
+    core: &mut Core,
+    counters: &Counters,
+    out: Vec<Outgoing>,
+) {
+    let socket = router.get_socket();
+    let mut blocked: Vec<Bytes> = Vec::new();
+    for msg in out {
+        // Keep a peer's order: once one of its messages waits, the rest wait behind it.
+        let result = if blocked.contains(&msg.to) {
+            Err(zmq::Error::EAGAIN)
+        } else {
+            send(socket, &msg)
+        };
+        match result {
+            Ok(()) => {}
+            Err(zmq::Error::EAGAIN | zmq::Error::EHOSTUNREACH) => {
+                if msg.reliable {
+                    if !blocked.contains(&msg.to) {
+                        blocked.push(msg.to.clone());
+                    }
+                    core.hold_back(msg);
+                } else {
+                    Counters::bump(&counters.broadcasts_dropped);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "device send failed");
+                if msg.reliable {
+                    core.hold_back(msg);
+                }
+            }
+        }
+    }
+}
+
+fn send(socket: &zmq::Socket, msg: &Outgoing) -> std::result::Result<(), zmq::Error> {
+    let flags = zmq::DONTWAIT;
+    socket.send(&msg.to[..], flags | zmq::SNDMORE)?;
+    let last = msg.frames.len().saturating_sub(1);
+    for (i, frame) in msg.frames.iter().enumerate() {
+        let more = if i < last { zmq::SNDMORE } else { 0 };
+        socket.send(&frame[..], flags | more)?;
+    }
+    Ok(())
+}
