@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod raw_amqp;
 pub mod redis_input;
 pub mod suite;
+pub mod zmq_recovery;
 
 /// Expands every conformance case for one harness expression (evaluated once per test),
 /// ignoring the listed cases with their reasons: the task-level cases of [`suite`] at the

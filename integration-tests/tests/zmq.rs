@@ -23,3 +23,20 @@ mod brokerless {
         }
     }
 }
+
+mod recovery {
+    use integration_tests::zmq_recovery as cases;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_worker_task_completes_within_the_heartbeat_timeout() {
+        cases::killed_worker_task_completes_within_the_heartbeat_timeout(env!(
+            "CARGO_BIN_EXE_aether-test-worker"
+        ))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn device_restart_mid_task_recovers_by_the_gap_report() {
+        cases::device_restart_mid_task_recovers_by_the_gap_report().await;
+    }
+}

@@ -123,6 +123,20 @@ pub struct PrivateDevice {
 }
 
 impl PrivateDevice {
+    /// `zmq://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("zmq://127.0.0.1:{}", self.port)
+    }
+
+    /// What the device counted (since its last restart).
+    pub fn stats(&self) -> aether::aether_zmq::DeviceStats {
+        self.device
+            .try_lock()
+            .ok()
+            .and_then(|d| d.as_ref().map(Device::stats))
+            .unwrap_or_default()
+    }
+
     /// Starts a device on a spare port.
     pub fn start() -> PrivateDevice {
         let device = Device::start(config(0)).expect("a private zmq device");
@@ -136,7 +150,7 @@ impl PrivateDevice {
 #[async_trait]
 impl PrivateBroker for PrivateDevice {
     async fn connect(&self) -> SharedTransport {
-        connect(&format!("zmq://127.0.0.1:{}", self.port)).await
+        connect(&self.url()).await
     }
 
     async fn restart(&self) {
