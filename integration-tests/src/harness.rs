@@ -24,6 +24,14 @@ pub trait Harness: Send + Sync + 'static {
         None
     }
 
+    /// A new connection whose work queues hold at most `limit` performs (the transport's
+    /// backlog setting, e.g. Redis `max_len`), or `None` where the transport has no such
+    /// limit to set.
+    async fn connect_limited(&self, limit: u64) -> Option<SharedTransport> {
+        let _ = limit;
+        None
+    }
+
     /// Removes what a case left on the shared broker under `union` (exchanges, retained
     /// messages, keys), so test runs do not pile up there. Called after each case.
     async fn cleanup(&self, union: &str) {
@@ -120,6 +128,14 @@ impl Harness for MemoryHarness {
 
     async fn connect(&self) -> SharedTransport {
         aether::connect(&self.url).await.expect("memory transport")
+    }
+
+    /// A broker of its own (named after this one) with `queue_capacity=limit`: `enqueue`
+    /// waits for room there.
+    async fn connect_limited(&self, limit: u64) -> Option<SharedTransport> {
+        let (name, query) = self.url.split_once('?').unwrap_or((&self.url, ""));
+        let url = format!("{name}-limited?{query}&queue_capacity={limit}");
+        Some(aether::connect(&url).await.expect("memory transport"))
     }
 }
 

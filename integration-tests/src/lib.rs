@@ -19,7 +19,6 @@
 //! }
 //! ```
 
-pub mod backlog;
 pub mod brokers;
 pub mod contract;
 pub mod harness;
@@ -118,6 +117,7 @@ macro_rules! conformance {
         $m!(suite, invalid_segments_are_refused);
         $m!(suite, workers_announce_online_and_idle);
         $m!(suite, callback_style_round_trip);
+        $m!(suite, backlog_past_the_limit_completes_or_is_refused);
         $m!(suite, task_enqueued_before_any_worker_is_handled);
         $m!(suite, worker_process_killed_mid_task);
         $m!(suite, killed_worker_tasks_run_once_more);

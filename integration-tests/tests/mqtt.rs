@@ -53,6 +53,19 @@ impl Harness for MqttHarness {
         self.url.connect().await
     }
 
+    /// `subscription_capacity=limit`: a consumer buffers that many performs, and drops
+    /// (and counts) what comes past it; the client's lease redispatch sends those again.
+    async fn connect_limited(&self, limit: u64) -> Option<SharedTransport> {
+        let url = Harness::url(&self.url).expect("a URL");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{sep}subscription_capacity={limit}");
+        Some(
+            aether::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("mqtt: cannot connect: {e}")),
+        )
+    }
+
     async fn private_broker(&self) -> Option<Box<dyn PrivateBroker>> {
         let query = self.private?;
         Some(Box::new(Mosquitto::start(query).await))

@@ -8,20 +8,6 @@ integration_tests::conformance! {
     harness: RedisHarness::from_env("list");
 }
 
-/// Past `max_len`, enqueue is refused with `Error::QueueFull`; nothing accepted is
-/// trimmed away before a workgroup consumed it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backlog_past_max_len_is_refused_not_dropped() {
-    use integration_tests::harness::Harness;
-    let url = RedisHarness::from_env("list").url().unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    integration_tests::backlog::backlog_past_the_limit_is_refused_not_dropped(
-        &format!("{url}{sep}max_len=1000"),
-        1000,
-    )
-    .await;
-}
-
 /// A perform whose tid is not UTF-8 is refused and dead-lettered saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tid_not_utf8_is_refused_saying_so() {

@@ -111,6 +111,12 @@ impl Harness for RedisHarness {
         connect(&self.name(), &self.url).await
     }
 
+    /// `max_len=limit`: `enqueue` refuses past it with `Error::QueueFull`.
+    async fn connect_limited(&self, limit: u64) -> Option<SharedTransport> {
+        let url = with_query(&self.url, &format!("max_len={limit}"));
+        Some(connect(&self.name(), &url).await)
+    }
+
     async fn private_broker(&self) -> Option<Box<dyn PrivateBroker>> {
         Some(Box::new(PrivateRedis::start(self.mode).await))
     }

@@ -17,11 +17,13 @@ use tokio::sync::Notify;
 
 use crate::harness::{Harness, capabilities, eventually, node};
 
+mod backlog;
 mod broadcast;
 mod failures;
 mod recovery;
 mod work;
 
+pub use backlog::*;
 pub use broadcast::*;
 pub use failures::*;
 pub use recovery::*;
@@ -165,6 +167,10 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "callback_style_round_trip",
+        requires: always,
+    },
+    Case {
+        name: "backlog_past_the_limit_completes_or_is_refused",
         requires: always,
     },
     Case {
