@@ -700,3 +700,64 @@ async fn invalid_tid_is_dead_lettered_with_its_reason() {
     t.close().await.unwrap();
     h.cleanup(&u).await;
 }
+
+/// A subscriber that reads nothing while broadcasts pile up past its queue's limit: each
+/// publish past the limit is refused to the publisher with a typed error, and the
+/// subscriber then gets every broadcast that was accepted, in order. (With `x-max-length`
+/// alone RabbitMQ dropped the oldest silently, and every publish succeeded.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_subscription_queue_refuses_the_publisher() {
+    use std::time::Duration;
+
+    use aether::aether_amqp::AmqpError;
+    use aether::{Bytes, Error, Topic, TopicFilter};
+    use integration_tests::harness::{Harness, union};
+    let h = AmqpHarness::from_env();
+    let u = union();
+    let slow = format!(
+        "{}&subscription_capacity=2&subscription_queue_capacity=10",
+        h.url().unwrap()
+    );
+    let sub_t = aether::connect(&slow).await.unwrap();
+    let filter: TopicFilter = format!("{u}/j/t/x/+/status").parse().unwrap();
+    let mut sub = sub_t.subscribe(&filter).await.unwrap();
+    let publisher = h.connect().await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..60u32 {
+        let topic: Topic = format!("{u}/j/t/x/t{i}/status").parse().unwrap();
+        match publisher.publish(&topic, Bytes::from(i.to_string())).await {
+            Ok(()) => accepted.push(i),
+            Err(Error::Transport { source, .. }) => match source.downcast_ref::<AmqpError>() {
+                Some(AmqpError::SubscriberQueueFull) => refused += 1,
+                other => panic!("publish {i}: {other:?}"),
+            },
+            Err(e) => panic!("publish {i}: {e}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "60 broadcasts past a queue of 10 were all accepted"
+    );
+    let mut got = Vec::new();
+    while got.len() < accepted.len() {
+        let m = match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(Ok(m))) => m,
+            other => panic!(
+                "got {} of {} accepted broadcasts ({refused} refused), then {other:?}: {got:?}",
+                got.len(),
+                accepted.len()
+            ),
+        };
+        got.push(
+            std::str::from_utf8(&m.payload)
+                .unwrap()
+                .parse::<u32>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(got, accepted);
+    sub_t.close().await.unwrap();
+    publisher.close().await.unwrap();
+    h.cleanup(&u).await;
+}

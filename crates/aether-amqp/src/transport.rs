@@ -415,7 +415,8 @@ impl Transport for AmqpTransport {
         self.shared.gate.check_publish(&payload)?;
         let t = &self.shared.topology;
         let properties = BasicProperties::default().finish();
-        self.shared
+        let sent = self
+            .shared
             .publish(
                 Needs::Broadcast(topic.union()),
                 &t.broadcast(topic.union()),
@@ -423,7 +424,16 @@ impl Transport for AmqpTransport {
                 &properties,
                 &payload,
             )
-            .await
+            .await;
+        match sent {
+            // Only a subscription queue refuses a broadcast (`x-overflow=reject-publish`).
+            Err(Error::Transport { source, .. })
+                if matches!(source.downcast_ref(), Some(AmqpError::Nacked)) =>
+            {
+                Err(AmqpError::SubscriberQueueFull.into())
+            }
+            other => other,
+        }
     }
 
     async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
