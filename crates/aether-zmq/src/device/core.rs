@@ -160,9 +160,12 @@ impl Core {
                 return;
             }
         };
+        let known = self.peers.contains_key(&id);
         let session = self.touch(&id, now).session;
         match msg {
-            ToDevice::Hello => self.welcome(&id, session),
+            // A new peer was welcomed when it was created.
+            ToDevice::Hello if known => self.welcome(&id, session),
+            ToDevice::Hello => {}
             ToDevice::Ping => {}
             ToDevice::Subscribe { req, sub, filter } => match filter.parse::<TopicFilter>() {
                 Ok(filter) => {

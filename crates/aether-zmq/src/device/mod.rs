@@ -38,6 +38,8 @@ use crate::error::ZmqError;
 mod core;
 mod peer;
 mod run;
+#[cfg(test)]
+mod tests;
 
 /// What a device counted since it started.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
