@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use aether_core::url::BrokerUrl;
+use aether_core::url::{BrokerUrl, Secret};
 use aether_core::{Error, Result};
 
 /// The default port of a `zmq://` URL.
@@ -50,6 +50,20 @@ aether_core::settings! {
         [key] queue_capacity: usize = 65_536,
         /// Device only: dead letters kept in memory; the oldest go first. Default 1,024.
         [key] dead_letter_capacity: usize = 1024,
+        /// CURVE: this side's secret key (40 Z85 characters; percent-encode it in a URL).
+        /// On a device (`bind=true`, or `aether-zmq-device`) it makes the device a CURVE
+        /// server; on a client it is the client's own, with `curve_public_key`. Never
+        /// printed. Default none.
+        [key] curve_secret_key: Option<Secret> = None,
+        /// CURVE: a client's own public key, with its `curve_secret_key`; without both, a
+        /// client generates a pair for the connection. Default none.
+        [key] curve_public_key: Option<String> = None,
+        /// CURVE: the device's public key; set, the client connects with CURVE (encrypted,
+        /// and only to the device holding the matching secret key). Default none.
+        [key] curve_server_key: Option<String> = None,
+        /// CURVE: on a device, the public keys of the clients it admits (the key repeats);
+        /// empty admits any client that knows the device's public key. Default none.
+        [key = ZmqConfig::add_curve_client] curve_clients: Vec<String> = Vec::new(),
     }
 }
 
@@ -98,6 +112,11 @@ impl ZmqConfig {
         if self.max_payload > (1 << 30) {
             return Err(Error::Config("max_payload must be at most 1 GiB".into()));
         }
+        crate::curve::validate(self)
+    }
+
+    fn add_curve_client(&mut self, value: &str) -> Result<()> {
+        self.curve_clients.push(value.to_owned());
         Ok(())
     }
 

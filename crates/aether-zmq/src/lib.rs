@@ -54,6 +54,7 @@
 //! Debian) through the workspace's `.cargo/config.toml`.
 
 mod config;
+mod curve;
 mod device;
 mod error;
 mod link;
@@ -61,6 +62,7 @@ mod transport;
 mod wire;
 
 pub use config::{DEFAULT_PORT, ZmqConfig};
+pub use curve::CurveKeys;
 pub use device::{Device, DeviceStats};
 pub use error::ZmqError;
 pub use transport::ZmqTransport;

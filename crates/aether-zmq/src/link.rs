@@ -69,7 +69,28 @@ impl Link {
     /// Connects a DEALER to `endpoint` and waits for the device's welcome.
     pub(crate) async fn connect(endpoint: &str, config: ZmqConfig) -> Result<Arc<Link>> {
         let routing_id = routing_id();
-        let dealer = tmq::dealer(crate::device::context())
+        let mut builder = tmq::dealer(crate::device::context());
+        if let Some(server) = config
+            .curve_server_key
+            .as_deref()
+            .filter(|_| endpoint.starts_with("tcp://"))
+        {
+            let server = crate::curve::decode_key("curve_server_key", server)?;
+            let own = match (&config.curve_public_key, &config.curve_secret_key) {
+                (Some(public), Some(secret)) => crate::curve::CurveKeys {
+                    public: public.clone(),
+                    secret: secret.clone(),
+                },
+                _ => crate::curve::CurveKeys::generate()?,
+            };
+            let public = crate::curve::decode_key("curve_public_key", &own.public)?;
+            let secret = crate::curve::decode_key("curve_secret_key", own.secret.expose())?;
+            builder = builder
+                .set_curve_serverkey(&server)
+                .set_curve_publickey(&public)
+                .set_curve_secretkey(&secret);
+        }
+        let dealer = builder
             .set_identity(&routing_id)
             .set_linger(500)
             .set_sndhwm(config.hwm as i32)
@@ -103,8 +124,14 @@ impl Link {
                 crate::error::BACKEND,
                 ZmqError::Device(format!(
                     "no aether-zmq device answered at {endpoint} within {:?}; start one \
-                     (aether-zmq-device, or a transport with bind=true)",
-                    link.config.operation_timeout
+                     (aether-zmq-device, or a transport with bind=true){}",
+                    link.config.operation_timeout,
+                    if link.config.curve_server_key.is_some() {
+                        ", and check the CURVE keys (curve_server_key must be the device's \
+                         public key, and the device must admit this client's key)"
+                    } else {
+                        ""
+                    }
                 )),
             ));
         }

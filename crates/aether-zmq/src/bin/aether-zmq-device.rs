@@ -4,6 +4,9 @@
 //! Usage: `aether-zmq-device [URL]` (default zmq://0.0.0.0:5555; keys as for the
 //! transport: heartbeat, max_payload, hwm, queue_capacity, dead_letter_capacity).
 //! Prints `listening on tcp://...` once bound; stops on SIGINT or SIGTERM.
+//! CURVE: `aether-zmq-device --keygen` prints a new key pair; start the device with
+//! `curve_secret_key=` (percent-encoded) and give clients the public key as
+//! `curve_server_key=`; `curve_clients=` (repeated) admits only those client keys.
 
 use aether_zmq::{Device, ZmqConfig};
 
@@ -16,6 +19,12 @@ fn main() -> anyhow::Result<()> {
     let url = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "zmq://0.0.0.0:5555".to_owned());
+    if url == "--keygen" {
+        let keys = aether_zmq::CurveKeys::generate()?;
+        println!("public {}", keys.public);
+        println!("secret {}", keys.secret.expose());
+        return Ok(());
+    }
     let config = ZmqConfig::from_url(&url)?;
     let device = Device::start(config)?;
     println!("listening on {}", device.endpoint());

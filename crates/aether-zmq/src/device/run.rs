@@ -57,7 +57,17 @@ async fn bind(config: &ZmqConfig, inproc: &str) -> Result<(tmq::router::Router, 
     let endpoint = config.endpoint();
     let deadline = Instant::now() + Duration::from_secs(2);
     let router = loop {
-        let attempt = tmq::router(super::context())
+        let mut builder = tmq::router(super::context());
+        if let Some(secret) = &config.curve_secret_key {
+            let secret = crate::curve::decode_key("curve_secret_key", secret.expose())?;
+            builder = builder.set_curve_server(true).set_curve_secretkey(&secret);
+            if !config.curve_clients.is_empty() {
+                // The ZAP handler admits only the listed keys for this domain.
+                crate::curve::allow(inproc, &config.curve_clients)?;
+                builder = builder.set_zap_domain(inproc);
+            }
+        }
+        let attempt = builder
             .set_linger(0)
             .set_maxmsgsize(config.max_message())
             .set_sndhwm(config.hwm as i32)
@@ -95,7 +105,7 @@ async fn serve(mut router: tmq::router::Router, setup: Setup) {
         engine,
         counters,
         mut stopped,
-        ..
+        inproc: setup_inproc,
     } = setup;
     let heartbeat = config.heartbeat;
     let (handouts, mut handed) = mpsc::channel(1024);
@@ -140,6 +150,7 @@ async fn serve(mut router: tmq::router::Router, setup: Setup) {
         send_all(&router, &mut core, &counters, out);
     }
     core.drop_all();
+    crate::curve::forget(&setup_inproc);
 }
 
 /// Sends without blocking: a message the socket cannot take now (the peer's queue is full,
