@@ -106,7 +106,8 @@ async fn requests_answers_and_refusals() {
     let mut r = rig(1);
     let s = |to: &str, k: &'static str| (to.to_owned(), k);
     // (from, message, what comes out)
-    let table: Vec<(&str, ToDevice, Vec<(String, &str)>)> = vec![
+    type Step = (&'static str, ToDevice, Vec<(String, &'static str)>);
+    let table: Vec<Step> = vec![
         ("a", ToDevice::Hello, vec![s("a", "welcome")]),
         ("a", ToDevice::Hello, vec![s("a", "welcome")]),
         ("a", perform("1"), vec![s("a", "ok")]),
