@@ -7,6 +7,11 @@
 //! Workers drop tids they already completed, and the client surfaces the first outcome
 //! only, so a task whose worker died is still completed exactly once as far as the caller
 //! can see, on every transport.
+//!
+//! Inside: what happens to a task is decided by its lifecycle (`lifecycle.rs`), a pure
+//! tracker of events in and effects out, tested as tables. The route feeds it replies and
+//! gaps, the handle its cancel and drop, and the supervisor (`supervisor.rs`) only keeps
+//! its timers and carries out what needs I/O.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,22 +19,25 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::action::Action;
 use crate::envelope::{Codec, Header, encode_raw, unix_ms};
 use crate::error::{Error, Result};
-use crate::node::{Aether, DEFAULT_CONTEXT};
+use crate::node::{Aether, Config, DEFAULT_CONTEXT};
 use crate::topic::Topic;
+use crate::transport::Capabilities;
 
 mod handle;
+mod lifecycle;
 mod route;
+mod shared;
 mod supervisor;
 
-use handle::TaskShared;
 pub use handle::{Progress, TaskHandle};
+use lifecycle::{Event, Policy, Redispatch};
 pub(crate) use route::Routes;
-use supervisor::{Redispatch, Supervisor};
+use shared::TaskShared;
+use supervisor::Supervisor;
 
 /// Performs tasks. Cheap to clone.
 ///
@@ -160,41 +168,10 @@ impl TaskBuilder<'_> {
             Action::Perform,
         )?;
         let caps = transport.capabilities();
-        // Before a worker accepts: wait on transports that keep the perform queued; chase it
-        // on those that may have dropped it. After a worker accepted and promised
-        // heartbeats, silence means the worker died or its completion was lost (a
-        // subscriber reconnecting). Where the transport redelivers a dead worker's tasks
-        // and reports the gaps in which replies were lost, both are recovered without the
-        // lease, and a redispatch beside the transport's redelivery would run the task
-        // twice; elsewhere the lease redispatch recovers them (a worker that already
-        // completed the tid repeats its completion).
-        let redispatch = match config.redispatch {
-            Some(on) => Redispatch {
-                before_accept: on,
-                after_accept: on,
-                on_gap: on,
-            },
-            None => Redispatch {
-                before_accept: !caps.redelivers_on_crash || !caps.durable,
-                after_accept: !(caps.redelivers_on_crash && caps.gap_signals),
-                on_gap: true,
-            },
-        };
+        let redispatch = redispatch(config, &caps);
         let codec = self.codec.unwrap_or(config.codec);
         let data = codec.to_vec(payload)?;
-        let mut header = Header::new(Action::Perform, &config.host, &config.client_id);
-        header.attempt = Some(1);
-        header.lease = Some(config.lease.as_millis() as u64);
-        // A held-back acceptance is safe only where a lost completion of a task never
-        // accepted is recovered: where the client chases a task it has not seen accepted
-        // (as a lost perform), or where the transport says when broadcasts may have been
-        // missed (the route dispatches again what it has not heard of). Elsewhere the
-        // acceptance is what arms that recovery, so it is asked for at once.
-        if redispatch.before_accept || (redispatch.on_gap && caps.gap_signals) {
-            header.defer = Some(config.defer_accept.as_millis() as u64).filter(|ms| *ms > 0);
-        }
-        header.deadline = self.deadline.map(|d| unix_ms() + d.as_millis() as u64);
-        header.headers = self.headers;
+        let header = perform_header(config, redispatch, &caps, self.deadline, self.headers);
         let bytes = encode_raw(codec, &header, &data);
         let limit = node.payload_limit(&transport);
         if bytes.len() > limit {
@@ -208,7 +185,14 @@ impl TaskBuilder<'_> {
             .routes
             .get(node, &self.channel, &transport, &topic)
             .await?;
-        let shared = Arc::new(TaskShared::new(tid.clone(), config.progress_buffer));
+        let policy = Policy {
+            lease: config.lease,
+            max_attempts: config.max_attempts,
+            backoff: config.backoff,
+            redispatch,
+            deadline: self.deadline.map(|d| shared::now() + d),
+        };
+        let shared = Arc::new(TaskShared::new(tid.clone(), config.progress_buffer, policy));
         if !route.insert(&tid, shared.clone()) {
             return Err(Error::DuplicateTid { tid });
         }
@@ -219,8 +203,9 @@ impl TaskBuilder<'_> {
             route.remove(&tid);
             return Err(e);
         }
-        shared.lock().dispatched_at_gap = Some(route.gaps());
-        node.counters().performed.fetch_add(1, Ordering::Relaxed);
+        let counters = node.counters();
+        shared.apply(Event::Sent { gaps: route.gaps() }, counters);
+        counters.performed.fetch_add(1, Ordering::Relaxed);
         let supervisor = Supervisor {
             node: node.clone(),
             transport: transport.clone(),
@@ -231,8 +216,6 @@ impl TaskBuilder<'_> {
             header,
             data,
             bytes,
-            redispatch,
-            deadline: self.deadline.map(|d| Instant::now() + d),
         };
         tokio::spawn(supervisor.run());
         Ok(TaskHandle {
@@ -243,6 +226,56 @@ impl TaskBuilder<'_> {
             codec,
         })
     }
+}
+
+/// When a silent task is dispatched again, by the node's setting or else by what the
+/// transport promises.
+///
+/// Before a worker accepts: wait on transports that keep the perform queued; chase it on
+/// those that may have dropped it. After a worker accepted and promised heartbeats,
+/// silence means the worker died or its completion was lost (a subscriber reconnecting).
+/// Where the transport redelivers a dead worker's tasks and reports the gaps in which
+/// replies were lost, both are recovered without the lease, and a redispatch beside the
+/// transport's redelivery would run the task twice; elsewhere the lease redispatch
+/// recovers them (a worker that already completed the tid repeats its completion).
+fn redispatch(config: &Config, caps: &Capabilities) -> Redispatch {
+    match config.redispatch {
+        Some(on) => Redispatch {
+            before_accept: on,
+            after_accept: on,
+            on_gap: on,
+        },
+        None => Redispatch {
+            before_accept: !caps.redelivers_on_crash || !caps.durable,
+            after_accept: !(caps.redelivers_on_crash && caps.gap_signals),
+            on_gap: true,
+        },
+    }
+}
+
+/// A perform's header: the first attempt, the client's lease, the deadline, the caller's
+/// headers, and how long the acceptance may be held back.
+fn perform_header(
+    config: &Config,
+    redispatch: Redispatch,
+    caps: &Capabilities,
+    deadline: Option<Duration>,
+    headers: Option<BTreeMap<String, String>>,
+) -> Header {
+    let mut header = Header::new(Action::Perform, &config.host, &config.client_id);
+    header.attempt = Some(1);
+    header.lease = Some(config.lease.as_millis() as u64);
+    // A held-back acceptance is safe only where a lost completion of a task never
+    // accepted is recovered: where the client chases a task it has not seen accepted
+    // (as a lost perform), or where the transport says when broadcasts may have been
+    // missed (the route dispatches again what it has not heard of). Elsewhere the
+    // acceptance is what arms that recovery, so it is asked for at once.
+    if redispatch.before_accept || (redispatch.on_gap && caps.gap_signals) {
+        header.defer = Some(config.defer_accept.as_millis() as u64).filter(|ms| *ms > 0);
+    }
+    header.deadline = deadline.map(|d| unix_ms() + d.as_millis() as u64);
+    header.headers = headers;
+    header
 }
 
 /// 16 random hex digits. Python services use 8; aether uses more so tids of many

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
-use super::handle::{Outcome, TaskShared};
+use super::lifecycle::Event;
+use super::shared::TaskShared;
 use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::inbound::accept_broadcast;
 use crate::node::Aether;
-use crate::state::TaskEvent;
 use crate::stats::Counters;
 use crate::topic::{Topic, TopicFilter, WorkQueue};
 use crate::transport::{Received, SharedTransport, Subscription};
@@ -180,11 +180,11 @@ async fn route_loop(route: Weak<Route>, node: Aether, mut replies: Replies, limi
             r = replies.statuses.next() => (r, false),
             r = next_opt(&mut replies.completions) => (r, true),
             open = gap(&mut replies.gaps) => {
-                on_gap(&route, open, &mut replies.gaps);
+                on_gap(&route, open, &mut replies.gaps, counters);
                 continue;
             }
             open = gap(&mut replies.more_gaps) => {
-                on_gap(&route, open, &mut replies.more_gaps);
+                on_gap(&route, open, &mut replies.more_gaps, counters);
                 continue;
             }
         };
@@ -203,7 +203,7 @@ async fn route_loop(route: Weak<Route>, node: Aether, mut replies: Replies, limi
         route.closed.store(true, Ordering::Release);
         let tasks: Vec<_> = route.lock().drain().map(|(_, t)| t).collect();
         for t in tasks {
-            t.finish(TaskEvent::TimedOut, Outcome::Closed, counters);
+            t.apply(Event::Closed, counters);
         }
     }
 }
@@ -222,7 +222,8 @@ impl Route {
         };
         let task = self.lock().get(topic.tid()).cloned();
         if let Some(task) = task {
-            task.on_update(env, counters);
+            let io = task.apply(Event::Reply(env), counters);
+            debug_assert!(io.is_empty(), "a reply asks for no I/O: {io:?}");
         }
     }
 }
@@ -233,6 +234,7 @@ fn on_gap(
     route: &Weak<Route>,
     open: bool,
     counter: &mut Option<tokio::sync::watch::Receiver<u64>>,
+    counters: &Counters,
 ) {
     if !open {
         *counter = None;
@@ -246,7 +248,7 @@ fn on_gap(
         "subscription was interrupted; dispatching again the tasks not heard of"
     );
     for t in tasks {
-        t.probe(gap);
+        t.apply(Event::Gap(gap), counters);
     }
 }
 
