@@ -253,8 +253,8 @@ pub fn parse_duration(key: &str, value: &str) -> Result<std::time::Duration> {
     } else if let Some(s) = value.strip_suffix('s') {
         s.parse::<f64>()
             .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(std::time::Duration::from_secs_f64)
+            // Too big for a Duration (`1e300s`) is an error, not a panic.
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
             .ok_or_else(err)
     } else {
         Err(err())
@@ -407,6 +407,10 @@ mod tests {
         assert_eq!(parse_duration("k", "250ms").unwrap().as_millis(), 250);
         assert_eq!(parse_duration("k", "1.5s").unwrap().as_millis(), 1500);
         assert!(parse_duration("k", "5").is_err());
+        // Past what a Duration holds: refused (it panicked), as are negatives and NaN.
+        for bad in ["1e300s", "-1s", "NaNs", "infs"] {
+            assert!(parse_duration("k", bad).is_err(), "{bad}");
+        }
         assert!(parse_bool("k", "maybe").is_err());
         assert_eq!(parse_value::<u32>("k", "7").unwrap(), 7);
     }
