@@ -32,6 +32,13 @@ pub trait Harness: Send + Sync + 'static {
         None
     }
 
+    /// Whether every connection to the broker goes to the address in [`Harness::url`], so
+    /// that a proxy of that address cuts them off. Not so for a cluster, whose clients
+    /// find the other nodes' addresses by themselves. Default true.
+    fn one_address(&self) -> bool {
+        true
+    }
+
     /// Removes what a case left on the shared broker under `union` (exchanges, retained
     /// messages, keys), so test runs do not pile up there. Called after each case.
     async fn cleanup(&self, union: &str) {

@@ -18,7 +18,7 @@ use aether::{
 };
 
 use crate::harness::Harness;
-use crate::suite::{Case, WAIT};
+use crate::suite::{Case, Setup, WAIT};
 
 mod limits;
 mod queue;
@@ -37,7 +37,7 @@ pub(crate) const QUIET: Duration = Duration::from_millis(1500);
 /// consumer does so within a case.
 pub(crate) const LEASE: Duration = Duration::from_secs(1);
 
-fn always(_: &Capabilities, _: bool) -> Result<(), &'static str> {
+fn always(_: &Capabilities, _: &Setup) -> Result<(), &'static str> {
     Ok(())
 }
 
@@ -65,10 +65,10 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "gap_counter_moves_after_a_broker_restart",
-        requires: |c, private| {
+        requires: |c, setup| {
             if !c.gap_signals {
                 Err("no gap signals")
-            } else if !private {
+            } else if !setup.private_broker {
                 Err("no broker to restart")
             } else {
                 Ok(())

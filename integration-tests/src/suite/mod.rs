@@ -70,22 +70,33 @@ pub(crate) fn announce(b: aether::WorkerBuilder) -> aether::WorkerBuilder {
 pub struct Case {
     /// The case's function name.
     pub name: &'static str,
-    /// `Err(why)` when a transport with these capabilities cannot pass it.
-    pub requires: fn(&Capabilities, bool) -> Result<(), &'static str>,
+    /// `Err(why)` when a transport with these capabilities, under a harness set up so,
+    /// cannot pass it.
+    pub requires: fn(&Capabilities, &Setup) -> Result<(), &'static str>,
 }
 
-fn always(_: &Capabilities, _: bool) -> Result<(), &'static str> {
+/// What a harness offers besides the transport's capabilities.
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    /// A private broker the case may restart ([`Harness::private_broker`]).
+    pub private_broker: bool,
+    /// The broker is reached through the one address of its URL, so a proxy of that
+    /// address can cut a connection off ([`Harness::one_address`]).
+    pub one_address: bool,
+}
+
+fn always(_: &Capabilities, _: &Setup) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn multi_level_wildcards(c: &Capabilities, _: bool) -> Result<(), &'static str> {
+fn multi_level_wildcards(c: &Capabilities, _: &Setup) -> Result<(), &'static str> {
     c.multi_level_wildcards
         .then_some(())
         .ok_or("no multi-level (`#`) wildcards")
 }
 
 /// A broker other processes reach over the network.
-fn networked(c: &Capabilities, _: bool) -> Result<(), &'static str> {
+fn networked(c: &Capabilities, _: &Setup) -> Result<(), &'static str> {
     c.shared_between_processes
         .then_some(())
         .ok_or("no broker shared between processes")
@@ -193,12 +204,18 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "completion_lost_while_disconnected_is_recovered",
-        requires: networked,
+        requires: |c, setup| {
+            networked(c, setup)?;
+            setup
+                .one_address
+                .then_some(())
+                .ok_or("a proxy of the URL's address cannot cut the connections off")
+        },
     },
     Case {
         name: "broker_restart_workers_resume",
-        requires: |_, private| {
-            if private {
+        requires: |_, setup| {
+            if setup.private_broker {
                 Ok(())
             } else {
                 Err("no broker to restart")
@@ -229,9 +246,12 @@ pub async fn check_listing(h: &dyn Harness, listed: &[(&str, bool)], ignored: &[
     let unique: std::collections::BTreeSet<&str> = cases.iter().copied().collect();
     assert_eq!(unique.len(), cases.len(), "a case name is used twice");
     let caps = capabilities(h).await;
-    let private = h.private_broker().await.is_some();
+    let setup = Setup {
+        private_broker: h.private_broker().await.is_some(),
+        one_address: h.one_address(),
+    };
     for (case, (_, ignored)) in all.iter().zip(listed) {
-        match ((case.requires)(&caps, private), ignored) {
+        match ((case.requires)(&caps, &setup), ignored) {
             (Ok(()), true) => panic!(
                 "{}: {} is ignored, but the transport's capabilities say it can pass",
                 h.name(),
