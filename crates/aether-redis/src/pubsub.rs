@@ -430,8 +430,9 @@ async fn health_loop(
     mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    // fred announces the lane's first connection as a reconnection too.
-    let mut first = true;
+    // fred announces the lane's first connection to each server as a reconnection too (in
+    // a cluster it connects to every master): the servers seen so far, a few.
+    let mut seen = std::collections::HashSet::new();
     loop {
         tokio::select! {
             biased;
@@ -447,15 +448,15 @@ async fn health_loop(
                 }
             }
             r = reconnects.recv() => {
-                match r {
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                let first = match r {
+                    Ok(server) => seen.insert(server),
+                    Err(RecvError::Lagged(_)) => false,
                     Err(RecvError::Closed) => return,
-                }
+                };
                 let Some(lane) = lane.upgrade() else { return };
-                // Any reconnection but the first connection is a gap; so is the first
-                // announcement if the lane was seen down before it.
-                let was_down = !std::mem::replace(&mut first, false)
-                    || !lane.healthy.load(Ordering::Acquire);
+                // Any reconnection but the first connection to a server is a gap; so is
+                // the first if the lane was seen down before it.
+                let was_down = !first || !lane.healthy.load(Ordering::Acquire);
                 let mut retry = Retry::new(Duration::from_millis(10), Duration::from_secs(2));
                 loop {
                     match lane.resubscribe().await {

@@ -11,7 +11,8 @@ use aether_core::{
 use async_trait::async_trait;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, PubsubInterface, StreamsInterface};
-use fred::types::Value;
+use fred::types::config::Options;
+use fred::types::{ClusterHash, Value};
 
 use crate::config::{Mode, RedisConfig};
 use crate::connect::{Connector, redis_err};
@@ -36,6 +37,10 @@ struct Inner {
     client: Client,
     broadcast: Arc<Broadcast>,
     gate: Gate,
+    /// In a cluster, every publish goes to the node serving this slot (one per transport,
+    /// picked at random): PUBLISH is routed by its channel otherwise, and two broadcasts on
+    /// different channels, sent through different nodes, could arrive out of order.
+    publish_slot: Option<u16>,
 }
 
 impl RedisTransport {
@@ -59,9 +64,13 @@ impl RedisTransport {
             connector.clone(),
             config.subscription_capacity,
         ));
+        let publish_slot = config
+            .cluster
+            .then(|| fred::util::redis_keyslot(client.id().as_bytes()));
         Ok(RedisTransport {
             inner: Arc::new(Inner {
                 gate: Gate::new(config.max_payload),
+                publish_slot,
                 config,
                 connector,
                 client,
@@ -123,11 +132,24 @@ impl Transport for RedisTransport {
 
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<()> {
         self.inner.gate.check_publish(&payload)?;
-        self.inner
-            .client
-            .publish::<i64, _, _>(keys::channel(topic), Value::Bytes(payload))
-            .await
-            .map_err(redis_err)?;
+        let (channel, payload) = (keys::channel(topic), Value::Bytes(payload));
+        let sent = match self.inner.publish_slot {
+            Some(slot) => {
+                let pinned = Options {
+                    cluster_hash: Some(ClusterHash::Custom(slot)),
+                    ..Options::default()
+                };
+                let client = self.inner.client.with_options(&pinned);
+                client.publish::<i64, _, _>(channel, payload).await
+            }
+            None => {
+                self.inner
+                    .client
+                    .publish::<i64, _, _>(channel, payload)
+                    .await
+            }
+        };
+        sent.map_err(redis_err)?;
         Ok(())
     }
 
