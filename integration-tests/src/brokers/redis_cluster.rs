@@ -91,6 +91,12 @@ impl Harness for RedisClusterHarness {
         connect(&self.name(), &url).await
     }
 
+    /// `max_len=limit`: `enqueue` refuses past it with `Error::QueueFull`.
+    async fn connect_limited(&self, limit: u64) -> Option<SharedTransport> {
+        let url = tokio::task::block_in_place(|| self.url_with(&format!("max_len={limit}")));
+        Some(connect(&self.name(), &url).await)
+    }
+
     fn one_address(&self) -> bool {
         false
     }
