@@ -9,8 +9,10 @@
 //!
 //! This crate holds everything that does not depend on a broker: the envelope, the topic
 //! grammar, the task [state machine](state), the [`Transport`] trait, and the in-memory
-//! transport ([`MemoryTransport`]). Adapters for MQTT, Redis and AMQP live in their own
-//! crates; the `aether` crate re-exports them behind cargo features.
+//! transport ([`MemoryTransport`]). Adapters for MQTT, Redis, AMQP and ZeroMQ live in
+//! their own crates; the `aether` crate re-exports them behind cargo features. Writing
+//! one: the [adapter kit](kit)'s docs are the guide (the trait, the kit, and the two test
+//! suites that prove an adapter).
 //!
 //! ```
 //! use std::time::Duration;
