@@ -25,6 +25,7 @@ pub mod harness;
 pub mod proxy;
 pub mod raw_amqp;
 pub mod redis_input;
+pub mod soak;
 pub mod suite;
 pub mod zmq_recovery;
 

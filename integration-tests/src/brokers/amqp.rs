@@ -389,6 +389,17 @@ impl PrivateRabbit {
     }
 }
 
+#[async_trait]
+impl PrivateBroker for PrivateRabbit {
+    async fn connect(&self) -> SharedTransport {
+        PrivateRabbit::connect(self).await
+    }
+
+    async fn restart(&self) {
+        PrivateRabbit::restart(self).await
+    }
+}
+
 impl Drop for PrivateRabbit {
     fn drop(&mut self) {
         if let Some(child) = self.child.get_mut().as_mut() {
