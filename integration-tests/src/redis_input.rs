@@ -133,7 +133,7 @@ pub async fn tid_not_utf8_is_refused_saying_so(mode: &str) {
             &["XADD", &q.key("stream"), "*", "p", "{}", "r", "0", "t"],
             Some(b"bad\xff\xfe"),
         ),
-        _ => q.cli(&["LPUSH", &q.key("wg:g")], Some(b"0:bad\xff\xfe:{}")),
+        _ => q.cli(&["LPUSH", &q.key("wg:g")], Some(b"0:#5:bad\xff\xfe{}")),
     };
     let invalid = next_refusal(&mut consumer, "a tid that is not UTF-8").await;
     let why = invalid.error.to_string();
@@ -141,5 +141,30 @@ pub async fn tid_not_utf8_is_refused_saying_so(mode: &str) {
     assert!(invalid.raw_topic.contains("bad"), "{}", invalid.raw_topic);
     let dead = dead_letter_holding(&q, "not UTF-8").await;
     assert!(!dead.contains("is empty"), "{dead}");
+    t.close().await.unwrap();
+}
+
+/// List mode: an element whose tid holds `:` (the separator of `{r}:{tid}:{payload}`, as
+/// elements were) is refused, not delivered as the tid before the colon with the rest of
+/// the tid taken for payload; an element in today's form `{r}:#{tid length}:{tid}{payload}`
+/// whose tid holds `:` is refused saying so.
+pub async fn list_tid_holding_a_colon_is_refused() {
+    let q = RawQueue::new("list");
+    let t = aether::connect(&q.url).await.expect("redis connection");
+    let mut consumer = t.consume(&q.queue, ConsumeOptions::new()).await.unwrap();
+    q.cli(&["LPUSH", &q.key("wg:g")], Some(b"0:bad:tid:{}"));
+    let invalid = next_refusal(&mut consumer, "an element whose tid holds ':'").await;
+    assert_eq!(&invalid.payload[..], b"0:bad:tid:{}", "{invalid:?}");
+    q.cli(&["LPUSH", &q.key("wg:g")], Some(b"0:#7:bad:tid{}"));
+    let invalid = next_refusal(&mut consumer, "a tid holding ':'").await;
+    let why = invalid.error.to_string();
+    assert!(why.contains("Redis key separator"), "{why}");
+    assert!(
+        invalid.raw_topic.contains("/bad:tid/"),
+        "{}",
+        invalid.raw_topic
+    );
+    assert_eq!(&invalid.payload[..], b"{}");
+    dead_letter_holding(&q, "Redis key separator").await;
     t.close().await.unwrap();
 }

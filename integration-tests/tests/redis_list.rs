@@ -13,3 +13,9 @@ integration_tests::conformance! {
 async fn tid_not_utf8_is_refused_saying_so() {
     integration_tests::redis_input::tid_not_utf8_is_refused_saying_so("list").await;
 }
+
+/// An element whose tid holds `:` is refused, not misread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tid_holding_a_colon_is_refused() {
+    integration_tests::redis_input::list_tid_holding_a_colon_is_refused().await;
+}

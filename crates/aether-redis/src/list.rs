@@ -9,7 +9,7 @@
 //! processing lists of consumers whose presence expired back into the workgroup's list,
 //! counting a delivery; past `max_deliveries` they go to the dead-letter stream.
 //!
-//! An element is `{redeliveries}:{tid}:{payload}`.
+//! An element is `{redeliveries}:#{tid length}:{tid}{payload}`.
 
 use std::fmt;
 use std::sync::{Arc, Weak};
@@ -35,25 +35,29 @@ use crate::pubsub::value_bytes;
 use crate::reader::{Halt, RawTid, StopGuard, perform_topic, read_retry, reclaim_interval, refuse};
 use crate::scripts;
 
-/// Encodes a list element.
+/// Encodes a list element: `{redeliveries}:#{tid length}:{tid}{payload}`. The length makes
+/// it unambiguous whatever the tid holds (`{r}:{tid}:{payload}` took a tid holding `:` for
+/// a shorter tid and a longer payload).
 fn element(redeliveries: u32, tid: &str, payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(payload.len() + tid.len() + 12);
-    b.extend_from_slice(redeliveries.to_string().as_bytes());
-    b.extend_from_slice(b":");
-    b.extend_from_slice(tid.as_bytes());
-    b.extend_from_slice(b":");
+    let head = format!("{redeliveries}:#{}:{tid}", tid.len());
+    let mut b = BytesMut::with_capacity(head.len() + payload.len());
+    b.extend_from_slice(head.as_bytes());
     b.extend_from_slice(payload);
     b.freeze()
 }
 
-/// Decodes a list element: redeliveries, tid, payload.
+/// Decodes a list element: redeliveries, tid, payload; `None` if it is not in the form
+/// [`element`] writes.
 fn parse_element(e: &Bytes) -> Option<(u32, RawTid, Bytes)> {
+    let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<usize>().ok();
     let first = e.iter().position(|&c| c == b':')?;
-    let r = std::str::from_utf8(&e[..first]).ok()?.parse().ok()?;
-    let rest = &e[first + 1..];
-    let second = rest.iter().position(|&c| c == b':')?;
-    let tid = RawTid::from_bytes(&rest[..second]);
-    Some((r, tid, e.slice(first + 1 + second + 1..)))
+    let r = u32::try_from(number(&e[..first])?).ok()?;
+    let rest = e[first + 1..].strip_prefix(b"#")?;
+    let colon = rest.iter().position(|&c| c == b':')?;
+    let len = number(&rest[..colon])?;
+    let start = first + 2 + colon + 1;
+    let end = start.checked_add(len).filter(|&end| end <= e.len())?;
+    Some((r, RawTid::from_bytes(&e[start..end]), e.slice(end..)))
 }
 
 /// Pushes a perform to every workgroup of its queue, or to the backlog; refuses it with
@@ -479,11 +483,33 @@ mod tests {
     #[test]
     fn elements_round_trip() {
         let e = element(3, "abc123", b"{\"x\":\"a:b\"}\n\0");
-        assert_eq!(&e[..9], b"3:abc123:");
+        assert_eq!(&e[..11], b"3:#6:abc123");
         let (r, tid, payload) = parse_element(&e).unwrap();
         assert_eq!((r, tid), (3, RawTid::Text("abc123".into())));
         assert_eq!(&payload[..], b"{\"x\":\"a:b\"}\n\0");
         assert!(parse_element(&Bytes::from_static(b"garbage")).is_none());
         assert!(parse_element(&Bytes::from_static(b"x:t:p")).is_none());
+        // The form before the tid's length, and lengths past the end.
+        for bad in [
+            &b"0:bad:tid:{}"[..],
+            b"0:#9:abc",
+            b"0:#:abc",
+            b"0:#99999999999999999999999:x",
+        ] {
+            assert!(
+                parse_element(&Bytes::copy_from_slice(bad)).is_none(),
+                "{bad:?}"
+            );
+        }
+        let (_, tid, payload) = parse_element(&Bytes::from_static(b"0:#7:bad:tid{}")).unwrap();
+        assert_eq!(
+            (tid, &payload[..]),
+            (RawTid::Text("bad:tid".into()), &b"{}"[..])
+        );
+        let (_, tid, payload) = parse_element(&element(0, "", b"p")).unwrap();
+        assert_eq!(
+            (tid, &payload[..]),
+            (RawTid::Text(String::new()), &b"p"[..])
+        );
     }
 }

@@ -332,17 +332,19 @@ for _, c in ipairs(victims) do
   while true do
     local v = redis.call('RPOP', p)
     if not v then break end
-    local r, tid, payload = string.match(v, '^(%d+):([^:]*):(.*)$')
-    if r == nil then
+    local r, n, rest = string.match(v, '^(%d+):#(%d+):(.*)$')
+    if r ~= nil then n = tonumber(n) end
+    if r == nil or n > #rest then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'topic', ARGV[4] .. '?/perform',
         'payload', v, 'reason', 'malformed list element', 'group', ARGV[5])
     else
+      local tid, payload = string.sub(rest, 1, n), string.sub(rest, n + 1)
       r = tonumber(r) + 1
       if r >= max then
         redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'topic', ARGV[4] .. tid .. '/perform',
           'payload', payload, 'reason', 'gave up after ' .. r .. ' attempts', 'group', ARGV[5])
       else
-        redis.call('RPUSH', KEYS[2], r .. ':' .. tid .. ':' .. payload)
+        redis.call('RPUSH', KEYS[2], r .. ':#' .. n .. ':' .. rest)
       end
     end
     moved = moved + 1
