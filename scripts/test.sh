@@ -67,9 +67,10 @@ if command -v rabbitmqctl >/dev/null && ! (command -v docker >/dev/null && docke
 fi
 # Restart, long-task and TLS tests start private brokers on spare ports from these, even
 # when the shared brokers run in Docker: redis-server, mosquitto, rabbitmq-server (with its
-# rabbitmqctl and epmd), and the openssl CLI for test certificates.
+# rabbitmqctl and epmd), and the openssl CLI for test certificates; tmux for the command
+# line's terminal test.
 missing=()
-for bin in redis-server mosquitto openssl; do command -v "$bin" >/dev/null || missing+=("$bin"); done
+for bin in redis-server mosquitto openssl tmux; do command -v "$bin" >/dev/null || missing+=("$bin"); done
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
 [ ${#missing[@]} -eq 0 ] || { log "installing ${missing[*]} for private-broker tests"; apt_install "${missing[@]}"; }
 
