@@ -55,7 +55,9 @@ async fn watch_sees_a_tasks_whole_life(backend: &str) {
     assert!(names.contains(&"online"), "{names:?}");
     let done = task.last().unwrap();
     assert_eq!(done["data"], 5);
-    assert!(done["duration_ms"].as_f64().unwrap() >= 150.0, "{done}");
+    // Measured where the watcher receives the messages, so a busy machine shortens or
+    // stretches it: only its presence is certain.
+    assert!(done["duration_ms"].as_f64().unwrap() > 0.0, "{done}");
     assert_eq!(task[task.len() - 2]["progress"], 50);
 }
 
