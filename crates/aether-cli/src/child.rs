@@ -16,6 +16,12 @@ use tokio::process::{Child, ChildStderr, Command};
 /// The prefix of a stderr line that reports progress.
 pub(crate) const PROGRESS_PREFIX: &str = "aether: ";
 
+/// How long past a task's deadline the command is killed if no cancel came. The client
+/// gives up at the deadline and cancels the task, which kills the command at once; this
+/// is for a client that died, and leaves the client's deadline the outcome it reports
+/// (a failure sent at the same instant could overtake it).
+const DEADLINE_BACKSTOP: Duration = Duration::from_secs(2);
+
 /// What runs per task.
 #[derive(Debug)]
 pub(crate) struct Spec {
@@ -74,7 +80,7 @@ pub(crate) async fn run(
             stop(&guard, &mut child).await;
             return Err(anyhow!("cancelled; the command was killed"));
         }
-        _ = until(ctx.deadline()) => {
+        _ = until(ctx.deadline().map(|d| d + DEADLINE_BACKSTOP)) => {
             stop(&guard, &mut child).await;
             return Err(anyhow!("deadline passed; the command was killed"));
         }
