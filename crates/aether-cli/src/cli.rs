@@ -57,8 +57,13 @@ pub(crate) enum Command {
     Bench(BenchArgs),
     /// The WebSocket hub: not built yet (crates/aether-ws is not on main).
     Hub,
-    /// The ZeroMQ device: not built yet (crates/aether-zmq is not on main).
-    Device,
+    /// Runs the ZeroMQ device that processes connect to with `zmq://host:port`.
+    ///
+    /// Prints `listening on tcp://...` once bound; stops on SIGTERM or Ctrl-C. URL keys as
+    /// for the transport (heartbeat, max_payload, hwm, queue_capacity, curve_secret_key,
+    /// curve_clients, ...). The device keeps nothing across its own restart: clients and
+    /// workers resubscribe and redispatch by themselves.
+    Device(DeviceArgs),
 }
 
 /// What every subcommand that talks to a broker takes.
@@ -156,6 +161,17 @@ pub(crate) struct WorkersArgs {
     /// How long to listen for announcements and traffic.
     #[arg(long, value_parser = duration, default_value = "6s")]
     pub(crate) listen: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeviceArgs {
+    /// Where to bind.
+    #[arg(
+        value_name = "URL",
+        env = "AETHER_DEVICE_URL",
+        default_value = "zmq://0.0.0.0:5555"
+    )]
+    pub(crate) url: String,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ use clap::Parser;
 mod bench;
 mod child;
 mod cli;
+mod device;
 mod display;
 mod event;
 mod exit;
@@ -53,7 +54,7 @@ async fn run(command: Command) -> Result<Outcome, Failure> {
         Command::Workers(args) => workers::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Hub => Err(not_built("hub", "aether-ws", "WebSocket hub")),
-        Command::Device => Err(not_built("device", "aether-zmq", "ZeroMQ device")),
+        Command::Device(args) => device::run(args).await,
     }
 }
 
