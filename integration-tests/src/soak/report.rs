@@ -99,10 +99,10 @@ pub struct Runs {
     pub total: u64,
     /// Tasks a killed worker was running when it was killed.
     pub held: u64,
-    /// Runs of those tasks beyond their first (one each is expected).
+    /// Runs of those tasks beyond their first (one per kill is expected).
     pub held_reruns: u64,
-    /// Those of them run more than twice.
-    pub held_over_two: u64,
+    /// Those of them run more often than once plus once per killed worker that ran them.
+    pub held_over: u64,
     /// Tasks a killed worker had finished and that ran again.
     pub finished_rerun: u64,
     /// Tasks run twice or more around a broker restart (and not explained above).
@@ -114,7 +114,7 @@ pub struct Runs {
     /// Other tasks whose handler returned in two or more runs: two outcomes published for
     /// one task that nothing explains.
     pub other_completed_twice: u64,
-    /// A few tids of tasks counted in `other_duplicate_runs` or `held_over_two`.
+    /// A few tids of tasks counted in `other_duplicate_runs` or `held_over`.
     pub examples: Vec<String>,
 }
 
@@ -175,10 +175,16 @@ impl Runs {
                 .iter()
                 .any(|l| windows.iter().any(|&(a, b)| l.at >= a && l.at <= b));
             let wrong = if held(&lines) {
+                // Each killed worker that ran it explains one more run.
+                let mut killed: Vec<usize> =
+                    starts.iter().filter(|l| l.killed).map(|l| l.log).collect();
+                killed.sort_unstable();
+                killed.dedup();
+                let over = runs > 1 + killed.len() as u64;
                 r.held += 1;
                 r.held_reruns += extra;
-                r.held_over_two += u64::from(runs > 2);
-                runs > 2
+                r.held_over += u64::from(over);
+                over
             } else if lines.iter().any(|l| l.killed) {
                 r.finished_rerun += 1;
                 false
@@ -298,8 +304,8 @@ impl fmt::Display for Report {
         writeln!(f, "  handler runs              {}", r.total)?;
         writeln!(
             f,
-            "  held by killed workers    {} (runs again: {}, run more than twice: {})",
-            r.held, r.held_reruns, r.held_over_two
+            "  held by killed workers    {} (runs again: {}, more than once per kill: {})",
+            r.held, r.held_reruns, r.held_over
         )?;
         writeln!(f, "  finished by killed, rerun {}", r.finished_rerun)?;
         writeln!(
@@ -425,10 +431,19 @@ mod tests {
                     l(2, false, true, 6),
                 ],
             ),
+            // held by killed worker 1, then by killed worker 3, then run on 0: two kills
+            (
+                "g".to_owned(),
+                vec![
+                    l(1, true, true, 1),
+                    l(3, true, true, 5),
+                    l(0, false, true, 9),
+                ],
+            ),
         ]);
         let r = Runs::count(per_tid, &[(100, 120)]);
-        assert_eq!(r.total, 12);
-        assert_eq!((r.held, r.held_reruns, r.held_over_two), (2, 3, 1));
+        assert_eq!(r.total, 15);
+        assert_eq!((r.held, r.held_reruns, r.held_over), (3, 5, 1));
         assert_eq!(r.finished_rerun, 1);
         assert_eq!((r.restart_rerun, r.restart_completed_twice), (1, 1));
         assert_eq!((r.other_duplicate_runs, r.other_completed_twice), (1, 1));
