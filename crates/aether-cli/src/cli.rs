@@ -19,6 +19,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Performs a task and prints its result (JSON) on stdout.
     ///
+    /// Not for `memory://`: the in-memory transport lives inside one process.
+    ///
     /// PAYLOAD is JSON (a bare word that is not JSON is sent as a string), `@FILE` reads it
     /// from a file, `-` from stdin; none sends `{}`. Progress shows as a bar on a terminal,
     /// as `progress N` lines on stderr otherwise. Ctrl-C cancels the task on the worker.

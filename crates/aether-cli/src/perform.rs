@@ -24,6 +24,7 @@ pub(crate) struct Plan {
 
 pub(crate) async fn run(args: PerformArgs) -> Result<Outcome, Failure> {
     let (url, rest) = target::split_url(args.positionals)?;
+    target::refuse_memory(&url, "perform")?;
     let (address, payload) = match &rest[..] {
         [address] => (address, None),
         [address, payload] => (address, Some(payload.as_str())),

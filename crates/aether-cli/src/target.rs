@@ -103,12 +103,14 @@ pub(crate) fn node(transport: SharedTransport, options: &NodeOptions) -> Result<
     builder.build().map_err(|e| Failure::usage(e.to_string()))
 }
 
-/// Refuses `memory://` for commands that observe other processes.
+/// Refuses `memory://` for commands that work with other processes: the in-memory
+/// transport lives inside one process, so a perform would wait forever for a worker and a
+/// watcher would see nothing.
 pub(crate) fn refuse_memory(url: &str, command: &str) -> Result<(), Failure> {
     if url.to_ascii_lowercase().starts_with("memory:") {
         return Err(Failure::usage(format!(
-            "`aether {command}` observes other processes, and the in-memory transport lives \
-             inside one process: there is nothing to see; use a broker URL"
+            "`aether {command}` works with other processes, and the in-memory transport lives \
+             inside one process; use a broker URL (`aether bench memory://` works)"
         )));
     }
     Ok(())

@@ -18,6 +18,7 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
     let (url, rest) = target::split_url(args.positionals)?;
+    target::refuse_memory(&url, "worker")?;
     let [address] = &rest[..] else {
         return Err(Failure::usage(
             "expected URL JOB/TASK[/CONTEXT] -- CMD ARGS...",

@@ -205,6 +205,8 @@ async fn bad_usage_exits_2() {
         ],
         &["worker", "redis://127.0.0.1:6379", "a/b"],
         &["watch", "memory://"],
+        &["perform", "memory://", "a/b"],
+        &["workers", "memory://"],
     ] {
         let out = finish(aether(args), LIMIT).await;
         assert_eq!(out.code(), 2, "{args:?}: {out:?}");
