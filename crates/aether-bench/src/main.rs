@@ -6,6 +6,11 @@
 //! cargo run --release -p aether-bench -- [--tasks N] [--inflight 1,64] [--raw NAME] URL...
 //! ```
 //!
+//! `--rounds N` repeats the whole sequence (every URL, aether then raw) N times,
+//! interleaved, and ends with the median of each loop. A `zmq://host:port` URL (without
+//! `bind`) gets an `aether_zmq::Device` started in this process on its own thread, unless
+//! something already listens there; the raw tmq baseline starts its own the same way.
+//!
 //! `--defer-accept MS` sets the client's `Config::defer_accept` (0: workers accept every
 //! task at once, as before that setting existed).
 //!
@@ -31,6 +36,8 @@ struct Args {
     payload: usize,
     /// `Config::defer_accept` for the client, if not the default.
     defer_accept: Option<u64>,
+    /// Interleaved repetitions of the whole sequence.
+    rounds: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -41,6 +48,7 @@ fn parse_args() -> anyhow::Result<Args> {
         urls: Vec::new(),
         payload: 16,
         defer_accept: None,
+        rounds: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -56,12 +64,13 @@ fn parse_args() -> anyhow::Result<Args> {
                     .collect::<Result<_, _>>()?
             }
             "--raw" => args.raw.push(it.next().context("--raw NAME")?),
+            "--rounds" => args.rounds = it.next().context("--rounds N")?.parse()?,
             "--defer-accept" => {
                 args.defer_accept = Some(it.next().context("--defer-accept MS")?.parse()?)
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: aether-bench [--tasks N] [--inflight 1,64] [--payload BYTES] [--defer-accept MS] [--raw {}] URL...",
+                    "usage: aether-bench [--tasks N] [--inflight 1,64] [--payload BYTES] [--defer-accept MS] [--rounds N] [--raw {}] URL...",
                     raw::NAMES.join("|")
                 );
                 std::process::exit(0);
@@ -85,19 +94,50 @@ async fn main() -> anyhow::Result<()> {
         args.payload,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let _devices = zmq_devices(&args.urls);
     println!("{}", Report::header());
-    for url in &args.urls {
-        for report in bench_aether(url, &args).await? {
-            println!("{}", report.row());
-        }
-        for name in &args.raw {
-            for &inflight in &args.inflight {
-                let r = raw::run(name, url, args.tasks, inflight, args.payload).await?;
-                println!("{}", r.row());
+    let mut all = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        for url in &args.urls {
+            for report in bench_aether(url, &args).await? {
+                println!("{}", report.row());
+                all.push(report);
+            }
+            for name in &args.raw {
+                for &inflight in &args.inflight {
+                    let r = raw::run(name, url, args.tasks, inflight, args.payload).await?;
+                    println!("{}", r.row());
+                    all.push(r);
+                }
             }
         }
     }
+    if args.rounds > 1 {
+        println!("\n{}", Report::header());
+        for r in runner::medians(&all) {
+            println!("{}", r.row());
+        }
+    }
     Ok(())
+}
+
+/// A device in this process for each `zmq://` URL that does not host its own (`bind`),
+/// unless one already listens on its port.
+fn zmq_devices(urls: &[String]) -> Vec<aether::aether_zmq::Device> {
+    let mut devices = Vec::new();
+    for url in urls.iter().filter(|u| u.starts_with("zmq://")) {
+        let Ok(config) = aether::aether_zmq::ZmqConfig::from_url(url) else {
+            continue;
+        };
+        if config.bind {
+            continue;
+        }
+        match aether::aether_zmq::Device::start(config) {
+            Ok(d) => devices.push(d),
+            Err(e) => eprintln!("note: no device started for {url} ({e}); using the one there"),
+        }
+    }
+    devices
 }
 
 async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {

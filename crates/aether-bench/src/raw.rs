@@ -5,13 +5,14 @@
 mod amqp;
 mod mqtt;
 mod redis;
+mod zmq;
 
 use anyhow::bail;
 
 use crate::runner::Report;
 
 /// The baselines this build has.
-pub(crate) const NAMES: &[&str] = &["redis", "mqtt", "amqp"];
+pub(crate) const NAMES: &[&str] = &["redis", "mqtt", "amqp", "zmq"];
 
 /// Runs baseline `name` against `url`.
 pub(crate) async fn run(
@@ -25,6 +26,7 @@ pub(crate) async fn run(
         "redis" => redis::run(url, tasks, inflight, payload).await,
         "mqtt" => mqtt::run(url, tasks, inflight, payload).await,
         "amqp" => amqp::run(url, tasks, inflight, payload).await,
+        "zmq" => zmq::run(url, tasks, inflight, payload).await,
         _ => bail!(
             "no raw baseline named {name:?}; known: {}",
             NAMES.join(", ")

@@ -96,3 +96,35 @@ impl Report {
         )
     }
 }
+
+/// The median of each (loop, in flight) over rounds: tasks/s, p50 and p99 each taken as
+/// its own median, in the order the loops first appear.
+pub(crate) fn medians(reports: &[Report]) -> Vec<Report> {
+    let mut keys: Vec<(String, usize)> = Vec::new();
+    for r in reports {
+        let key = (r.name.clone(), r.inflight);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter()
+        .map(|(name, inflight)| {
+            let runs: Vec<&Report> = reports
+                .iter()
+                .filter(|r| r.name == name && r.inflight == inflight)
+                .collect();
+            fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+                v[v.len() / 2]
+            }
+            Report {
+                name: format!("{name} (median of {})", runs.len()),
+                inflight,
+                tasks: runs[0].tasks,
+                per_sec: median(runs.iter().map(|r| r.per_sec).collect()),
+                p50: median(runs.iter().map(|r| r.p50).collect()),
+                p99: median(runs.iter().map(|r| r.p99).collect()),
+            }
+        })
+        .collect()
+}
