@@ -33,6 +33,7 @@
 //! | `mqtt` | [`aether-mqtt`](https://docs.rs/aether-mqtt) | `mqtt://`, `mqtts://` |
 //! | `amqp` | [`aether-amqp`](https://docs.rs/aether-amqp) | `amqp://`, `amqps://` |
 //! | `zmq` | [`aether-zmq`](https://docs.rs/aether-zmq) | `zmq://` (`tcp://`), `?bind=true` hosts the device |
+//! | `ws` | [`aether-ws`](https://docs.rs/aether-ws) | `ws://`, `wss://` (a peer of an aether-ws hub) |
 //! | `full` | every adapter above | |
 
 pub use aether_core::*;
@@ -48,6 +49,8 @@ pub use aether_amqp;
 pub use aether_mqtt;
 #[cfg(feature = "redis")]
 pub use aether_redis;
+#[cfg(feature = "ws")]
+pub use aether_ws;
 #[cfg(feature = "zmq")]
 pub use aether_zmq;
 
@@ -60,6 +63,17 @@ pub async fn connect(url: &str) -> Result<SharedTransport> {
         .split_once("://")
         .map_or(url, |(s, _)| s)
         .to_ascii_lowercase();
+    // Unused when every adapter is compiled in.
+    #[cfg_attr(
+        all(
+            feature = "redis",
+            feature = "mqtt",
+            feature = "amqp",
+            feature = "zmq",
+            feature = "ws"
+        ),
+        allow(unused_variables)
+    )]
     let disabled = |feature: &'static str| Error::FeatureDisabled {
         scheme: scheme.clone(),
         feature,
@@ -78,6 +92,9 @@ pub async fn connect(url: &str) -> Result<SharedTransport> {
         "amqp" | "amqps" => aether_amqp::connect(url).await,
         #[cfg(not(feature = "amqp"))]
         "amqp" | "amqps" => Err(disabled("amqp")),
+        #[cfg(feature = "ws")]
+        "ws" | "wss" => aether_ws::connect(url).await,
+        #[cfg(not(feature = "ws"))]
         "ws" | "wss" => Err(disabled("ws")),
         #[cfg(feature = "zmq")]
         "zmq" | "tcp" => aether_zmq::connect(url).await,

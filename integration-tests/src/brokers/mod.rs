@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod mqtt;
 pub mod redis;
 pub mod redis_cluster;
+pub mod ws;
 pub mod zmq;
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the broker to take).
