@@ -25,7 +25,14 @@ const REMEMBERED: usize = 65_536;
 /// Recently seen seed messages (topic and payload), to drop their second copies.
 #[derive(Debug, Default)]
 pub(crate) struct Dedupe {
-    recent: Mutex<(HashMap<u64, Instant>, VecDeque<(u64, Instant)>)>,
+    recent: Mutex<Recent>,
+}
+
+/// When each message was last seen, and the same in the order seen (to forget the old).
+#[derive(Debug, Default)]
+struct Recent {
+    at: HashMap<u64, Instant>,
+    order: VecDeque<(u64, Instant)>,
 }
 
 impl Dedupe {
@@ -38,7 +45,7 @@ impl Dedupe {
         let key = h.finish();
         let now = Instant::now();
         let mut guard = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, order) = &mut *guard;
+        let Recent { at: map, order } = &mut *guard;
         while let Some(&(k, at)) = order.front() {
             if now.duration_since(at) < WINDOW && order.len() < REMEMBERED {
                 break;
