@@ -3,11 +3,16 @@
 //! a raw broker-client baseline of the same loop in the same run.
 //!
 //! ```text
-//! cargo run --release -p aether-bench -- [--tasks N] [--inflight 1,64] [--raw NAME] URL...
+//! cargo run --release -p aether-bench -- [--rounds N] [--tasks N] [--inflight 1,64] [--raw NAME] URL...
 //! ```
 //!
-//! `--rounds N` repeats the whole sequence (every URL, aether then raw) N times,
-//! interleaved, and ends with the median of each loop. A `zmq://host:port` URL (without
+//! The machine's CPU is shared and one run of a loop tells little: `--rounds N` runs every
+//! loop (each URL's aether loop, then its raw baselines) N times, interleaved, prints each
+//! run as it ends, then one summary line per loop with the median tasks/s, its min-max, the
+//! median p50, p99 and CPU per task, and each aether loop's median as a share of each raw
+//! loop's median on the same URL and in-flight level. CPU per task is this process's user +
+//! system time over the run divided by its tasks (client, worker and client library all live
+//! in the process, and on `memory://` the broker too). A `zmq://host:port` URL (without
 //! `bind`) gets an `aether_zmq::Device` started in this process on its own thread, unless
 //! something already listens there; the raw tmq baseline starts its own the same way.
 //!
@@ -26,9 +31,10 @@ use std::time::Duration;
 use aether::{Aether, Error, TaskContext};
 use anyhow::{Context, bail};
 
-use crate::runner::{Report, closed_loop};
+use crate::runner::{Report, Rounds, closed_loop};
 
 struct Args {
+    rounds: usize,
     tasks: usize,
     inflight: Vec<usize>,
     raw: Vec<String>,
@@ -36,23 +42,22 @@ struct Args {
     payload: usize,
     /// `Config::defer_accept` for the client, if not the default.
     defer_accept: Option<u64>,
-    /// Interleaved repetitions of the whole sequence.
-    rounds: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
+        rounds: 1,
         tasks: 20_000,
         inflight: vec![1, 64],
         raw: Vec::new(),
         urls: Vec::new(),
         payload: 16,
         defer_accept: None,
-        rounds: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--rounds" => args.rounds = it.next().context("--rounds N")?.parse()?,
             "--tasks" => args.tasks = it.next().context("--tasks N")?.parse()?,
             "--payload" => args.payload = it.next().context("--payload BYTES")?.parse()?,
             "--inflight" => {
@@ -64,13 +69,12 @@ fn parse_args() -> anyhow::Result<Args> {
                     .collect::<Result<_, _>>()?
             }
             "--raw" => args.raw.push(it.next().context("--raw NAME")?),
-            "--rounds" => args.rounds = it.next().context("--rounds N")?.parse()?,
             "--defer-accept" => {
                 args.defer_accept = Some(it.next().context("--defer-accept MS")?.parse()?)
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: aether-bench [--tasks N] [--inflight 1,64] [--payload BYTES] [--defer-accept MS] [--rounds N] [--raw {}] URL...",
+                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--payload BYTES] [--defer-accept MS] [--raw {}] URL...",
                     raw::NAMES.join("|")
                 );
                 std::process::exit(0);
@@ -78,6 +82,12 @@ fn parse_args() -> anyhow::Result<Args> {
             url if !url.starts_with('-') => args.urls.push(url.to_owned()),
             other => bail!("unknown option {other}"),
         }
+    }
+    if let Some(unknown) = args.raw.iter().find(|n| !raw::NAMES.contains(&n.as_str())) {
+        bail!(
+            "no raw baseline named {unknown:?}; known: {}",
+            raw::NAMES.join(", ")
+        );
     }
     if args.urls.is_empty() {
         args.urls.push("memory://bench".into());
@@ -96,26 +106,30 @@ async fn main() -> anyhow::Result<()> {
     );
     let _devices = zmq_devices(&args.urls);
     println!("{}", Report::header());
-    let mut all = Vec::new();
-    for _ in 0..args.rounds.max(1) {
-        for url in &args.urls {
+    let mut rounds = Rounds::default();
+    for round in 1..=args.rounds.max(1) {
+        if args.rounds > 1 {
+            println!("| round {round} of {} | | | | | | |", args.rounds);
+        }
+        for (i, url) in args.urls.iter().enumerate() {
             for report in bench_aether(url, &args).await? {
                 println!("{}", report.row());
-                all.push(report);
+                rounds.add(i, report);
             }
-            for name in &args.raw {
+            for name in args.raw.iter().filter(|n| raw::applies(n, url)) {
                 for &inflight in &args.inflight {
                     let r = raw::run(name, url, args.tasks, inflight, args.payload).await?;
                     println!("{}", r.row());
-                    all.push(r);
+                    rounds.add(i, r);
                 }
             }
         }
     }
     if args.rounds > 1 {
-        println!("\n{}", Report::header());
-        for r in runner::medians(&all) {
-            println!("{}", r.row());
+        println!("\nmedians of {} interleaved rounds:\n", args.rounds);
+        println!("{}", Rounds::header());
+        for line in rounds.summary() {
+            println!("{line}");
         }
     }
     Ok(())
@@ -183,7 +197,7 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
     .await?;
     let mut reports = Vec::new();
     for &inflight in &args.inflight {
-        let (wall, lat) = closed_loop(args.tasks, inflight, || {
+        let sample = closed_loop(args.tasks, inflight, || {
             one(client.clone(), payload.clone())
         })
         .await?;
@@ -191,7 +205,7 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
             Some(ms) => format!("aether {name} (defer_accept {ms} ms)"),
             None => format!("aether {name}"),
         };
-        reports.push(Report::new(label, inflight, wall, lat));
+        reports.push(Report::new(label, inflight, sample));
     }
     worker.shutdown(Duration::from_secs(5)).await?;
     let stats = client_node.stats();

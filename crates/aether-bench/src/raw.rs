@@ -14,6 +14,13 @@ use crate::runner::Report;
 /// The baselines this build has.
 pub(crate) const NAMES: &[&str] = &["redis", "mqtt", "amqp", "zmq"];
 
+/// Whether baseline `name` speaks the protocol `url` names, so `--raw redis` beside
+/// `memory://` and `redis://` URLs runs only against the latter.
+pub(crate) fn applies(name: &str, url: &str) -> bool {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    scheme == name || scheme.strip_suffix('s') == Some(name)
+}
+
 /// Runs baseline `name` against `url`.
 pub(crate) async fn run(
     name: &str,
@@ -31,5 +38,17 @@ pub(crate) async fn run(
             "no raw baseline named {name:?}; known: {}",
             NAMES.join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_baseline_applies_to_its_own_schemes_only() {
+        assert!(super::applies("redis", "redis://127.0.0.1:6379/"));
+        assert!(super::applies("redis", "rediss://host/"));
+        assert!(super::applies("amqp", "amqps://host/"));
+        assert!(!super::applies("redis", "memory://bench"));
+        assert!(!super::applies("mqtt", "redis://host/"));
     }
 }

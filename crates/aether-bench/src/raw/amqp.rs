@@ -203,7 +203,7 @@ pub(crate) async fn run(
         }
     };
     closed_loop(1000.min(tasks), inflight, one).await?;
-    let (wall, lat) = closed_loop(tasks, inflight, one).await?;
+    let sample = closed_loop(tasks, inflight, one).await?;
 
     consumer.abort();
     router.abort();
@@ -223,7 +223,7 @@ pub(crate) async fn run(
     } else {
         "raw amqprs"
     };
-    Ok(Report::new(name.into(), inflight, wall, lat))
+    Ok(Report::new(name.into(), inflight, sample))
 }
 
 async fn open(config: &AmqpConfig, name: &str) -> anyhow::Result<Connection> {

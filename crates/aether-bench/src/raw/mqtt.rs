@@ -115,9 +115,9 @@ pub(crate) async fn run(
         }
     };
     closed_loop(1000.min(tasks), inflight, one).await?;
-    let (wall, lat) = closed_loop(tasks, inflight, one).await?;
+    let sample = closed_loop(tasks, inflight, one).await?;
     serve.abort();
     let _ = cli.disconnect(None).await;
     let _ = worker.disconnect(None).await;
-    Ok(Report::new("raw paho-mqtt".into(), inflight, wall, lat))
+    Ok(Report::new("raw paho-mqtt".into(), inflight, sample))
 }

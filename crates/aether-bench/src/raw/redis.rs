@@ -120,7 +120,7 @@ pub(crate) async fn run(
         }
     };
     closed_loop(200.min(tasks), inflight, one).await?;
-    let (wall, lat) = closed_loop(tasks, inflight, one).await?;
+    let sample = closed_loop(tasks, inflight, one).await?;
 
     worker.abort();
     router.abort();
@@ -134,7 +134,7 @@ pub(crate) async fn run(
     } else {
         "raw fred streams"
     };
-    Ok(Report::new(name.to_owned(), inflight, wall, lat))
+    Ok(Report::new(name.to_owned(), inflight, sample))
 }
 
 async fn stream_worker(

@@ -161,7 +161,7 @@ pub(crate) async fn run(
         }
     };
     closed_loop(200.min(tasks), inflight, one).await?;
-    let (wall, lat) = closed_loop(tasks, inflight, one).await?;
+    let sample = closed_loop(tasks, inflight, one).await?;
 
     // Stop the device thread through its own socket, then the tasks.
     let stopper = tmq::dealer(&context).set_linger(1000).connect(&endpoint)?;
@@ -172,5 +172,5 @@ pub(crate) async fn run(
     tokio::task::spawn_blocking(move || device_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("raw zmq device thread panicked"))?;
-    Ok(Report::new("raw tmq".to_owned(), inflight, wall, lat))
+    Ok(Report::new("raw tmq".to_owned(), inflight, sample))
 }
