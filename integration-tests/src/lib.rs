@@ -20,6 +20,7 @@
 //! ```
 
 pub mod brokers;
+pub mod cluster_faults;
 pub mod contract;
 pub mod harness;
 pub mod proxy;
