@@ -17,7 +17,7 @@ pub const TASKS: u32 = 500;
 /// Tasks in flight at a time.
 pub const IN_FLIGHT: usize = 16;
 /// Outcomes received before the fault is injected.
-const BEFORE_FAULT: u32 = 100;
+pub const BEFORE_FAULT: u32 = 100;
 /// How long each handler runs: long enough that the stream outlasts the fault.
 const WORK: Duration = Duration::from_millis(20);
 /// How long the whole stream may take.
@@ -72,7 +72,9 @@ pub async fn stream_through_fault(
     let injector = tokio::task::spawn_blocking({
         let (cluster, done) = (cluster.clone(), done.clone());
         move || {
-            fault_rx.blocking_recv().expect("the stream reaches the fault");
+            fault_rx
+                .blocking_recv()
+                .expect("the stream reaches the fault");
             fault(&cluster, &key);
             done.load(std::sync::atomic::Ordering::SeqCst)
         }
@@ -118,7 +120,11 @@ pub async fn stream_through_fault(
     );
     assert!(errors.is_empty(), "callers saw errors: {errors:?}");
     let stats = cn.stats();
-    assert_eq!(stats.succeeded, u64::from(TASKS), "one outcome each: {stats:?}");
+    assert_eq!(
+        stats.succeeded,
+        u64::from(TASKS),
+        "one outcome each: {stats:?}"
+    );
     assert_eq!(stats.failed + stats.lost, 0, "{stats:?}");
     let runs = runs.lock().unwrap().clone();
     assert_eq!(runs.len() as u32, TASKS, "every task ran");
@@ -161,7 +167,10 @@ pub fn migrate_slot(cluster: &RedisCluster, key: &str) {
         .running()
         .find(|i| *i != from && cluster.cli(*i, &["ROLE"]).starts_with("master"))
         .expect("another master");
-    let slot = cluster.cli(from, &["CLUSTER", "KEYSLOT", key]).trim().to_owned();
+    let slot = cluster
+        .cli(from, &["CLUSTER", "KEYSLOT", key])
+        .trim()
+        .to_owned();
     let id = |i: usize| cluster.cli(i, &["CLUSTER", "MYID"]).trim().to_owned();
     let (from_id, to_id) = (id(from), id(to));
     let ok = |out: String| assert!(out.trim() == "OK", "migrating slot {slot}: {out}");
@@ -178,7 +187,10 @@ pub fn migrate_slot(cluster: &RedisCluster, key: &str) {
         let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
         args.extend(&keys);
         let out = cluster.cli(from, &args);
-        assert!(out.trim() == "OK" || out.trim() == "NOKEY", "MIGRATE: {out}");
+        assert!(
+            out.trim() == "OK" || out.trim() == "NOKEY",
+            "MIGRATE: {out}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     for i in [to, from] {

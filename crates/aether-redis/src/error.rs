@@ -36,3 +36,10 @@ pub(crate) fn is_nogroup(e: &fred::error::Error) -> bool {
 pub(crate) fn is_timeout(e: &fred::error::Error) -> bool {
     matches!(e.kind(), fred::error::ErrorKind::Timeout)
 }
+
+/// Whether `e` is a Redis Cluster's `TRYAGAIN`: a multi-key command (here, a queue's script)
+/// met its slot half-migrated to another node, some keys moved and some not. It passes once
+/// the migration of those keys is over.
+pub(crate) fn is_tryagain(e: &fred::error::Error) -> bool {
+    e.details().starts_with("TRYAGAIN")
+}
