@@ -5,11 +5,8 @@
 //! Broadcasts promise nothing to absent subscribers, so they are consumed without
 //! acknowledgements (a third less work for RabbitMQ per message than acking each). The
 //! subscription's buffer is still bounded: when it is full, the consumer is cancelled, so
-//! further messages wait in the queue, and it consumes again once the subscriber has caught
-//! up. The queue is bounded too (`subscription_queue_capacity`), refusing rather than
-//! dropping: past it the broker nacks a publish that would add to it
-//! (`x-overflow=reject-publish`), and the publisher gets
-//! [`AmqpError::SubscriberQueueFull`](crate::AmqpError::SubscriberQueueFull).
+//! further messages wait in the queue (itself bounded, oldest dropped first), and it
+//! consumes again once the subscriber has caught up.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
@@ -31,6 +28,9 @@ use crate::error::AmqpError;
 use crate::session::Session;
 use crate::topology::{self, Decl, IntoField, insert};
 use crate::transport::Shared;
+
+/// Messages a subscription queue keeps for a slow subscriber before dropping the oldest.
+const SUB_QUEUE_MAX: i64 = 100_000;
 
 /// One subscription, alive across reconnections.
 pub(crate) struct SubState {
@@ -116,10 +116,7 @@ impl SubState {
             && attached.on.generation == session.generation;
         let queue = match kept {
             Some(q) => q,
-            None => {
-                let max = shared.config.subscription_queue_capacity;
-                self.declare_queue(session, max).await?
-            }
+            None => self.declare_queue(session).await?,
         };
         attached.on.generation = session.generation;
         attached.queue = Some(queue.clone());
@@ -154,14 +151,12 @@ impl SubState {
         Ok(())
     }
 
-    /// A new exclusive queue bound with the filter, holding at most `max` messages.
-    async fn declare_queue(&self, session: &Session, max: u32) -> Result<String, AmqpError> {
+    /// A new exclusive queue bound with the filter.
+    async fn declare_queue(&self, session: &Session) -> Result<String, AmqpError> {
         session.ensure(&self.decls, false).await?;
         let control = session.control().await?;
         let mut args = FieldTable::new();
-        insert(&mut args, "x-max-length", i64::from(max).into_field());
-        // Past the limit the broker nacks the publish instead of dropping the oldest.
-        insert(&mut args, "x-overflow", "reject-publish".into_field());
+        insert(&mut args, "x-max-length", SUB_QUEUE_MAX.into_field());
         let declared = control
             .channel
             .queue_declare(

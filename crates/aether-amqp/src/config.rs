@@ -128,12 +128,6 @@ aether_core::settings! {
         /// Messages a subscription holds before the broker keeps the rest (its
         /// prefetch). Default 1,024.
         [key] subscription_capacity: usize = 1024,
-        /// Messages the broker keeps in a subscription's queue for a subscriber that has
-        /// fallen behind (`x-max-length`). Past it a publish that would add to the queue is
-        /// refused (`x-overflow=reject-publish`, a publisher nack): the publisher gets
-        /// [`AmqpError::SubscriberQueueFull`](crate::AmqpError::SubscriberQueueFull), and
-        /// nothing already queued is dropped. Default 100,000.
-        [key] subscription_queue_capacity: u32 = 100_000,
         /// Largest payload, in bytes. Default 16 MiB (RabbitMQ 4's `max_message_size`).
         [key] max_payload: usize = 16 << 20,
     }

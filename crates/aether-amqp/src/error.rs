@@ -33,11 +33,6 @@ pub enum AmqpError {
     /// The broker refused a published message (a publisher-confirm nack).
     #[error("the broker refused the message (publisher nack)")]
     Nacked,
-    /// A broadcast was refused because a subscriber's queue holds its limit of messages
-    /// (the `subscription_queue_capacity` of the subscriber's connection): that subscriber
-    /// has fallen behind. Nothing queued was dropped; publish again later.
-    #[error("a subscriber's queue is full; the broker refused the broadcast")]
-    SubscriberQueueFull,
     /// The connection or channel went away before the broker confirmed a message, so it may
     /// or may not have been stored.
     #[error("the channel closed before the broker confirmed the message")]

@@ -41,10 +41,8 @@
 //!   subscription is an exclusive queue bound with its filter (`+` becomes `*`, `#` stays
 //!   `#`), consumed without acknowledgements (broadcasts promise nothing to absent
 //!   subscribers). A subscriber whose buffer is full pauses its consumer, leaving the
-//!   backlog in the queue on the broker rather than in memory. That queue holds at most
-//!   `subscription_queue_capacity` messages (100,000); past it the broker refuses a
-//!   publish that would add to it (`x-overflow=reject-publish`), so the publisher gets
-//!   [`AmqpError::SubscriberQueueFull`] instead of the subscriber losing its oldest. A filter whose union is a wildcard needs one exchange for every union (an
+//!   backlog in the queue on the broker (bounded, oldest dropped first) rather than in
+//!   memory. A filter whose union is a wildcard needs one exchange for every union (an
 //!   `exchange` name without `{union}`); with the default it is refused as unsupported.
 //! - **Performs** go, persistent and with publisher confirms, to the direct exchange
 //!   `aether.{union}.work` with the routing key `union.job.task.context` and the tid as the

@@ -5,7 +5,7 @@
 //! | what | name | kind |
 //! |------|------|------|
 //! | broadcasts (status, complete, cancel, online, idle) | `aether.u` | topic exchange, routing key `u.job.task.context.tid.action` |
-//! | each subscription | server-named | exclusive queue (at most `subscription_queue_capacity` messages, then publishes are refused) bound with the filter (`+` → `*`), consumed without acks |
+//! | each subscription | server-named | exclusive queue (at most 100,000 messages) bound with the filter (`+` → `*`), consumed without acks |
 //! | performs | `aether.u.work` | direct exchange, routing key `u.job.task.context`, the tid as message id; alternate exchange `aether.u.unrouted` |
 //! | a workgroup's tasks | `aether.u.job.task.context.workgroup` | durable queue bound with `u.job.task.context`, dead-lettering to `aether.dead-letters` |
 //! | performs sent before any workgroup queue existed | `aether.u.job.task.context:unrouted` | durable queue bound to `aether.u.unrouted`, moved to the workgroup queues by the first worker |

@@ -415,8 +415,7 @@ impl Transport for AmqpTransport {
         self.shared.gate.check_publish(&payload)?;
         let t = &self.shared.topology;
         let properties = BasicProperties::default().finish();
-        let sent = self
-            .shared
+        self.shared
             .publish(
                 Needs::Broadcast(topic.union()),
                 &t.broadcast(topic.union()),
@@ -424,16 +423,7 @@ impl Transport for AmqpTransport {
                 &properties,
                 &payload,
             )
-            .await;
-        match sent {
-            // Only a subscription queue refuses a broadcast (`x-overflow=reject-publish`).
-            Err(Error::Transport { source, .. })
-                if matches!(source.downcast_ref(), Some(AmqpError::Nacked)) =>
-            {
-                Err(AmqpError::SubscriberQueueFull.into())
-            }
-            other => other,
-        }
+            .await
     }
 
     async fn subscribe(&self, filter: &TopicFilter) -> Result<Subscription> {
