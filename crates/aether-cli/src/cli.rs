@@ -57,8 +57,16 @@ pub(crate) enum Command {
     ///
     /// Prints tasks/s, p50 and p99. `memory://` works here (both in this process).
     Bench(BenchArgs),
-    /// The WebSocket hub: not built yet (crates/aether-ws is not on main).
-    Hub,
+    /// Runs the WebSocket hub that processes connect to with `ws://host:port/ws`.
+    ///
+    /// Serves `GET /ws`, `POST /publish/{topic}`, `GET /health` and `GET /messages/{topic}`
+    /// on one port. Prints `listening on ws://...` once bound; stops on SIGTERM or Ctrl-C.
+    /// The token comes from `AETHER_WS_TOKEN` (never a flag: it would show in the process
+    /// list); without one the listen URL must say `no_auth=true`. URL keys: no_auth,
+    /// origins, max_connections, max_payload, heartbeat, send_queue, queue_capacity, ...
+    /// With `--backend URL` the hub is a gateway: its WebSocket peers' work queues,
+    /// redelivery and broadcasts live on that broker, so several hubs can share them.
+    Hub(HubArgs),
     /// Runs the ZeroMQ device that processes connect to with `zmq://host:port`.
     ///
     /// Prints `listening on tcp://...` once bound; stops on SIGTERM or Ctrl-C. URL keys as
@@ -163,6 +171,21 @@ pub(crate) struct WorkersArgs {
     /// How long to listen for announcements and traffic.
     #[arg(long, value_parser = duration, default_value = "6s")]
     pub(crate) listen: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HubArgs {
+    /// Where to listen.
+    #[arg(
+        value_name = "URL",
+        env = "AETHER_HUB_URL",
+        default_value = "ws://127.0.0.1:8080"
+    )]
+    pub(crate) url: String,
+    /// The broker the hub's peers share (`redis://`, `amqp://`, `mqtt://`, `zmq://`);
+    /// default its own in-memory one.
+    #[arg(long, value_name = "URL", env = "AETHER_HUB_BACKEND")]
+    pub(crate) backend: Option<String>,
 }
 
 #[derive(Debug, Args)]

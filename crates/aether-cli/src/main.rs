@@ -13,6 +13,7 @@ mod device;
 mod display;
 mod event;
 mod exit;
+mod hub;
 mod perform;
 mod target;
 mod watch;
@@ -53,13 +54,7 @@ async fn run(command: Command) -> Result<Outcome, Failure> {
         Command::Watch(args) => watch::run(args).await,
         Command::Workers(args) => workers::run(args).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Hub => Err(not_built("hub", "aether-ws", "WebSocket hub")),
+        Command::Hub(args) => hub::run(args).await,
         Command::Device(args) => device::run(args).await,
     }
-}
-
-fn not_built(command: &str, krate: &str, what: &str) -> Failure {
-    Failure::usage(format!(
-        "`aether {command}` will run the {what} once crates/{krate} exists; this build has none"
-    ))
 }
