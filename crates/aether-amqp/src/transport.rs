@@ -468,7 +468,15 @@ impl Transport for AmqpTransport {
 
     async fn close(&self) -> Result<()> {
         if let Some(session) = self.shared.shut_down() {
-            let _ = session.conn.clone().close().await;
+            // amqprs waits for the broker's close-ok without a limit: once seen, a worker
+            // process stopped by SIGTERM waited for good with its socket already gone.
+            let limit = self.shared.config.operation_timeout;
+            if tokio::time::timeout(limit, session.conn.clone().close())
+                .await
+                .is_err()
+            {
+                tracing::warn!(?limit, "the broker did not answer the close; dropped");
+            }
         }
         Ok(())
     }

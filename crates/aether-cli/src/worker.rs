@@ -93,8 +93,14 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
         _ = term.recv() => eprintln!("aether: killed the running tasks"),
         _ = tokio::signal::ctrl_c() => eprintln!("aether: killed the running tasks"),
     }
-    presence.leave().await;
-    let _ = node.close().await;
+    // Neither the goodbye nor the close may keep a stopped worker alive.
+    let limit = Duration::from_secs(5);
+    if tokio::time::timeout(limit, presence.leave()).await.is_err() {
+        eprintln!("aether: the goodbye was not sent within {limit:?}");
+    }
+    if tokio::time::timeout(limit, node.close()).await.is_err() {
+        eprintln!("aether: the connection did not close within {limit:?}; leaving anyway");
+    }
     Ok(Outcome::Succeeded)
 }
 

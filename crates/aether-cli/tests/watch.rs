@@ -36,7 +36,11 @@ async fn watch_sees_a_tasks_whole_life(backend: &str) {
     assert_eq!(out.code(), 0, "{out:?}");
     watch.wait_for(r#""event":"succeeded""#, LIMIT).await;
     support::signal(&worker.child, rustix::process::Signal::TERM);
-    assert!(worker.child.wait().await.unwrap().success());
+    // Bounded: a worker that does not stop on SIGTERM is a failure, not a hung run.
+    let status = tokio::time::timeout(LIMIT, worker.child.wait())
+        .await
+        .expect("the worker did not exit within 30 s of SIGTERM");
+    assert!(status.unwrap().success());
     watch.wait_for(r#""event":"offline""#, LIMIT).await;
 
     let events = events(&watch);
