@@ -311,7 +311,9 @@ mod tests {
         assert_eq!(t.pending(&q), 2);
     }
 
-    #[tokio::test]
+    // Paused time: the sleep below lets every runnable task run before it ends, so "still
+    // blocked" is exact rather than a guess about 50 ms of a loaded machine.
+    #[tokio::test(start_paused = true)]
     async fn full_queue_applies_backpressure() {
         let config = MemoryConfig {
             queue_capacity: 2,
