@@ -105,9 +105,58 @@ pub(crate) async fn run(
     }
 }
 
+/// The first argument that makes `aether` a launcher: `aether --aether-launch PARENT_PID
+/// PROGRAM ARGS...` asks the kernel to SIGKILL it when its parent dies, then becomes
+/// PROGRAM (exec). A worker killed with SIGKILL runs no clean-up of its own, and without
+/// this its command would run on as an orphan. Done in a launcher because setting the
+/// signal between fork and exec (`pre_exec`) needs `unsafe`, which the workspace forbids.
+#[cfg(target_os = "linux")]
+const LAUNCH: &str = "--aether-launch";
+
+/// When this process was started as a launcher ([`LAUNCH`]), becomes the program and does not
+/// return, or returns the exit code of a launch that failed; else `None`.
+#[cfg(target_os = "linux")]
+pub(crate) fn launch_if_asked() -> Option<std::process::ExitCode> {
+    use std::os::unix::process::CommandExt as _;
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(std::ffi::OsStr::new(LAUNCH)) {
+        return None;
+    }
+    let parent = args
+        .next()
+        .and_then(|p| p.to_str()?.parse::<i32>().ok())
+        .and_then(Pid::from_raw);
+    let program = args.next()?;
+    let code = |c: u8| Some(std::process::ExitCode::from(c));
+    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
+        eprintln!("aether: cannot tie {program:?} to its worker: {e}");
+        return code(126);
+    }
+    // The worker may have died before the signal was set: then nobody will send it.
+    if parent.is_none() || rustix::process::getppid() != parent {
+        return code(125);
+    }
+    let e = std::process::Command::new(&program).args(args).exec();
+    eprintln!("aether: cannot run {program:?}: {e}");
+    code(127)
+}
+
+/// The command for `spec`: through the launcher where there is one.
+fn command(spec: &Spec) -> Command {
+    #[cfg(target_os = "linux")]
+    if let Ok(me) = std::env::current_exe() {
+        let mut cmd = Command::new(me);
+        cmd.arg(LAUNCH)
+            .arg(std::process::id().to_string())
+            .arg(&spec.program);
+        return cmd;
+    }
+    Command::new(&spec.program)
+}
+
 fn spawn(spec: &Spec, ctx: &TaskContext) -> anyhow::Result<Child> {
     let topic = ctx.topic();
-    let mut cmd = Command::new(&spec.program);
+    let mut cmd = command(spec);
     cmd.args(&spec.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

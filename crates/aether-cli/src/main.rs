@@ -24,6 +24,10 @@ use cli::{Cli, Command};
 use exit::{Failure, Outcome};
 
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    if let Some(code) = child::launch_if_asked() {
+        return code;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -160,6 +160,51 @@ async fn a_killed_workers_task_completes_on_another_worker() {
     assert_eq!(out.stdout.trim(), "7");
 }
 
+/// A worker killed with SIGKILL cannot kill its command itself: the command is told by the
+/// kernel (parent-death signal) instead of running on as an orphan.
+#[tokio::test]
+async fn a_killed_workers_command_does_not_outlive_it() {
+    let (url, union) = (url("redis"), union());
+    let pidfile = std::env::temp_dir().join(format!("{union}.pid"));
+    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let mut worker =
+        Running::worker(&url, &union, "demo/orphan", &[], &["sh", "-c", &script]).await;
+    let mut cmd = aether(&["perform", &url, "demo/orphan", "1", "--union", &union]);
+    cmd.args(["--deadline", "20s"]);
+    let _perform = cmd.spawn().unwrap();
+    worker.wait_for("] running (", LIMIT).await;
+    let pid = wait_for_pid(&pidfile).await;
+    worker.child.start_kill().unwrap(); // SIGKILL: the worker runs no clean-up
+    let _ = worker.child.wait().await;
+    let gone = async {
+        // kill(pid, 0) fails with ESRCH once the command is gone (it is reaped by init).
+        while rustix::process::test_kill_process(pid).is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let outlived = tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .is_err();
+    let _ = std::fs::remove_file(&pidfile);
+    if outlived {
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+        panic!("the command outlived its killed worker");
+    }
+}
+
+async fn wait_for_pid(path: &std::path::Path) -> rustix::process::Pid {
+    for _ in 0..500 {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            return rustix::process::Pid::from_raw(pid).expect("pid");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the command never wrote its pid");
+}
+
 #[tokio::test]
 async fn no_worker_and_a_deadline_exits_3_and_no_broker_exits_5() {
     let union = union();
