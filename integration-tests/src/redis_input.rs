@@ -168,3 +168,40 @@ pub async fn list_tid_holding_a_colon_is_refused() {
     dead_letter_holding(&q, "Redis key separator").await;
     t.close().await.unwrap();
 }
+
+/// A message published (by someone else) on a channel whose name is not UTF-8, matching a
+/// subscription's pattern, reaches that subscription as an invalid message, to be counted,
+/// instead of vanishing inside the Redis client (fred dropped it with a log line only).
+pub async fn channel_not_utf8_reaches_the_subscription_as_invalid() {
+    let q = RawQueue::new("streams");
+    let t = aether::connect(&q.url).await.expect("redis connection");
+    let u = union();
+    let filter: aether::TopicFilter = format!("{u}/j/t/+/+/complete").parse().unwrap();
+    let mut sub = t.subscribe(&filter).await.unwrap();
+    let mut channel = format!("{u}:j:t:x:").into_bytes();
+    channel.extend_from_slice(b"bad\xff\xfe:complete");
+    // redis-cli -x passes stdin, bytes as they are, as the last argument; PUBLISH wants the
+    // channel first, so a script publishes with the channel taken from that argument.
+    q.cli(
+        &["EVAL", "return redis.call('PUBLISH', ARGV[1], 'x')", "0"],
+        Some(&channel),
+    );
+    let valid: aether::Topic = format!("{u}/j/t/x/good/complete").parse().unwrap();
+    t.publish(&valid, aether::Bytes::from_static(b"y"))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("something on the subscription")
+        .expect("subscription open");
+    match first {
+        Err(invalid) => assert!(
+            invalid.raw_topic.contains("bad"),
+            "{:?}: {}",
+            invalid.raw_topic,
+            invalid.error
+        ),
+        Ok(m) => panic!("the bad channel was lost; first came {}", m.topic),
+    }
+    t.close().await.unwrap();
+}

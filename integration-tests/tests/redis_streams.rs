@@ -13,3 +13,9 @@ integration_tests::conformance! {
 async fn tid_not_utf8_is_refused_saying_so() {
     integration_tests::redis_input::tid_not_utf8_is_refused_saying_so("streams").await;
 }
+
+/// A message on a channel whose name is not UTF-8 reaches the subscription as invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_not_utf8_reaches_the_subscription_as_invalid() {
+    integration_tests::redis_input::channel_not_utf8_reaches_the_subscription_as_invalid().await;
+}
