@@ -50,7 +50,9 @@
 //!
 //! ## Cargo features
 //!
-//! This crate has no optional features.
+//! | feature | what it adds |
+//! |---------|--------------|
+//! | `otel` | W3C trace context (`traceparent`, `tracestate`) written into each perform's headers from the current span and continued by the worker's span, through a [tracing-opentelemetry](https://docs.rs/tracing-opentelemetry) layer; see [`observe`] |
 
 pub mod action;
 pub mod callback;
@@ -62,6 +64,7 @@ mod inbound;
 pub mod kit;
 pub mod memory;
 pub mod node;
+pub mod observe;
 pub mod requirements;
 pub mod settings;
 pub mod state;

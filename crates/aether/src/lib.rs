@@ -35,6 +35,7 @@
 //! | `zmq` | [`aether-zmq`](https://docs.rs/aether-zmq) | `zmq://` (`tcp://`), `?bind=true` hosts the device |
 //! | `ws` | [`aether-ws`](https://docs.rs/aether-ws) | `ws://` (a peer of an aether-ws hub; `wss://` needs TLS, not built in yet) |
 //! | `full` | every adapter above | |
+//! | `otel` | trace context across every transport ([`aether_core::observe`]) | |
 
 pub use aether_core::*;
 

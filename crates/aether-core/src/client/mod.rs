@@ -19,11 +19,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::action::Action;
 use crate::envelope::{Codec, Header, encode_raw, unix_ms};
 use crate::error::{Error, Result};
 use crate::node::{Aether, Config, DEFAULT_CONTEXT};
+use crate::observe;
 use crate::topic::Topic;
 use crate::transport::Capabilities;
 
@@ -167,11 +169,14 @@ impl TaskBuilder<'_> {
             &tid,
             Action::Perform,
         )?;
+        let span = observe::perform_span(transport.name(), &topic);
+        let mut headers = self.headers;
+        observe::inject(&span, &mut headers);
         let caps = transport.capabilities();
         let redispatch = redispatch(config, &caps);
         let codec = self.codec.unwrap_or(config.codec);
         let data = codec.to_vec(payload)?;
-        let header = perform_header(config, redispatch, &caps, self.deadline, self.headers);
+        let header = perform_header(config, redispatch, &caps, self.deadline, headers);
         let bytes = encode_raw(codec, &header, &data);
         let limit = node.payload_limit(&transport);
         if bytes.len() > limit {
@@ -198,8 +203,10 @@ impl TaskBuilder<'_> {
         }
         if let Err(e) = node
             .timed("enqueue", transport.enqueue(&topic, bytes.clone()))
+            .instrument(span.clone())
             .await
         {
+            observe::failed(&span, observe::error_type(&e));
             route.remove(&tid);
             return Err(e);
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
+use tracing::{Instrument, Span};
 
 use super::handler::{Failure, Produce};
 use super::reporter::Reporter;
@@ -15,6 +16,7 @@ use crate::action::Action;
 use crate::context::{ContextInner, TaskContext};
 use crate::envelope::{Envelope, unix_ms};
 use crate::error::DecodeError;
+use crate::observe;
 use crate::transport::{DeadLetterReason, Delivery};
 
 /// Settles a delivery, logging a failed acknowledgement (the broker will redeliver).
@@ -84,17 +86,28 @@ enum Ran {
 pub(super) async fn process(shared: Arc<WorkerShared>, reg: Arc<Registration>, delivery: Delivery) {
     let counters = shared.node.counters();
     counters.received.fetch_add(1, Ordering::Relaxed);
-    let Some(mut task) = admit(&shared, delivery).await else {
+    let system = shared.transport.name();
+    let span = observe::process_span(system, &delivery.topic, reg.queue.workgroup());
+    let Some(mut task) = admit(&shared, delivery, &span).await else {
         return;
     };
-    match run_with_retries(&shared, &reg, &mut task).await {
-        Ran::Finished { result, runs } => complete(&shared, task, result, runs).await,
+    let ran = run_with_retries(&shared, &reg, &mut task)
+        .instrument(span.clone())
+        .await;
+    match ran {
+        Ran::Finished { result, runs } => {
+            complete(&shared, task, result, runs).instrument(span).await
+        }
         Ran::Expired => {
+            observe::failed(&span, "deadline_exceeded");
             counters.expired.fetch_add(1, Ordering::Relaxed);
             lock(&shared.done).insert(task.done_key, None);
             settle(task.delivery, Settle::Ack).await
         }
-        Ran::Killed(k) => finish_killed(task.delivery, k).await,
+        Ran::Killed(k) => {
+            observe::failed(&span, "worker_stopped");
+            finish_killed(task.delivery, k).await
+        }
     }
 }
 
@@ -132,18 +145,20 @@ fn decode(shared: &WorkerShared, delivery: &Delivery) -> Result<Envelope, DeadLe
 
 /// Admits a delivery to run here, or settles it: not a perform, already completed or
 /// running here, past its deadline, delivered too often. Sends the acceptance unless the
-/// perform lets it be held back.
-async fn admit(shared: &Arc<WorkerShared>, delivery: Delivery) -> Option<Admitted> {
+/// perform lets it be held back. `span` continues the perform's trace.
+async fn admit(shared: &Arc<WorkerShared>, delivery: Delivery, span: &Span) -> Option<Admitted> {
     let env = match decode(shared, &delivery) {
         Ok(env) => env,
         Err(reason) => return refuse(delivery, Settle::Reject(reason)).await,
     };
     let counters = shared.node.counters();
     let header = env.header();
+    observe::continue_trace(span, header);
     let tid = delivery.topic.tid().to_owned();
     let done_key = format!("{}/{tid}", header.client);
     let lease = worker_lease(shared, header.lease);
-    let reporter = Arc::new(Reporter::new(shared, &delivery, env.codec(), lease));
+    let reporter = Reporter::new(shared, &delivery, env.codec(), lease, span.clone());
+    let reporter = Arc::new(reporter);
 
     // Already completed here: repeat the completion, if kept, and drop the perform.
     let repeat = lock(&shared.done).get(&done_key).cloned();
@@ -291,7 +306,8 @@ async fn complete(
     runs: u32,
 ) {
     let max_runs = shared.retry.map_or(1, |r| r.max_attempts);
-    let exhausted = shared.retry.is_some() && result.is_err() && runs >= max_runs;
+    let failed = result.is_err();
+    let exhausted = shared.retry.is_some() && failed && runs >= max_runs;
     let bytes = completion_bytes(shared, &task.reporter, result);
     let last_error = exhausted.then(|| failure_text(&bytes));
     // Remembered before it is sent: a repeat that arrives meanwhile, or a redelivery after a
@@ -300,6 +316,11 @@ async fn complete(
     if let Err(e) = task.reporter.send(Action::Complete, bytes).await {
         tracing::warn!(topic = %task.delivery.topic, error = %e, "could not publish the completion; handing the task back");
         return settle(task.delivery, Settle::Requeue).await;
+    }
+    let span = &task.reporter.span;
+    observe::complete_event(span, if failed { "failed" } else { "succeed" });
+    if failed {
+        observe::failed(span, "task_failed");
     }
     match last_error {
         Some(error) => {

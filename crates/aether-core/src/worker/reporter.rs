@@ -31,6 +31,8 @@ pub(crate) struct Reporter {
     pub(crate) published: std::sync::atomic::AtomicU32,
     /// Set once the acceptance (progress 0) is out.
     pub(crate) accepted: tokio::sync::OnceCell<()>,
+    /// The task's process span, which records the reports as events.
+    pub(crate) span: tracing::Span,
 }
 
 impl Reporter {
@@ -40,6 +42,7 @@ impl Reporter {
         delivery: &Delivery,
         codec: Codec,
         lease: Duration,
+        span: tracing::Span,
     ) -> Reporter {
         let config = shared.node.config();
         Reporter {
@@ -53,6 +56,7 @@ impl Reporter {
             seq: Default::default(),
             published: Default::default(),
             accepted: Default::default(),
+            span,
         }
     }
 
@@ -106,6 +110,7 @@ impl Reporter {
         let bytes = encode_raw(self.codec, &header, data);
         self.send(Action::Status, bytes).await?;
         self.published.fetch_add(1, Ordering::AcqRel);
+        crate::observe::status_event(&self.span, progress);
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::handler::{Failure, Produce};
 use super::{Kill, Registration, WorkerShared, lock};
@@ -36,7 +37,7 @@ pub(super) async fn run_once(
     let deadline = env.header().deadline;
     let mut kill = shared.kill.subscribe();
     let mut handle: JoinHandle<Result<Produce, Failure>> =
-        tokio::spawn(reg.handler.call(ctx.clone(), env));
+        tokio::spawn(reg.handler.call(ctx.clone(), env).in_current_span());
     let beat = lease / 3;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
