@@ -186,3 +186,113 @@ async fn one_trace_from_perform_into_process_over_mqtt() {
     let h = UrlHarness::from_env("mqtt", "AETHER_TEST_MQTT_URL", "mqtt://127.0.0.1:1883");
     one_trace_from_perform_into_process(&h, "mqtt").await;
 }
+
+/// The value of the sample of `name` whose labels include every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().expect("a number"))
+}
+
+/// A worker and a client over Redis under a Prometheus recorder: the scraped text shows
+/// the counters moving, the handler histogram with aether's buckets and the online gauge,
+/// and `stats()` agrees with them.
+#[tokio::test]
+async fn prometheus_scrape_shows_the_counters_moving() {
+    use aether::observe::metrics as m;
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(m::WORKER_HANDLER_DURATION.into()),
+            m::DURATION_BUCKETS,
+        )
+        .expect("buckets")
+        .build_recorder();
+    let scrape = recorder.handle();
+    // This runtime's one thread records into it: the test binary's other tests do not.
+    let _scope = metrics::set_default_local_recorder(&recorder);
+    m::describe();
+
+    let h = RedisHarness::from_env("streams");
+    let union = union();
+    let wnode = Aether::builder()
+        .union(&union)
+        .transport(h.connect().await)
+        .build()
+        .expect("worker node");
+    let worker = wnode
+        .worker()
+        .workgroup("billing")
+        .announce(false)
+        .handle(
+            "orders",
+            "price",
+            "x",
+            |_ctx: TaskContext, v: u32| async move {
+                if v == 0 {
+                    return Err(Error::Config("zero".into()));
+                }
+                Ok(v + 1)
+            },
+        )
+        .start()
+        .await
+        .expect("worker");
+    let cnode = Aether::builder()
+        .union(&union)
+        .transport(h.connect().await)
+        .build()
+        .expect("client node");
+    let client = cnode.client();
+    let before = scrape.render();
+    for v in [1u32, 2, 3, 0] {
+        let task = client.perform("orders", "price", "x", &v).await.unwrap();
+        assert_eq!(task.result::<u32>().await.is_ok(), v != 0);
+    }
+    let during = scrape.render();
+    worker.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(wnode);
+    let after = scrape.render();
+
+    let client_labels = [
+        ("job", "orders"),
+        ("task", "price"),
+        ("transport", "redis-streams"),
+    ];
+    let worker_labels = [
+        ("job", "orders"),
+        ("task", "price"),
+        ("workgroup", "billing"),
+        ("transport", "redis-streams"),
+    ];
+    let at = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        sample(text, name, labels).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(sample(&before, m::CLIENT_PERFORMED, &client_labels), None);
+    assert_eq!(at(&during, m::CLIENT_PERFORMED, &client_labels), 4.0);
+    assert_eq!(at(&during, m::CLIENT_SUCCEEDED, &client_labels), 3.0);
+    assert_eq!(at(&during, m::CLIENT_FAILED, &client_labels), 1.0);
+    assert_eq!(at(&during, m::CLIENT_REDISPATCHED, &client_labels), 0.0);
+    assert_eq!(at(&after, m::WORKER_ACCEPTED, &worker_labels), 4.0);
+    assert_eq!(at(&after, m::WORKER_SUCCEEDED, &worker_labels), 3.0);
+    assert_eq!(at(&after, m::WORKER_FAILED, &worker_labels), 1.0);
+    let count = format!("{}_count", m::WORKER_HANDLER_DURATION);
+    assert_eq!(at(&after, &count, &worker_labels), 4.0);
+    let bucket = format!("{}_bucket", m::WORKER_HANDLER_DURATION);
+    assert_eq!(at(&after, &bucket, &[("le", "300")]), 4.0, "{after}");
+    let online = [("workgroup", "billing"), ("transport", "redis-streams")];
+    assert_eq!(at(&during, m::WORKERS_ONLINE, &online), 1.0);
+    assert_eq!(at(&after, m::WORKERS_ONLINE, &online), 0.0);
+    assert!(after.contains(&format!("# HELP {} ", m::CLIENT_PERFORMED)));
+
+    // stats() is fed by the same events.
+    let stats = cnode.stats();
+    assert_eq!((stats.performed, stats.succeeded, stats.failed), (4, 3, 1));
+}

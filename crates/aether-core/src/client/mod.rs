@@ -197,7 +197,9 @@ impl TaskBuilder<'_> {
             redispatch,
             deadline: self.deadline.map(|d| shared::now() + d),
         };
-        let shared = Arc::new(TaskShared::new(tid.clone(), config.progress_buffer, policy));
+        let metrics = route.metrics.clone();
+        let shared = TaskShared::new(tid.clone(), config.progress_buffer, policy, metrics);
+        let shared = Arc::new(shared);
         if !route.insert(&tid, shared.clone()) {
             return Err(Error::DuplicateTid { tid });
         }
@@ -213,6 +215,7 @@ impl TaskBuilder<'_> {
         let counters = node.counters();
         shared.apply(Event::Sent { gaps: route.gaps() }, counters);
         counters.performed.fetch_add(1, Ordering::Relaxed);
+        route.metrics.performed.increment(1);
         let supervisor = Supervisor {
             node: node.clone(),
             transport: transport.clone(),

@@ -13,6 +13,7 @@ use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::inbound::accept_broadcast;
 use crate::node::Aether;
+use crate::observe::metrics::ClientMetrics;
 use crate::stats::Counters;
 use crate::topic::{Topic, TopicFilter, WorkQueue};
 use crate::transport::{Received, SharedTransport, Subscription};
@@ -75,6 +76,8 @@ pub(crate) struct Route {
     gaps: std::sync::atomic::AtomicU64,
     closed: std::sync::atomic::AtomicBool,
     router: JoinHandle<()>,
+    /// The metrics of the route's tasks.
+    pub(super) metrics: Arc<ClientMetrics>,
 }
 
 /// A route's subscriptions: statuses (or every action of the route's tasks, where the
@@ -113,6 +116,7 @@ impl Route {
             (transport.subscribe(&all).await?, None)
         };
         let limit = node.payload_limit(transport);
+        let metrics = ClientMetrics::new(transport.name(), queue.job(), queue.task());
         // Subscriptions on one connection report the same gap: watch each counter once,
         // so one interruption dispatches a task again once.
         let first = statuses.gaps();
@@ -131,6 +135,7 @@ impl Route {
             gaps: Default::default(),
             closed: Default::default(),
             router: tokio::spawn(route_loop(weak.clone(), node.clone(), replies, limit)),
+            metrics: Arc::new(metrics),
         }))
     }
 
@@ -242,6 +247,7 @@ fn on_gap(
     }
     let Some(route) = route.upgrade() else { return };
     let gap = route.gaps.fetch_add(1, Ordering::AcqRel) + 1;
+    route.metrics.gaps.increment(1);
     let tasks: Vec<_> = route.lock().values().cloned().collect();
     tracing::info!(
         tasks = tasks.len(),

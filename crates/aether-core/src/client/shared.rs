@@ -3,13 +3,14 @@
 //! one lock; what needs no I/O is carried out here too.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use super::handle::Progress;
 use super::lifecycle::{Effect, Event, Lifecycle, Outcome, Policy};
+use crate::observe::metrics::ClientMetrics;
 use crate::stats::Counters;
 
 pub(super) struct TaskInner {
@@ -27,11 +28,17 @@ pub(super) struct TaskShared {
     /// Wakes the supervisor: its timers changed, or the task ended. Plain progress does
     /// not wake it: on its lease timer it reads again when the task was last heard of.
     pub(super) wake_supervisor: Notify,
+    metrics: Arc<ClientMetrics>,
 }
 
 impl TaskShared {
     /// A task whose first dispatch is under way.
-    pub(super) fn new(tid: String, progress_cap: usize, policy: Policy) -> TaskShared {
+    pub(super) fn new(
+        tid: String,
+        progress_cap: usize,
+        policy: Policy,
+        metrics: Arc<ClientMetrics>,
+    ) -> TaskShared {
         TaskShared {
             tid,
             progress_cap: progress_cap.max(1),
@@ -42,6 +49,7 @@ impl TaskShared {
             }),
             wake: Notify::new(),
             wake_supervisor: Notify::new(),
+            metrics,
         }
     }
 
@@ -84,7 +92,7 @@ impl TaskShared {
                     counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
                 }
                 Effect::Finish(outcome) => {
-                    count(&outcome, counters);
+                    count(&outcome, counters, &self.metrics);
                     inner.outcome = Some(outcome);
                     wake = true;
                     wake_supervisor = true;
@@ -105,15 +113,16 @@ impl TaskShared {
     }
 }
 
-fn count(outcome: &Outcome, counters: &Counters) {
-    let counter = match outcome {
-        Outcome::Succeeded(_) => &counters.succeeded,
-        Outcome::Failed(_) => &counters.failed,
-        Outcome::Cancelled => &counters.cancelled,
-        Outcome::DeadlineExceeded => &counters.deadline_exceeded,
-        Outcome::Lost(_) | Outcome::Closed => &counters.lost,
+fn count(outcome: &Outcome, counters: &Counters, metrics: &ClientMetrics) {
+    let (counter, metric) = match outcome {
+        Outcome::Succeeded(_) => (&counters.succeeded, &metrics.succeeded),
+        Outcome::Failed(_) => (&counters.failed, &metrics.failed),
+        Outcome::Cancelled => (&counters.cancelled, &metrics.cancelled),
+        Outcome::DeadlineExceeded => (&counters.deadline_exceeded, &metrics.deadline_exceeded),
+        Outcome::Lost(_) | Outcome::Closed => (&counters.lost, &metrics.lost),
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    metric.increment(1);
 }
 
 /// Now, on tokio's clock (which tests may pause), as the lifecycle's `Instant`.

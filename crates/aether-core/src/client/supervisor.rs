@@ -81,6 +81,7 @@ impl Supervisor {
         tracing::info!(topic = %self.topic, attempt, why, "dispatching again");
         let counters = self.node.counters();
         counters.redispatched.fetch_add(1, Ordering::Relaxed);
+        self.route.metrics.redispatched.increment(1);
         let resend = self.transport.enqueue(&self.topic, self.bytes.clone());
         if let Err(e) = self.node.timed("enqueue", resend).await {
             tracing::warn!(topic = %self.topic, error = %e, "redispatch failed");

@@ -23,6 +23,11 @@
 //! `messaging.aether.progress`) and the completion (`complete`, with
 //! `messaging.aether.status`) as span events.
 //!
+//! # Metrics
+//!
+//! Counters, a histogram and a gauge through the `metrics` facade: [`metrics`] lists
+//! them.
+//!
 //! # Trace context
 //!
 //! With the `otel` feature, a perform's headers get the perform span's W3C trace context
@@ -43,6 +48,7 @@ use tracing::Span;
 use crate::envelope::Header;
 use crate::topic::Topic;
 
+pub mod metrics;
 #[cfg(feature = "otel")]
 mod trace_context;
 

@@ -25,6 +25,7 @@ use crate::envelope::{Codec, Header, encode_raw};
 use crate::error::{BoxError, Error, Result};
 use crate::inbound::accept_broadcast;
 use crate::node::{Aether, Backoff};
+use crate::observe::metrics::{Online, WorkerMetrics};
 use crate::topic::{DEFAULT_WORKGROUP, Topic, WorkQueue};
 use crate::transport::{ConsumeOptions, Consumer, SharedTransport, Subscription};
 
@@ -64,6 +65,7 @@ impl RetryPolicy {
 struct Registration {
     queue: WorkQueue,
     handler: Arc<dyn Handler>,
+    metrics: WorkerMetrics,
 }
 
 /// Builds a [`Worker`]: its workgroup, concurrency, channel and handlers.
@@ -201,7 +203,12 @@ impl WorkerBuilder {
             if regs.iter().any(|r: &Registration| r.queue == queue) {
                 return Err(Error::Config(format!("two handlers for {queue}")));
             }
-            regs.push(Registration { queue, handler });
+            let metrics = WorkerMetrics::new(transport.name(), &job, &task, &self.workgroup);
+            regs.push(Registration {
+                queue,
+                handler,
+                metrics,
+            });
         }
         let (stop_tx, _) = watch::channel(false);
         let (kill_tx, _) = watch::channel(Kill::No);
@@ -248,6 +255,7 @@ impl WorkerBuilder {
             shared,
             loops,
             finished: false,
+            _online: Online::new(transport.name(), &self.workgroup),
         })
     }
 }
@@ -409,6 +417,8 @@ pub struct Worker {
     shared: Arc<WorkerShared>,
     loops: Vec<JoinHandle<()>>,
     finished: bool,
+    /// Counts this worker in the online gauge until it is stopped.
+    _online: Online,
 }
 
 /// What a graceful shutdown did.

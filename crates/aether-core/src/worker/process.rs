@@ -88,15 +88,18 @@ pub(super) async fn process(shared: Arc<WorkerShared>, reg: Arc<Registration>, d
     counters.received.fetch_add(1, Ordering::Relaxed);
     let system = shared.transport.name();
     let span = observe::process_span(system, &delivery.topic, reg.queue.workgroup());
-    let Some(mut task) = admit(&shared, delivery, &span).await else {
+    let Some(mut task) = admit(&shared, &reg, delivery, &span).await else {
         return;
     };
+    reg.metrics.accepted.increment(1);
     let ran = run_with_retries(&shared, &reg, &mut task)
         .instrument(span.clone())
         .await;
     match ran {
         Ran::Finished { result, runs } => {
-            complete(&shared, task, result, runs).instrument(span).await
+            complete(&shared, &reg, task, result, runs)
+                .instrument(span)
+                .await
         }
         Ran::Expired => {
             observe::failed(&span, "deadline_exceeded");
@@ -146,10 +149,18 @@ fn decode(shared: &WorkerShared, delivery: &Delivery) -> Result<Envelope, DeadLe
 /// Admits a delivery to run here, or settles it: not a perform, already completed or
 /// running here, past its deadline, delivered too often. Sends the acceptance unless the
 /// perform lets it be held back. `span` continues the perform's trace.
-async fn admit(shared: &Arc<WorkerShared>, delivery: Delivery, span: &Span) -> Option<Admitted> {
+async fn admit(
+    shared: &Arc<WorkerShared>,
+    reg: &Registration,
+    delivery: Delivery,
+    span: &Span,
+) -> Option<Admitted> {
     let env = match decode(shared, &delivery) {
         Ok(env) => env,
-        Err(reason) => return refuse(delivery, Settle::Reject(reason)).await,
+        Err(reason) => {
+            reg.metrics.dead_lettered.increment(1);
+            return refuse(delivery, Settle::Reject(reason)).await;
+        }
     };
     let counters = shared.node.counters();
     let header = env.header();
@@ -184,6 +195,7 @@ async fn admit(shared: &Arc<WorkerShared>, delivery: Delivery, span: &Span) -> O
         let bytes = reporter.failure_bytes(&format!("delivered {attempts} times; dead-lettered"));
         let _ = reporter.send(Action::Complete, bytes).await;
         counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        reg.metrics.dead_lettered.increment(1);
         let reason = DeadLetterReason::AttemptsExhausted { attempts };
         return refuse(delivery, Settle::Reject(reason)).await;
     }
@@ -246,7 +258,8 @@ async fn run_with_retries(shared: &WorkerShared, reg: &Registration, task: &mut 
         runs += 1;
         let ctx = task.context(attempt);
         let env = task.env.clone();
-        let failure = match run_once(
+        let started = std::time::Instant::now();
+        let end = run_once(
             shared,
             reg,
             &mut task.delivery,
@@ -255,8 +268,9 @@ async fn run_with_retries(shared: &WorkerShared, reg: &Registration, task: &mut 
             task.lease,
             task.defer,
         )
-        .await
-        {
+        .await;
+        reg.metrics.handler_duration.record(started.elapsed());
+        let failure = match end {
             RunEnd::Done(Ok(produce)) => {
                 counters.handled.fetch_add(1, Ordering::Relaxed);
                 return Ran::Finished {
@@ -273,6 +287,7 @@ async fn run_with_retries(shared: &WorkerShared, reg: &Registration, task: &mut 
             }
             RunEnd::Cancelled => {
                 counters.cancelled_in_worker.fetch_add(1, Ordering::Relaxed);
+                reg.metrics.cancelled.increment(1);
                 return Ran::Finished {
                     result: Err(cancelled_failure()),
                     runs,
@@ -301,6 +316,7 @@ async fn run_with_retries(shared: &WorkerShared, reg: &Registration, task: &mut 
 /// task that failed every retry goes to the dead-letter place.
 async fn complete(
     shared: &WorkerShared,
+    reg: &Registration,
     task: Admitted,
     result: Result<Produce, Failure>,
     runs: u32,
@@ -321,11 +337,15 @@ async fn complete(
     observe::complete_event(span, if failed { "failed" } else { "succeed" });
     if failed {
         observe::failed(span, "task_failed");
+        reg.metrics.failed.increment(1);
+    } else {
+        reg.metrics.succeeded.increment(1);
     }
     match last_error {
         Some(error) => {
             let counters = shared.node.counters();
             counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            reg.metrics.dead_lettered.increment(1);
             let reason = DeadLetterReason::RetriesExhausted {
                 attempts: runs,
                 error,
