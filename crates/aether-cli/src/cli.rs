@@ -144,6 +144,10 @@ pub(crate) struct WorkerArgs {
     /// Bytes of CMD's stderr kept as a failed task's error message.
     #[arg(long, default_value_t = 2048)]
     pub(crate) stderr_tail: usize,
+    /// Serve aether's metrics as Prometheus text on `GET /metrics` at this address, e.g.
+    /// `127.0.0.1:9464` (port 0: any free port, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ mod display;
 mod event;
 mod exit;
 mod hub;
+mod metrics;
 mod perform;
 mod target;
 mod watch;

@@ -40,6 +40,11 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<Outcome, Failure> {
         lease: args.lease,
         accept_at_once: false,
     };
+    // The recorder goes in before the node: handles are registered as the worker starts.
+    if let Some(addr) = args.metrics {
+        let bound = crate::metrics::serve(addr).await?;
+        eprintln!("aether: metrics on http://{bound}/metrics");
+    }
     let node = target::node(target::connect(&url).await?, &options)?;
     let handler_spec = spec.clone();
     let worker = node
