@@ -270,3 +270,45 @@ async fn seed_peers_share_performs_and_get_each_message_once() {
     };
     assert!(got.contains("succeed"), "{got}");
 }
+
+/// Least in-flight dispatch, through the hub: a worker that holds a task gets no new one
+/// while another is idle (round-robin would hand it every other perform).
+#[tokio::test]
+async fn a_worker_holding_a_task_gets_new_ones_last() {
+    const TASKS: usize = 10;
+    let hub = hub("").await;
+    let url = format!("ws://127.0.0.1:{}/ws?token={TOKEN}", hub.port());
+    let slow = WsTransport::connect(&url).await.unwrap();
+    let fast = WsTransport::connect(&url).await.unwrap();
+    let client = WsTransport::connect(&url).await.unwrap();
+    let q = WorkQueue::new("u", "j", "t", "x", "g").unwrap();
+    let options = aether_core::ConsumeOptions::new().prefetch(8);
+    let mut cs = slow.consume(&q, options.clone()).await.unwrap();
+    let mut cf = fast.consume(&q, options).await.unwrap();
+    let fence: Topic = "u/j/t/x/fence/status".parse().unwrap();
+    let (mut held, mut to_fast) = (Vec::new(), 0);
+    for i in 0..TASKS {
+        let topic: Topic = format!("u/j/t/x/{i}/perform").parse().unwrap();
+        client.enqueue(&topic, Bytes::new()).await.unwrap();
+        let wait = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::select! {
+                d = cs.next() => (true, d),
+                d = cf.next() => (false, d),
+            }
+        });
+        let (to_slow, d) = wait.await.expect("a delivery");
+        let d = d.unwrap().unwrap();
+        if to_slow {
+            held.push(d);
+        } else {
+            to_fast += 1;
+            d.ack().await.unwrap();
+            // The hub answers fast's frames in order: once this publish is answered, the
+            // ack before it has reached the queue, so fast is idle again.
+            fast.publish(&fence, Bytes::new()).await.unwrap();
+        }
+    }
+    assert_eq!(held.len(), 1, "the slow worker got only its first task");
+    assert_eq!(to_fast, TASKS - 1);
+    assert_eq!(hub.stats().in_flight, 1);
+}

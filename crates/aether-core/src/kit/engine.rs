@@ -44,8 +44,11 @@ impl Default for EngineConfig {
 /// - A perform goes to its (union, job, task, context) queue and from there to **every
 ///   workgroup** consuming it; performs enqueued before any workgroup consumed wait in a
 ///   backlog that the first workgroup takes over.
-/// - In a workgroup each perform goes to **one consumer**, round-robin among those with
-///   credit (at most `prefetch` outstanding each).
+/// - In a workgroup each perform goes to **one consumer**: the one with the fewest
+///   deliveries in flight (handed out, not settled) among those with credit (at most
+///   `prefetch` outstanding each), ties broken round-robin so idle consumers take turns.
+///   A slow consumer that still holds work gets new work only once the others hold as
+///   much.
 /// - A delivery is settled once (see [`SettleOnce`]): ack forgets it, `nack(true)` puts
 ///   it back at the front with `redeliveries + 1`, reject stores a dead letter. Dropped
 ///   unsettled (its handler crashed, or its consumer's owner went away) it comes back the
@@ -321,8 +324,9 @@ impl fmt::Debug for QueueEngine {
 }
 
 impl Group {
-    /// Hands pending jobs to consumers with credit, round-robin. The sends happen after the
-    /// caller releases the lock (a failed send drops a delivery, whose `Drop` locks again).
+    /// Hands pending jobs to consumers with credit, least in flight first (see
+    /// [`least_in_flight`]). The sends happen after the caller releases the lock (a failed
+    /// send drops a delivery, whose `Drop` locks again).
     fn dispatch(
         &mut self,
         engine: &Arc<QueueEngine>,
@@ -332,15 +336,15 @@ impl Group {
     ) {
         self.consumers.retain(|c| !c.outlet.is_closed());
         while !self.pending.is_empty() && !self.consumers.is_empty() {
-            let n = self.consumers.len();
-            let Some((idx, unit)) = (0..n).find_map(|i| {
-                let idx = (self.next + i) % n;
-                self.consumers[idx]
-                    .credit
-                    .try_take()
-                    .map(|unit| (idx, unit))
-            }) else {
+            let loads = self.consumers.iter().map(|c| {
+                let free = c.credit.available();
+                (c.credit.prefetch() - free, free > 0)
+            });
+            let Some(idx) = least_in_flight(loads, self.next) else {
                 return;
+            };
+            let Some(unit) = self.consumers[idx].credit.try_take() else {
+                return; // not reached: the lock is held and the unit was free
             };
             self.next = idx + 1;
             let job = self.pending.pop_front().expect("checked non-empty");
@@ -357,6 +361,33 @@ impl Group {
             sends.push((self.consumers[idx].outlet.clone(), delivery));
         }
     }
+}
+
+/// Which consumer of a workgroup gets the next perform: of those with credit, the one
+/// with the fewest deliveries in flight; among equals, the first at or after `next`
+/// (the one after the last chosen), so equally loaded consumers take turns. `loads` is
+/// each consumer's (in flight, has credit), in the workgroup's order. `None` when no
+/// consumer has credit.
+///
+/// In flight is counted per consumer, and a connection (a hub's WebSocket peer, a
+/// device's ZeroMQ peer, a memory transport) has one consumer per queue, so this is the
+/// connection's in-flight work on that queue.
+pub(crate) fn least_in_flight(
+    loads: impl ExactSizeIterator<Item = (usize, bool)>,
+    next: usize,
+) -> Option<usize> {
+    let n = loads.len();
+    let mut best: Option<(usize, usize, usize)> = None; // (in flight, turn distance, index)
+    for (idx, (in_flight, has_credit)) in loads.enumerate() {
+        if !has_credit {
+            continue;
+        }
+        let turn = (idx + n - next % n.max(1)) % n.max(1);
+        if best.is_none_or(|(f, t, _)| (in_flight, turn) < (f, t)) {
+            best = Some((in_flight, turn, idx));
+        }
+    }
+    best.map(|(_, _, idx)| idx)
 }
 
 fn send_all(sends: Vec<(Outlet, Delivery)>) {
@@ -496,6 +527,80 @@ mod tests {
         let (only, _, _d3) = tid(&mut b).await;
         assert_eq!(only, "late");
         assert!(next_soon(&mut b).await.is_none());
+    }
+
+    #[test]
+    fn least_in_flight_table() {
+        // (each consumer's (in flight, has credit), next turn, chosen)
+        type Row = (&'static [(usize, bool)], usize, Option<usize>);
+        let table: &[Row] = &[
+            (&[], 0, None),
+            (&[(0, false), (3, false)], 0, None),
+            // Idle consumers take turns from `next`.
+            (&[(0, true), (0, true), (0, true)], 0, Some(0)),
+            (&[(0, true), (0, true), (0, true)], 1, Some(1)),
+            (&[(0, true), (0, true), (0, true)], 3, Some(0)),
+            (&[(0, true), (0, true), (0, true)], 7, Some(1)),
+            // The least loaded wins whatever the turn.
+            (&[(2, true), (0, true), (1, true)], 0, Some(1)),
+            (&[(2, true), (0, true), (1, true)], 2, Some(1)),
+            (&[(5, true), (4, true)], 1, Some(1)),
+            // Without credit a consumer is skipped however idle it looks.
+            (&[(0, false), (1, true), (1, true)], 0, Some(1)),
+            (&[(0, false), (1, true), (1, true)], 2, Some(2)),
+            // Ties among the least loaded: the first at or after the turn, wrapping.
+            (&[(1, true), (3, true), (1, true)], 1, Some(2)),
+            (&[(1, true), (3, true), (1, true)], 3, Some(0)),
+        ];
+        for (i, (loads, next, want)) in table.iter().enumerate() {
+            let got = least_in_flight(loads.iter().copied(), *next);
+            assert_eq!(got, *want, "row {i}: {loads:?} next {next}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_holding_work_gets_new_work_last() {
+        let engine = QueueEngine::new(EngineConfig::default());
+        let gate = Gate::new(1024);
+        let mut slow = engine.consume(&queue("g"), 8, 1);
+        let mut fast = engine.consume(&queue("g"), 8, 2);
+        engine
+            .enqueue(&topic("first"), Bytes::new(), &gate)
+            .await
+            .unwrap();
+        let (_, _, held) = tid(&mut slow).await;
+        // One at a time, each settled before the next: the idle consumer gets every one
+        // (round-robin would have handed every other one to the busy consumer).
+        for i in 0..6 {
+            engine
+                .enqueue(&topic(&format!("t{i}")), Bytes::new(), &gate)
+                .await
+                .unwrap();
+            let (got, _, d) = tid(&mut fast).await;
+            assert_eq!(got, format!("t{i}"));
+            d.ack().await.unwrap();
+        }
+        assert!(
+            next_soon(&mut slow).await.is_none(),
+            "the busy one got none"
+        );
+        // A burst spreads so that loads even out: fast has 0, slow 1.
+        for i in 0..5 {
+            engine
+                .enqueue(&topic(&format!("b{i}")), Bytes::new(), &gate)
+                .await
+                .unwrap();
+        }
+        let mut to_fast = Vec::new();
+        for _ in 0..3 {
+            to_fast.push(tid(&mut fast).await.2);
+        }
+        let mut to_slow = vec![held];
+        for _ in 0..2 {
+            to_slow.push(tid(&mut slow).await.2);
+        }
+        assert!(next_soon(&mut fast).await.is_none());
+        assert_eq!((to_fast.len(), to_slow.len()), (3, 3), "3 in flight each");
     }
 
     #[tokio::test(start_paused = true)]
