@@ -80,27 +80,29 @@ pub async fn stream_through_fault(
         }
     });
     let start = tokio::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for v in 0..TASKS {
-        let permit = slots.clone().acquire_owned().await.unwrap();
-        let (client, done, fault_tx) = (client.clone(), done.clone(), fault_tx.clone());
-        tasks.spawn(async move {
-            let _permit = permit;
-            let got = async {
-                let task = client.perform("flow", "echo", "x", &v).await?;
-                task.result::<u32>().await
-            }
-            .await;
-            if done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == BEFORE_FAULT {
-                if let Some(tx) = fault_tx.lock().unwrap().take() {
-                    let _ = tx.send(());
-                }
-            }
-            (v, got)
-        });
-    }
     let mut errors = Vec::new();
+    // The whole stream is bounded, sending included: a stuck client blocks the sender on
+    // the in-flight limit.
     let all = async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for v in 0..TASKS {
+            let permit = slots.clone().acquire_owned().await.unwrap();
+            let (client, done, fault_tx) = (client.clone(), done.clone(), fault_tx.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let got = async {
+                    let task = client.perform("flow", "echo", "x", &v).await?;
+                    task.result::<u32>().await
+                }
+                .await;
+                if done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == BEFORE_FAULT {
+                    if let Some(tx) = fault_tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                }
+                (v, got)
+            });
+        }
         while let Some(joined) = tasks.join_next().await {
             let (v, got) = joined.expect("a task of the stream");
             match got {
@@ -109,9 +111,14 @@ pub async fn stream_through_fault(
             }
         }
     };
-    tokio::time::timeout(LIMIT, all)
-        .await
-        .unwrap_or_else(|_| panic!("the stream did not finish within {LIMIT:?}"));
+    if tokio::time::timeout(LIMIT, all).await.is_err() {
+        // Release the injector if the fault was not reached, so the runtime can end.
+        drop(fault_tx.lock().unwrap().take());
+        panic!(
+            "the stream did not finish within {LIMIT:?}: {} outcomes, errors so far: {errors:?}",
+            done.load(std::sync::atomic::Ordering::SeqCst)
+        );
+    }
     let elapsed = start.elapsed();
     let done_at_fault_end = injector.await.expect("the fault ran");
     assert!(

@@ -36,13 +36,11 @@ async fn master_killed_mid_stream_list() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect, not a capability gap: during a slot migration callers still get fred routing errors (`Max attempts reached`, `channel closed`) after TRYAGAIN is retried; issue 16"]
 async fn slot_migrated_mid_stream_streams() {
     run("streams", migrate_slot).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect, not a capability gap: during a slot migration callers still get fred routing errors (`Max attempts reached`, `channel closed`) after TRYAGAIN is retried; issue 16"]
 async fn slot_migrated_mid_stream_list() {
     run("list", migrate_slot).await;
 }
