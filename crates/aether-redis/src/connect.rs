@@ -16,6 +16,9 @@ use crate::config::RedisConfig;
 // The error helpers moved to error.rs; re-exported so the adapter's modules keep one path.
 pub(crate) use crate::error::{BACKEND, is_nogroup, is_timeout, redis_err};
 
+/// Redirections (MOVED, ASK) fred follows for one command before giving up on it.
+const MAX_REDIRECTIONS: u32 = 16;
+
 /// Makes connected fred clients, each with its own connection(s).
 #[derive(Clone)]
 pub(crate) struct Connector {
@@ -61,8 +64,12 @@ impl Connector {
             connection_timeout: c.connect_timeout,
             internal_command_timeout: c.connect_timeout,
             // A command in flight when the connection drops is sent again after the
-            // reconnection, a few times.
-            max_command_attempts: 5,
+            // reconnection, a few times; in a cluster each redirection (MOVED, ASK) is an
+            // attempt too, so there are that many more than redirections.
+            max_command_attempts: MAX_REDIRECTIONS + 5,
+            // While a slot migrates, nodes disagree on its owner until gossip settles; what
+            // is still redirected after these is tried again by `error::rerouted`.
+            max_redirections: MAX_REDIRECTIONS,
             tcp: TcpConfig {
                 nodelay: Some(true),
                 ..TcpConfig::default()

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::config::RedisConfig;
 use crate::connect::{Connector, is_timeout, redis_err};
+use crate::error::rerouted;
 use crate::keys::{QueueKeys, consumer_name};
 use crate::pubsub::value_bytes;
 use crate::reader::{Halt, RawTid, StopGuard, perform_topic, read_retry, reclaim_interval, refuse};
@@ -157,10 +158,15 @@ impl Shared {
     }
 
     async fn remove(&self, element: &Bytes) -> Result<()> {
-        self.client
-            .lrem::<i64, _, _>(self.processing.as_str(), 1, Value::Bytes(element.clone()))
-            .await
-            .map_err(redis_err)?;
+        rerouted(|| {
+            self.client.lrem::<i64, _, _>(
+                self.processing.as_str(),
+                1,
+                Value::Bytes(element.clone()),
+            )
+        })
+        .await
+        .map_err(redis_err)?;
         Ok(())
     }
 

@@ -3,19 +3,12 @@
 //! server's `TIME`, so the clocks of workers do not matter.
 
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use fred::clients::Client;
 use fred::interfaces::LuaInterface;
 use fred::types::{FromValue, Value};
 
-use crate::error::is_tryagain;
-
-/// How long a script keeps being tried again while a Redis Cluster migrates its slot
-/// (`TRYAGAIN`), and the first and longest pause between tries.
-const TRYAGAIN_LIMIT: Duration = Duration::from_secs(10);
-const TRYAGAIN_FIRST: Duration = Duration::from_millis(5);
-const TRYAGAIN_MAX: Duration = Duration::from_millis(200);
+use crate::error::rerouted;
 
 /// A script, run by `EVALSHA` and loaded by `EVAL` when the server does not know it yet
 /// (first use, a restart, or a node that just took its slot over).
@@ -32,27 +25,15 @@ impl Script {
         Script { lua, sha }
     }
 
-    /// Runs the script; while its slot is being migrated in a cluster (`TRYAGAIN`), runs it
-    /// again after a pause, for up to [`TRYAGAIN_LIMIT`]: a migration is no error to
-    /// callers.
+    /// Runs the script; while its slot is moving in a cluster, runs it again after a
+    /// pause ([`rerouted`]): a migration is no error to callers.
     pub(crate) async fn run<R: FromValue>(
         &self,
         client: &Client,
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<R, fred::error::Error> {
-        let give_up = tokio::time::Instant::now() + TRYAGAIN_LIMIT;
-        let mut pause = TRYAGAIN_FIRST;
-        loop {
-            match self.run_once(client, keys.clone(), args.clone()).await {
-                Err(e) if is_tryagain(&e) && tokio::time::Instant::now() + pause < give_up => {
-                    tracing::debug!(error = %e, "redis: slot being migrated; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(TRYAGAIN_MAX);
-                }
-                other => return other,
-            }
-        }
+        rerouted(|| self.run_once(client, keys.clone(), args.clone())).await
     }
 
     async fn run_once<R: FromValue>(

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::config::RedisConfig;
 use crate::connect::{Connector, is_nogroup, is_timeout, redis_err};
+use crate::error::rerouted;
 use crate::keys::{QueueKeys, consumer_name};
 use crate::pubsub::value_bytes;
 use crate::reader::{Halt, RawTid, StopGuard, perform_topic, read_retry, reclaim_interval, refuse};
@@ -91,10 +92,10 @@ async fn ack_loop(
             batch.push(more);
         }
         let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
-        let done = client
-            .xack::<i64, _, _, _>(stream.as_str(), group.as_str(), ids)
-            .await
-            .map(drop);
+        let done =
+            rerouted(|| client.xack::<i64, _, _, _>(stream.as_str(), group.as_str(), ids.clone()))
+                .await
+                .map(drop);
         for (_, tx) in batch.drain(..) {
             let _ = tx.send(done.clone());
         }

@@ -16,6 +16,7 @@ use fred::types::{ClusterHash, Value};
 
 use crate::config::{Mode, RedisConfig};
 use crate::connect::{Connector, redis_err};
+use crate::error::rerouted;
 use crate::keys::{self, QueueKeys, global_dead};
 use crate::pubsub::Broadcast;
 use crate::{list, streams};
@@ -199,21 +200,22 @@ impl Transport for RedisTransport {
             Ok(topic) => QueueKeys::of_topic(&config.prefix, &topic).dead(),
             Err(_) => global_dead(&config.prefix),
         };
-        self.inner
-            .client
-            .xadd::<Value, _, _, _, _>(
-                key,
+        let fields = vec![
+            ("topic", Value::from(letter.topic)),
+            ("payload", Value::Bytes(letter.payload)),
+            ("reason", Value::from(letter.reason.to_string())),
+        ];
+        rerouted(|| {
+            self.inner.client.xadd::<Value, _, _, _, _>(
+                key.as_str(),
                 false,
                 ("MAXLEN", "~", config.dead_letter_capacity as i64),
                 "*",
-                vec![
-                    ("topic", Value::from(letter.topic)),
-                    ("payload", Value::Bytes(letter.payload)),
-                    ("reason", Value::from(letter.reason.to_string())),
-                ],
+                fields.clone(),
             )
-            .await
-            .map_err(redis_err)?;
+        })
+        .await
+        .map_err(redis_err)?;
         Ok(())
     }
 

@@ -1,7 +1,10 @@
 use crate::{
   error::{Error, ErrorKind},
   modules::inner::{ClientInner, CommandReceiver},
-  protocol::command::{Command, CommandKind, ResponseSender, RouterCommand},
+  protocol::{
+    command::{Command, CommandKind, ResponseSender, RouterCommand},
+    responders::ResponseKind,
+  },
   router::{clustered, utils, Router},
   runtime::{sleep, OneshotSender, RefCount},
   types::{
@@ -248,6 +251,15 @@ async fn process_pipeline(
 }
 
 /// Send `ASKING` to the provided server, then retry the provided command.
+///
+/// PATCHED (aether): `ASKING` is written into the target's pipeline as a command of its own
+/// whose answer is skipped, and the redirected command is written right after it to the
+/// same node. Before, `ASKING` was written and its answer read straight off the socket
+/// (taking the answer of whatever command was in flight there, and shifting every later
+/// answer on that connection by one), the redirected command was then routed by its slot,
+/// i.e. back to the node that sent the ASK, and a command asked a few times in a row ran
+/// out of attempts in `send_asking_with_policy`, whose error ended the routing task (every
+/// command in flight failed with `channel closed`, and the client never reconnected).
 async fn process_ask(
   inner: &RefCount<ClientInner>,
   router: &mut Router,
@@ -262,19 +274,14 @@ async fn process_ask(
     command.respond_to_caller(Err(e));
     return Ok(());
   }
-  let attempts_remaining = command.attempts_remaining;
-  let asking_result = Box::pin(utils::send_asking_with_policy(
-    inner,
-    router,
-    &server,
-    slot,
-    attempts_remaining,
-  ))
-  .await;
-  if let Err(e) = asking_result {
-    command.respond_to_caller(Err(e.clone()));
-    return Err(e);
+  let mut asking = Command::new_asking(slot);
+  asking.cluster_node = Some(server.clone());
+  asking.response = ResponseKind::Skip;
+  if let Err(error) = write_command_t!(inner, router, asking) {
+    command.respond_to_caller(Err(error.clone()));
+    return Err(error);
   }
+  command.cluster_node = Some(server);
 
   if let Err(error) = write_command_t!(inner, router, command) {
     _debug!(inner, "Error sending command after ASKING: {:?}", error);
@@ -294,6 +301,8 @@ async fn process_moved(
 ) -> Result<(), Error> {
   command.use_replica = false;
   command.hasher = ClusterHash::Custom(slot);
+  // PATCHED (aether): route by the slot, not to the node an earlier ASK pointed at.
+  command.cluster_node = None;
 
   utils::delay_cluster_sync(inner, router).await?;
   _debug!(inner, "Syncing cluster after MOVED {} {}", slot, server);
