@@ -287,6 +287,8 @@ async fn prometheus_scrape_shows_the_counters_moving() {
     assert_eq!(at(&after, &count, &worker_labels), 4.0);
     let bucket = format!("{}_bucket", m::WORKER_HANDLER_DURATION);
     assert_eq!(at(&after, &bucket, &[("le", "300")]), 4.0, "{after}");
+    let waits = format!("{}_count", m::WORKER_QUEUE_WAIT);
+    assert_eq!(at(&after, &waits, &worker_labels), 4.0);
     let online = [("workgroup", "billing"), ("transport", "redis-streams")];
     assert_eq!(at(&during, m::WORKERS_ONLINE, &online), 1.0);
     assert_eq!(at(&after, m::WORKERS_ONLINE, &online), 0.0);

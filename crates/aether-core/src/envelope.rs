@@ -151,6 +151,9 @@ pub struct Header {
     /// when it first reports progress, whichever comes first. Absent: accept at once, as
     /// Python clients expect.
     pub defer: Option<u64>,
+    /// aether: on a perform, when this dispatch of it was sent, in milliseconds since the
+    /// Unix epoch: the worker's measure of how long it waited in the queue.
+    pub sent: Option<u64>,
 }
 
 impl Header {
@@ -175,6 +178,7 @@ impl Header {
             error: None,
             seq: None,
             defer: None,
+            sent: None,
         }
     }
 
@@ -268,6 +272,9 @@ fn write_json(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
     if let Some(v) = h.defer {
         let _ = write!(out, ",\"defer\":{v}");
     }
+    if let Some(v) = h.sent {
+        let _ = write!(out, ",\"sent\":{v}");
+    }
     out.push(b'}');
 }
 
@@ -282,6 +289,7 @@ fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
         h.error.is_some(),
         h.seq.is_some(),
         h.defer.is_some(),
+        h.sent.is_some(),
     ];
     let len = 11 + extras.iter().filter(|b| **b).count() as u32;
     w::write_map_len(out, len).expect("write to Vec");
@@ -322,9 +330,11 @@ fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
         w::write_str(out, "seq").expect("write to Vec");
         w::write_uint(out, v.into()).expect("write to Vec");
     }
-    if let Some(v) = h.defer {
-        w::write_str(out, "defer").expect("write to Vec");
-        w::write_uint(out, v).expect("write to Vec");
+    for (k, v) in [("defer", h.defer), ("sent", h.sent)] {
+        if let Some(v) = v {
+            w::write_str(out, k).expect("write to Vec");
+            w::write_uint(out, v).expect("write to Vec");
+        }
     }
 }
 
@@ -369,6 +379,8 @@ struct RawHeader<D: Default> {
     seq: Option<u32>,
     #[serde(default)]
     defer: Option<u64>,
+    #[serde(default)]
+    sent: Option<u64>,
 }
 
 impl<D: Default> RawHeader<D> {
@@ -404,6 +416,7 @@ impl<D: Default> RawHeader<D> {
             error: h.error,
             seq: h.seq,
             defer: h.defer,
+            sent: h.sent,
         })
     }
 }

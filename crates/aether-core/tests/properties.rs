@@ -66,6 +66,7 @@ prop_compose! {
         error in proptest::option::of(".{0,16}"),
         seq in proptest::option::of(any::<u32>()),
         defer in proptest::option::of(any::<u64>()),
+        sent in proptest::option::of(any::<u64>()),
     ) -> Header {
         let mut h = Header::new(action, &host, &client).status(status).progress(progress);
         h.tid = tid;
@@ -76,6 +77,7 @@ prop_compose! {
         h.error = error;
         h.seq = seq;
         h.defer = defer;
+        h.sent = sent;
         h
     }
 }

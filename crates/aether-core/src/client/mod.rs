@@ -283,7 +283,9 @@ fn perform_header(
     if redispatch.before_accept || (redispatch.on_gap && caps.gap_signals) {
         header.defer = Some(config.defer_accept.as_millis() as u64).filter(|ms| *ms > 0);
     }
-    header.deadline = deadline.map(|d| unix_ms() + d.as_millis() as u64);
+    let now = unix_ms();
+    header.sent = Some(now);
+    header.deadline = deadline.map(|d| now + d.as_millis() as u64);
     header.headers = headers;
     header
 }

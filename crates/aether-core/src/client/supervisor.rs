@@ -77,6 +77,7 @@ impl Supervisor {
     /// Sends the perform again as dispatch number `attempt`.
     async fn dispatch_again(&mut self, attempt: u32, why: &str) {
         self.header.attempt = Some(attempt);
+        self.header.sent = Some(crate::envelope::unix_ms());
         self.bytes = encode_raw(self.codec, &self.header, &self.data);
         tracing::info!(topic = %self.topic, attempt, why, "dispatching again");
         let counters = self.node.counters();

@@ -17,6 +17,7 @@
 //! | [`WORKER_CANCELLED`] | counter | job, task, workgroup, transport | handler runs cancelled by the client |
 //! | [`WORKER_DEAD_LETTERED`] | counter | job, task, workgroup, transport | performs dead-lettered by the worker: undecodable, delivered too often, retries exhausted |
 //! | [`WORKER_HANDLER_DURATION`] | histogram, seconds | job, task, workgroup, transport | one handler run |
+//! | [`WORKER_QUEUE_WAIT`] | histogram, seconds | job, task, workgroup, transport | from a perform's dispatch (its `sent` header) to a worker admitting it; across hosts their clock difference included |
 //! | [`WORKERS_ONLINE`] | gauge | workgroup, transport | workers started and not yet stopped, in this process |
 //! | [`TRANSPORT_GAPS`] | counter | transport | interruptions a client's subscriptions reported (after which tasks not heard of are dispatched again) |
 //!
@@ -52,12 +53,16 @@ pub const WORKER_CANCELLED: &str = "aether_worker_cancelled_total";
 pub const WORKER_DEAD_LETTERED: &str = "aether_worker_dead_lettered_total";
 /// Histogram, seconds: one handler run.
 pub const WORKER_HANDLER_DURATION: &str = "aether_worker_handler_duration_seconds";
+/// Histogram, seconds: from a perform's dispatch to a worker admitting it (the sender's
+/// clock against the worker's).
+pub const WORKER_QUEUE_WAIT: &str = "aether_worker_queue_wait_seconds";
 /// Gauge: workers started and not yet stopped in this process.
 pub const WORKERS_ONLINE: &str = "aether_workers_online";
 /// Counter: interruptions reported by a client's reply subscriptions.
 pub const TRANSPORT_GAPS: &str = "aether_transport_gaps_total";
 
-/// Histogram buckets, in seconds, for [`WORKER_HANDLER_DURATION`]: 1 ms to 5 min.
+/// Histogram buckets, in seconds, for [`WORKER_HANDLER_DURATION`] and
+/// [`WORKER_QUEUE_WAIT`]: 1 ms to 5 min.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
@@ -82,6 +87,11 @@ pub fn describe() {
     describe_counter!(WORKER_CANCELLED, "Handler runs cancelled by the client");
     describe_counter!(WORKER_DEAD_LETTERED, "Performs a worker dead-lettered");
     describe_histogram!(WORKER_HANDLER_DURATION, Unit::Seconds, "One handler run");
+    describe_histogram!(
+        WORKER_QUEUE_WAIT,
+        Unit::Seconds,
+        "From a perform's dispatch to a worker admitting it"
+    );
     describe_gauge!(WORKERS_ONLINE, "Workers started and not yet stopped");
     describe_counter!(
         TRANSPORT_GAPS,
@@ -133,6 +143,7 @@ pub(crate) struct WorkerMetrics {
     pub(crate) cancelled: Counter,
     pub(crate) dead_lettered: Counter,
     pub(crate) handler_duration: Histogram,
+    pub(crate) queue_wait: Histogram,
 }
 
 impl WorkerMetrics {
@@ -156,6 +167,7 @@ impl WorkerMetrics {
             cancelled: c(WORKER_CANCELLED),
             dead_lettered: c(WORKER_DEAD_LETTERED),
             handler_duration: metrics::histogram!(WORKER_HANDLER_DURATION, &labels),
+            queue_wait: metrics::histogram!(WORKER_QUEUE_WAIT, &labels),
         }
     }
 }

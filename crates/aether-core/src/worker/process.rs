@@ -92,6 +92,11 @@ pub(super) async fn process(shared: Arc<WorkerShared>, reg: Arc<Registration>, d
         return;
     };
     reg.metrics.accepted.increment(1);
+    if let Some(sent) = task.env.header().sent {
+        // Across hosts this includes their clock difference; a clock behind reads 0.
+        let waited = unix_ms().saturating_sub(sent);
+        reg.metrics.queue_wait.record(waited as f64 / 1000.0);
+    }
     let ran = run_with_retries(&shared, &reg, &mut task)
         .instrument(span.clone())
         .await;
