@@ -3,7 +3,7 @@
 //! never finishes one, so the test can kill it mid-task; with WORK_MS each run sleeps that
 //! long, prints `done {tid}` and returns the payload it was given.
 //!
-//! Usage: aether-test-worker URL UNION JOB TASK CONTEXT [WORK_MS]
+//! Usage: `aether-test-worker URL UNION JOB TASK CONTEXT [WORK_MS]`
 
 use std::io::Write;
 
