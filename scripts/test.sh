@@ -5,7 +5,8 @@
 #   2. brokers (Redis 6379, Mosquitto 1883, RabbitMQ 5672): used if already reachable, else
 #      started with `docker compose` where a Docker engine runs, else installed from Debian
 #      packages and started;
-#   3. a Python venv with Python AetherMagic for the MQTT interop tests (target/pyenv);
+#   3. a Python venv with Python AetherMagic for the MQTT and WebSocket interop tests
+#      (target/pyenv);
 #   4. cargo test --workspace --all-features.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test memory`).
 set -euo pipefail
@@ -76,7 +77,7 @@ for bin in redis-server mosquitto openssl tmux; do command -v "$bin" >/dev/null 
 
 log "Python AetherMagic for interop tests"
 PYENV=target/pyenv
-if ! "$PYENV/bin/python" -c 'import aethermagic, aiomqtt' 2>/dev/null; then
+if ! "$PYENV/bin/python" -c 'import aethermagic, aiomqtt, aiohttp, websockets; assert int(websockets.__version__.split(".")[0]) < 14' 2>/dev/null; then
   python3 -m venv "$PYENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$PYENV"; }
   "$PYENV/bin/pip" install -q --disable-pip-version-check -r scripts/python-requirements.txt
 fi
