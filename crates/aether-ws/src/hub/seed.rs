@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::conn::Conn;
 use super::outbox::Outbox;
+use super::replies::{Replies, task_of};
+use super::seed_work::SEED_PREFETCH;
 use super::{Shared, bump};
 use crate::wire::SeedFrame;
 
@@ -81,11 +83,11 @@ impl Conn {
                     self.seed_error(e);
                 }
             }
-            SeedFrame::Unsubscribe { topic } => {
-                if let Some(h) = self.seed_subs.remove(&topic) {
-                    h.abort();
-                }
-            }
+            SeedFrame::Unsubscribe { topic } => match self.seed_subs.remove(&topic) {
+                Some(SeedSub::Forward(h)) => h.abort(),
+                Some(SeedSub::Replies) => self.shared.replies.forget(&topic, &self.out),
+                None => {}
+            },
             SeedFrame::Publish {
                 topic,
                 message,
@@ -122,15 +124,30 @@ impl Conn {
         let parsed: TopicFilter = filter.parse().map_err(|e| format!("{topic}: {e}"))?;
         let out = self.out.clone();
         let shared = self.shared.clone();
+        // A client following its own task: through the task's reply watch, which kept
+        // what came before this subscription and keeps status and completion in order.
+        if group.is_none() {
+            let exact = filter
+                .parse::<Topic>()
+                .ok()
+                .filter(|t| task_of(t).is_some());
+            if let Some(exact) = exact {
+                if Replies::listen(&shared, &exact, &out).await {
+                    self.forget_seed_sub(topic);
+                    self.seed_subs.insert(topic.to_owned(), SeedSub::Replies);
+                    return Ok(());
+                }
+            }
+        }
         let handle = match group.and_then(|g| queue_of(&parsed, g)) {
             Some(queue) => {
-                // One of the group's members gets each perform; they cannot acknowledge,
-                // so it counts as handled once on their socket.
+                // One of the group's members gets each perform, held (against a small
+                // prefetch) until the task's completion comes back.
                 let c = backend
-                    .consume(&queue, ConsumeOptions::new().prefetch(64))
+                    .consume(&queue, ConsumeOptions::new().prefetch(SEED_PREFETCH))
                     .await
                     .map_err(|e| e.to_string())?;
-                self.tasks.spawn(forward_performs(c, out, shared))
+                self.tasks.spawn(forward_performs(c, self.id, out, shared))
             }
             None => {
                 let s = backend
@@ -140,14 +157,34 @@ impl Conn {
                 self.tasks.spawn(forward_messages(s, out, shared))
             }
         };
-        if let Some(old) = self.seed_subs.insert(topic.to_owned(), handle) {
-            old.abort();
-        }
+        self.forget_seed_sub(topic);
+        self.seed_subs
+            .insert(topic.to_owned(), SeedSub::Forward(handle));
         Ok(())
+    }
+
+    fn forget_seed_sub(&mut self, topic: &str) {
+        match self.seed_subs.remove(topic) {
+            Some(SeedSub::Forward(h)) => h.abort(),
+            Some(SeedSub::Replies) => self.shared.replies.forget(topic, &self.out),
+            None => {}
+        }
     }
 }
 
-/// The work queue a shared perform filter names: `{union}/{job}/{task}/{context}/+/perform`.
+/// What a seed subscription is on the hub.
+#[derive(Debug)]
+pub(crate) enum SeedSub {
+    /// A task forwarding a backend subscription or consumer.
+    Forward(tokio::task::AbortHandle),
+    /// A listener of a task's reply watch ([`Replies`]).
+    Replies,
+}
+
+/// The work queue a shared perform filter names: `{union}/{job}/{task}/{context}/+/perform`
+/// in group `{union}_{job}_{workgroup}`, as Python AetherMagic (and aether's MQTT adapter)
+/// name it, is workgroup `{workgroup}`'s queue, the one aether workers of that workgroup
+/// consume; a group not of that form is the workgroup's name itself.
 fn queue_of(filter: &TopicFilter, group: &str) -> Option<WorkQueue> {
     let levels: Vec<&str> = filter.as_str().split('/').collect();
     let [union, job, task, context, "+", action] = levels.as_slice() else {
@@ -156,10 +193,15 @@ fn queue_of(filter: &TopicFilter, group: &str) -> Option<WorkQueue> {
     if *action != Action::Perform.as_str() {
         return None;
     }
-    WorkQueue::new(union, job, task, context, group).ok()
+    let workgroup = group
+        .strip_prefix(&format!("{union}_{job}_"))
+        .filter(|w| !w.is_empty())
+        .unwrap_or(group);
+    WorkQueue::new(union, job, task, context, workgroup).ok()
 }
 
-fn seed_message(out: &Outbox, shared: &Shared, topic: &str, payload: &[u8]) -> bool {
+/// Queues a `{"type": "message"}` frame; false if the connection is gone or was cut off.
+pub(crate) fn seed_message(out: &Outbox, shared: &Shared, topic: &str, payload: &[u8]) -> bool {
     let frame = SeedFrame::Message {
         topic: topic.to_owned(),
         message: String::from_utf8_lossy(payload).into_owned(),
@@ -176,16 +218,21 @@ async fn forward_messages(mut s: aether_core::Subscription, out: Arc<Outbox>, sh
     }
 }
 
-async fn forward_performs(mut c: aether_core::Consumer, out: Arc<Outbox>, shared: Arc<Shared>) {
+/// Hands a seed worker its group's performs, each held until its completion comes back
+/// (see [`super::seed_work`]).
+async fn forward_performs(
+    mut c: aether_core::Consumer,
+    conn: u64,
+    out: Arc<Outbox>,
+    shared: Arc<Shared>,
+) {
     while let Some(next) = c.next().await {
         let Ok(d) = next else { continue };
         let sent = seed_message(&out, &shared, d.topic.as_str(), &d.payload);
         if !sent {
             return; // dropped unacknowledged: back to the group
         }
-        if let Err(e) = d.ack().await {
-            tracing::debug!(error = %e.error, "acknowledging a seed peer's perform failed");
-        }
+        shared.seed_work.hold(&shared, conn, d);
     }
 }
 
@@ -207,7 +254,9 @@ mod tests {
     fn shared_perform_filters_name_a_queue() {
         let f: TopicFilter = "u3/interop/echo/x/+/perform".parse().unwrap();
         let q = queue_of(&f, "u3_interop_workgroup").unwrap();
-        assert_eq!(q.workgroup(), "u3_interop_workgroup");
+        assert_eq!(q.workgroup(), "workgroup", "the aether workers' group");
+        let q = queue_of(&f, "billing").unwrap();
+        assert_eq!(q.workgroup(), "billing");
         let f: TopicFilter = "u3/interop/echo/x/+/status".parse().unwrap();
         assert!(queue_of(&f, "g").is_none());
     }
