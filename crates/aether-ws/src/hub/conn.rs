@@ -74,7 +74,9 @@ pub(crate) struct Conn {
     subs: HashMap<u64, AbortHandle>,
     consumers: HashMap<u64, AbortHandle>,
     /// Seed-protocol subscriptions, by their topic string.
-    pub(crate) seed_subs: HashMap<String, AbortHandle>,
+    pub(crate) seed_subs: HashMap<String, super::seed::SeedSub>,
+    /// Names this connection where the hub holds work for it across connections.
+    pub(crate) id: u64,
     enqueues: mpsc::Sender<(u64, Topic, Bytes)>,
 }
 
@@ -105,6 +107,7 @@ impl Conn {
             subs: HashMap::new(),
             consumers: HashMap::new(),
             seed_subs: HashMap::new(),
+            id: shared.next_id(),
             enqueues,
         };
         let c = &shared.counters;
@@ -126,6 +129,13 @@ impl Conn {
             End::Closed | End::Stalled | End::Broken => {}
         }
         conn.tasks.shutdown().await;
+        for (topic, sub) in conn.seed_subs.drain() {
+            if let super::seed::SeedSub::Replies = sub {
+                shared.replies.forget(&topic, &conn.out);
+            }
+        }
+        let seed_back = shared.seed_work.release(&shared, conn.id);
+        c.given_back.fetch_add(seed_back, Ordering::Relaxed);
         let held = conn.held.drain();
         let n = held.len() as u64;
         drop(held); // unsettled: the backend gives them back

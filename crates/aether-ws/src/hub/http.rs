@@ -205,7 +205,7 @@ struct PublishBody {
 
 /// Answers one REST call.
 async fn route(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     head: &Head,
     rest: Bytes,
     stream: &mut TcpStream,
@@ -274,7 +274,7 @@ async fn route(
 /// Publishes (or, for a perform, enqueues) a message that came by REST or a seed frame;
 /// keeps it if `retain`. The error is an HTTP status and why.
 pub(crate) async fn publish(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     topic: &str,
     message: String,
     retain: bool,
@@ -302,9 +302,16 @@ pub(crate) async fn publish(
         return Ok(());
     }
     let sent = if parsed.action() == Action::Perform {
+        // Watch for the replies before a worker can send them: the seed client
+        // subscribes to them only later (see `replies`).
+        super::replies::Replies::expect(shared, &parsed).await;
         shared.backend.enqueue(&parsed, payload).await
     } else {
-        shared.backend.publish(&parsed, payload).await
+        let sent = shared.backend.publish(&parsed, payload).await;
+        if sent.is_ok() {
+            shared.seed_work.replied(shared, &parsed).await;
+        }
+        sent
     };
     sent.map_err(|e| match e {
         aether_core::Error::QueueFull { .. } => (503, e.to_string()),

@@ -25,7 +25,9 @@ use crate::error::WsError;
 mod conn;
 mod http;
 mod outbox;
+mod replies;
 mod seed;
+mod seed_work;
 
 /// What a hub counted since it started.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,6 +89,10 @@ pub(crate) struct Shared {
     /// Sockets open (WebSocket and REST), against `max_connections`.
     pub(crate) open: AtomicUsize,
     pub(crate) seed: seed::Dedupe,
+    /// Replies watched for seed clients' tasks.
+    pub(crate) replies: replies::Replies,
+    /// Performs held for seed workers until their completion.
+    pub(crate) seed_work: seed_work::SeedWork,
     /// A random number naming this run of the hub: peers notice a restart by it.
     pub(crate) session: u64,
 }
@@ -183,6 +189,8 @@ impl Hub {
             ids: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             seed: seed::Dedupe::default(),
+            replies: replies::Replies::default(),
+            seed_work: seed_work::SeedWork::default(),
             session: uuid::Uuid::new_v4().as_u64_pair().0 | 1,
         });
         let accept = tokio::spawn(accept(listener, shared.clone()));
