@@ -16,6 +16,9 @@
 //! `bind`) gets an `aether_zmq::Device` started in this process on its own thread, unless
 //! something already listens there; the raw tmq baseline starts its own the same way.
 //!
+//! `--inflight-for URL 64` adds a URL run at its own in-flight levels instead of
+//! `--inflight`'s (e.g. MQTT at 64 only, beside ZeroMQ at 1 and 64, in one run).
+//!
 //! `--defer-accept MS` sets the client's `Config::defer_accept` (0: workers accept every
 //! task at once, as before that setting existed).
 //!
@@ -39,6 +42,8 @@ struct Args {
     inflight: Vec<usize>,
     raw: Vec<String>,
     urls: Vec<String>,
+    /// In-flight levels of the URLs given with `--inflight-for`, by URL.
+    levels: std::collections::HashMap<String, Vec<usize>>,
     payload: usize,
     /// `Config::defer_accept` for the client, if not the default.
     defer_accept: Option<u64>,
@@ -51,6 +56,7 @@ fn parse_args() -> anyhow::Result<Args> {
         inflight: vec![1, 64],
         raw: Vec::new(),
         urls: Vec::new(),
+        levels: Default::default(),
         payload: 16,
         defer_accept: None,
     };
@@ -68,13 +74,24 @@ fn parse_args() -> anyhow::Result<Args> {
                     .map(str::parse)
                     .collect::<Result<_, _>>()?
             }
+            "--inflight-for" => {
+                let url = it.next().context("--inflight-for URL 64")?;
+                let levels = it
+                    .next()
+                    .context("--inflight-for URL 64")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+                args.urls.push(url.clone());
+                args.levels.insert(url, levels);
+            }
             "--raw" => args.raw.push(it.next().context("--raw NAME")?),
             "--defer-accept" => {
                 args.defer_accept = Some(it.next().context("--defer-accept MS")?.parse()?)
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--payload BYTES] [--defer-accept MS] [--raw {}] URL...",
+                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--inflight-for URL 64] [--payload BYTES] [--defer-accept MS] [--raw {}] URL...",
                     raw::NAMES.join("|")
                 );
                 std::process::exit(0);
@@ -93,6 +110,13 @@ fn parse_args() -> anyhow::Result<Args> {
         args.urls.push("memory://bench".into());
     }
     Ok(args)
+}
+
+impl Args {
+    /// The in-flight levels `url` runs at.
+    fn inflight(&self, url: &str) -> &[usize] {
+        self.levels.get(url).unwrap_or(&self.inflight)
+    }
 }
 
 #[tokio::main]
@@ -117,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
                 rounds.add(i, report);
             }
             for name in args.raw.iter().filter(|n| raw::applies(n, url)) {
-                for &inflight in &args.inflight {
+                for &inflight in args.inflight(url) {
                     let r = raw::run(name, url, args.tasks, inflight, args.payload).await?;
                     println!("{}", r.row());
                     rounds.add(i, r);
@@ -158,7 +182,8 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
     // One union for every run, so runs reuse the same queues and streams on the broker
     // instead of leaving a new set behind each time.
     let union = "bench";
-    let max_inflight = args.inflight.iter().copied().max().unwrap_or(1);
+    let levels = args.inflight(url);
+    let max_inflight = levels.iter().copied().max().unwrap_or(1);
     let worker_node = Aether::builder()
         .union(union)
         .transport(aether::connect(url).await?)
@@ -196,7 +221,7 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
     })
     .await?;
     let mut reports = Vec::new();
-    for &inflight in &args.inflight {
+    for &inflight in levels {
         let sample = closed_loop(args.tasks, inflight, || {
             one(client.clone(), payload.clone())
         })
