@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use aether_core::kit::{Fanout, Gate, Outlet};
+use aether_core::kit::{Fanout, Gate, Outlet, Retry};
 use aether_core::{Error, Message, Result, Topic, TopicFilter};
 use bytes::Bytes;
-use futures::{Sink, Stream};
+use futures::{FutureExt, Sink, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ZmqConfig;
@@ -367,6 +367,13 @@ fn routing_id() -> Vec<u8> {
     id
 }
 
+/// Most messages read from the socket in one wake-up.
+const BATCH: usize = 256;
+
+fn frames(msg: &tmq::Multipart) -> Vec<Bytes> {
+    msg.iter().map(|m| Bytes::copy_from_slice(m)).collect()
+}
+
 enum Event {
     In(tmq::Multipart),
     Ping,
@@ -380,12 +387,22 @@ async fn io(link: Arc<Link>, mut dealer: tmq::dealer::Dealer, mut out: mpsc::Rec
     let mut period = link.config.heartbeat;
     let mut ping = tokio::time::interval(period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After a socket error the next attempt waits (doubling, reset by a message read).
+    let mut failing = Retry::new(Duration::from_millis(1), Duration::from_millis(500));
     loop {
         let event = poll_fn(|cx| poll_io(cx, &mut dealer, &mut out, &mut ping)).await;
         match event {
             Event::In(msg) => {
-                let frames: Vec<Bytes> = msg.iter().map(|m| Bytes::copy_from_slice(m)).collect();
-                link.on_message(&frames);
+                failing.reset();
+                link.on_message(&frames(&msg));
+                // Take what else the socket holds in one go; the next poll registers the
+                // wake-up again.
+                for _ in 1..BATCH {
+                    match dealer.next().now_or_never() {
+                        Some(Some(Ok(msg))) => link.on_message(&frames(&msg)),
+                        _ => break,
+                    }
+                }
             }
             Event::Ping => {
                 let _ = link.out.try_send(Out::Frames(ToDevice::Ping.encode()));
@@ -405,7 +422,7 @@ async fn io(link: Arc<Link>, mut dealer: tmq::dealer::Dealer, mut out: mpsc::Rec
             }
             Event::Failed(e) => {
                 tracing::warn!(error = %e, "zmq socket error");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                failing.wait().await;
             }
         }
     }

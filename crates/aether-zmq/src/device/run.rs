@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aether_core::Result;
-use aether_core::kit::QueueEngine;
+use aether_core::kit::{QueueEngine, Retry};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tmq::AsZmqSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -99,6 +99,19 @@ async fn bind(config: &ZmqConfig, inproc: &str) -> Result<(tmq::router::Router, 
     Ok((router, tcp))
 }
 
+/// Most messages read from the socket in one wake-up before the loop sends what they
+/// produced and looks at its other events.
+const BATCH: usize = 256;
+
+/// One message from the socket: its routing id, then the frames.
+async fn on_message(core: &mut Core, msg: tmq::Multipart) {
+    let mut frames = msg.iter().map(|m| Bytes::copy_from_slice(m));
+    let Some(id) = frames.next() else {
+        return;
+    };
+    core.on_message(id, frames.collect(), Instant::now()).await;
+}
+
 async fn serve(mut router: tmq::router::Router, setup: Setup) {
     let Setup {
         config,
@@ -114,22 +127,27 @@ async fn serve(mut router: tmq::router::Router, setup: Setup) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // While messages wait for room, try again this often.
     let mut retry = tokio::time::interval(Duration::from_millis(5));
+    // After a failed read, the next one waits (doubling, reset by a read that works).
+    let mut failing = Retry::new(Duration::from_millis(1), Duration::from_millis(500));
     loop {
         let backlog = core.has_backlog();
         tokio::select! {
             _ = stopped.wait_for(|s| *s) => break,
             next = router.next() => match next {
                 Some(Ok(msg)) => {
-                    let mut frames: Vec<Bytes> = msg.iter().map(|m| Bytes::copy_from_slice(m)).collect();
-                    if frames.is_empty() {
-                        continue;
+                    failing.reset();
+                    on_message(&mut core, msg).await;
+                    // Take what else the socket holds in one go, then send once.
+                    for _ in 1..BATCH {
+                        match router.next().now_or_never() {
+                            Some(Some(Ok(msg))) => on_message(&mut core, msg).await,
+                            _ => break,
+                        }
                     }
-                    let id = frames.remove(0);
-                    core.on_message(id, frames, Instant::now()).await;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "device socket read failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    failing.wait().await;
                 }
                 None => break,
             },
