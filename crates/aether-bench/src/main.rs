@@ -19,6 +19,14 @@
 //! `--inflight-for URL 64` adds a URL run at its own in-flight levels instead of
 //! `--inflight`'s (e.g. MQTT at 64 only, beside ZeroMQ at 1 and 64, in one run).
 //!
+//! A `ws://host:port/ws` URL gets an `aether_ws::Hub` started in this process on its own
+//! thread (admitting the URL's `token`, or anyone without one), unless something already
+//! listens there; the raw tokio-tungstenite baseline (`--raw ws`) starts its own hub the
+//! same way.
+//!
+//! `aether-bench --hold N [--tasks N]` measures something else: N WebSocket connections
+//! held by one hub process, its memory, and a round trip while they are held (`hold.rs`).
+//!
 //! `--defer-accept MS` sets the client's `Config::defer_accept` (0: workers accept every
 //! task at once, as before that setting existed).
 //!
@@ -26,8 +34,10 @@
 //! one closed-loop run per in-flight level. `--raw NAME` adds the raw baseline of that
 //! adapter (see `raw.rs`) on the same URL.
 
+mod hold;
 mod raw;
 mod runner;
+mod ws_hub;
 
 use std::time::Duration;
 
@@ -47,6 +57,10 @@ struct Args {
     payload: usize,
     /// `Config::defer_accept` for the client, if not the default.
     defer_accept: Option<u64>,
+    /// `--hold N`: connections to hold on one hub process instead of the loops.
+    hold: Option<usize>,
+    /// `--serve-hub URL`: be only a hub (the process `--hold` measures).
+    serve_hub: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -59,6 +73,8 @@ fn parse_args() -> anyhow::Result<Args> {
         levels: Default::default(),
         payload: 16,
         defer_accept: None,
+        hold: None,
+        serve_hub: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -86,12 +102,14 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.levels.insert(url, levels);
             }
             "--raw" => args.raw.push(it.next().context("--raw NAME")?),
+            "--hold" => args.hold = Some(it.next().context("--hold N")?.parse()?),
+            "--serve-hub" => args.serve_hub = Some(it.next().context("--serve-hub URL")?),
             "--defer-accept" => {
                 args.defer_accept = Some(it.next().context("--defer-accept MS")?.parse()?)
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--inflight-for URL 64] [--payload BYTES] [--defer-accept MS] [--raw {}] URL...",
+                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--inflight-for URL 64] [--payload BYTES] [--defer-accept MS] [--raw {}] URL...\n       aether-bench --hold N [--tasks N]",
                     raw::NAMES.join("|")
                 );
                 std::process::exit(0);
@@ -122,6 +140,12 @@ impl Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if let Some(listen) = &args.serve_hub {
+        return ws_hub::serve(listen).await;
+    }
+    if let Some(n) = args.hold {
+        return hold::run(n, args.tasks).await;
+    }
     println!(
         "{} tasks per run, payload {} bytes, {} cores",
         args.tasks,
@@ -129,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let _devices = zmq_devices(&args.urls);
+    ws_hub::start_in_process(&args.urls)?;
     println!("{}", Report::header());
     let mut rounds = Rounds::default();
     for round in 1..=args.rounds.max(1) {

@@ -5,6 +5,7 @@
 mod amqp;
 mod mqtt;
 mod redis;
+mod ws;
 mod zmq;
 
 use anyhow::bail;
@@ -12,7 +13,7 @@ use anyhow::bail;
 use crate::runner::Report;
 
 /// The baselines this build has.
-pub(crate) const NAMES: &[&str] = &["redis", "mqtt", "amqp", "zmq"];
+pub(crate) const NAMES: &[&str] = &["redis", "mqtt", "amqp", "zmq", "ws"];
 
 /// Whether baseline `name` speaks the protocol `url` names, so `--raw redis` beside
 /// `memory://` and `redis://` URLs runs only against the latter.
@@ -34,6 +35,7 @@ pub(crate) async fn run(
         "mqtt" => mqtt::run(url, tasks, inflight, payload).await,
         "amqp" => amqp::run(url, tasks, inflight, payload).await,
         "zmq" => zmq::run(url, tasks, inflight, payload).await,
+        "ws" => ws::run(url, tasks, inflight, payload).await,
         _ => bail!(
             "no raw baseline named {name:?}; known: {}",
             NAMES.join(", ")
