@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::lifecycle::Event;
+use super::route::Route;
 use super::shared::TaskShared;
 use crate::action::Action;
 use crate::envelope::{Codec, Envelope, Header, empty_object, encode_raw};
@@ -40,6 +41,7 @@ impl Progress {
 /// outcome (redispatching if needed) while a lease or deadline applies.
 pub struct TaskHandle {
     pub(super) shared: Arc<TaskShared>,
+    pub(super) route: Arc<Route>,
     pub(super) topic: Topic,
     pub(super) transport: SharedTransport,
     pub(super) node: Aether,
@@ -94,7 +96,9 @@ impl TaskHandle {
         let header = Header::new(Action::Cancel, &config.host, &config.client_id);
         let bytes = encode_raw(self.codec, &header, empty_object(self.codec));
         // Ended here first, so the worker's answer to the cancel cannot overtake it.
-        let io = self.shared.apply(Event::Cancelled, self.node.counters());
+        let io = self
+            .route
+            .apply(&self.shared, Event::Cancelled, self.node.counters());
         debug_assert!(io.is_empty(), "a cancel asks for no I/O: {io:?}");
         let topic = self.topic.with_action(Action::Cancel);
         self.node
@@ -105,7 +109,9 @@ impl TaskHandle {
 
 impl Drop for TaskHandle {
     fn drop(&mut self) {
-        let io = self.shared.apply(Event::Detached, self.node.counters());
+        let io = self
+            .route
+            .apply(&self.shared, Event::Detached, self.node.counters());
         debug_assert!(io.is_empty(), "a dropped handle asks for no I/O: {io:?}");
     }
 }

@@ -1,7 +1,7 @@
 //! The client: performs tasks and follows them to exactly one outcome.
 //!
-//! Each perform gets a supervisor that watches the task's lease: if no worker accepts the
-//! task, or the worker that has it stops sending heartbeats, within the lease, the client
+//! Each route (the replies of one work queue) has a supervisor that watches its tasks'
+//! leases: if no worker accepts a task, or the worker that has it stops sending heartbeats, within the lease, the client
 //! sends the perform again with the same tid and `attempt + 1` (bounded, with backoff),
 //! where the transport would not hand the task to another worker by itself.
 //! Workers drop tids they already completed, and the client surfaces the first outcome
@@ -10,8 +10,8 @@
 //!
 //! Inside: what happens to a task is decided by its lifecycle (`lifecycle.rs`), a pure
 //! tracker of events in and effects out, tested as tables. The route feeds it replies and
-//! gaps, the handle its cancel and drop, and the supervisor (`supervisor.rs`) only keeps
-//! its timers and carries out what needs I/O.
+//! gaps, the handle its cancel and drop, and the route's supervisor (`supervisor.rs`)
+//! only keeps the timers of all its tasks and carries out what needs I/O.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,8 +38,7 @@ mod supervisor;
 pub use handle::{Progress, TaskHandle};
 use lifecycle::{Event, Policy, Redispatch};
 pub(crate) use route::Routes;
-use shared::TaskShared;
-use supervisor::Supervisor;
+use shared::{Resend, TaskShared};
 
 /// Performs tasks. Cheap to clone.
 ///
@@ -197,14 +196,27 @@ impl TaskBuilder<'_> {
             redispatch,
             deadline: self.deadline.map(|d| shared::now() + d),
         };
-        let metrics = route.metrics.clone();
-        let shared = TaskShared::new(tid.clone(), config.progress_buffer, policy, metrics);
+        let resend = Resend {
+            topic: topic.clone(),
+            codec,
+            header,
+            data,
+            bytes: bytes.clone(),
+        };
+        let shared = TaskShared::new(
+            tid.clone(),
+            route.next_id(),
+            config.progress_buffer,
+            policy,
+            route.metrics.clone(),
+            resend,
+        );
         let shared = Arc::new(shared);
         if !route.insert(&tid, shared.clone()) {
             return Err(Error::DuplicateTid { tid });
         }
         if let Err(e) = node
-            .timed("enqueue", transport.enqueue(&topic, bytes.clone()))
+            .timed("enqueue", transport.enqueue(&topic, bytes))
             .instrument(span.clone())
             .await
         {
@@ -213,23 +225,12 @@ impl TaskBuilder<'_> {
             return Err(e);
         }
         let counters = node.counters();
-        shared.apply(Event::Sent { gaps: route.gaps() }, counters);
+        route.apply(&shared, Event::Sent { gaps: route.gaps() }, counters);
         counters.performed.fetch_add(1, Ordering::Relaxed);
         route.metrics.performed.increment(1);
-        let supervisor = Supervisor {
-            node: node.clone(),
-            transport: transport.clone(),
-            route: route.clone(),
-            shared: shared.clone(),
-            topic: topic.clone(),
-            codec,
-            header,
-            data,
-            bytes,
-        };
-        tokio::spawn(supervisor.run());
         Ok(TaskHandle {
             shared,
+            route,
             topic,
             transport,
             node: node.clone(),

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
-use super::lifecycle::Event;
+use super::lifecycle::{Effect, Event};
 use super::shared::TaskShared;
+use super::supervisor::{self, Timers};
 use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::inbound::accept_broadcast;
@@ -69,15 +70,20 @@ impl Routes {
     }
 }
 
-/// Routes status and complete messages of one (union, job, task, context) to the tasks.
+/// Routes status and complete messages of one (union, job, task, context) to the tasks,
+/// and supervises their timers.
 pub(crate) struct Route {
     tasks: Mutex<HashMap<String, Arc<TaskShared>>>,
     /// Gaps reported by the route's subscriptions so far.
     gaps: std::sync::atomic::AtomicU64,
     closed: std::sync::atomic::AtomicBool,
+    /// Numbers the route's tasks.
+    ids: std::sync::atomic::AtomicU64,
+    timers: Arc<Timers>,
     router: JoinHandle<()>,
     /// The metrics of the route's tasks.
     pub(super) metrics: Arc<ClientMetrics>,
+    supervisor: JoinHandle<()>,
 }
 
 /// A route's subscriptions: statuses (or every action of the route's tasks, where the
@@ -130,13 +136,53 @@ impl Route {
             gaps: first,
             more_gaps: second,
         };
+        let timers = Arc::new(Timers::default());
         Ok(Arc::new_cyclic(|weak: &Weak<Route>| Route {
             tasks: Mutex::new(HashMap::new()),
             gaps: Default::default(),
             closed: Default::default(),
+            ids: Default::default(),
             router: tokio::spawn(route_loop(weak.clone(), node.clone(), replies, limit)),
             metrics: Arc::new(metrics),
+            supervisor: tokio::spawn(supervisor::run(
+                timers.clone(),
+                weak.clone(),
+                node.clone(),
+                transport.clone(),
+            )),
+            timers,
         }))
+    }
+
+    /// A number for a new task of this route.
+    pub(super) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Applies `event` to `task` (see [`TaskShared::apply`]); forgets the task once it is
+    /// done. Returns the effects that need I/O, which only a tick asks for.
+    pub(super) fn apply(
+        &self,
+        task: &Arc<TaskShared>,
+        event: Event,
+        counters: &Counters,
+    ) -> Vec<Effect> {
+        let applied = task.apply(event, None, counters, &self.timers);
+        if applied.done {
+            self.forget(task);
+            if applied.io.is_empty() {
+                task.lock_resend().take();
+            }
+        }
+        applied.io
+    }
+
+    /// Removes a done task, unless its tid is routed to another task by now.
+    pub(super) fn forget(&self, task: &Arc<TaskShared>) {
+        let mut tasks = self.lock();
+        if tasks.get(&task.tid).is_some_and(|t| Arc::ptr_eq(t, task)) {
+            tasks.remove(&task.tid);
+        }
     }
 
     /// Adds a task; false if its tid is already routed here.
@@ -171,6 +217,7 @@ impl Route {
 impl Drop for Route {
     fn drop(&mut self) {
         self.router.abort();
+        self.supervisor.abort();
     }
 }
 
@@ -208,7 +255,7 @@ async fn route_loop(route: Weak<Route>, node: Aether, mut replies: Replies, limi
         route.closed.store(true, Ordering::Release);
         let tasks: Vec<_> = route.lock().drain().map(|(_, t)| t).collect();
         for t in tasks {
-            t.apply(Event::Closed, counters);
+            route.apply(&t, Event::Closed, counters);
         }
     }
 }
@@ -227,7 +274,7 @@ impl Route {
         };
         let task = self.lock().get(topic.tid()).cloned();
         if let Some(task) = task {
-            let io = task.apply(Event::Reply(env), counters);
+            let io = self.apply(&task, Event::Reply(env), counters);
             debug_assert!(io.is_empty(), "a reply asks for no I/O: {io:?}");
         }
     }
@@ -254,7 +301,7 @@ fn on_gap(
         "subscription was interrupted; dispatching again the tasks not heard of"
     );
     for t in tasks {
-        t.apply(Event::Gap(gap), counters);
+        route.apply(&t, Event::Gap(gap), counters);
     }
 }
 

@@ -1,60 +1,97 @@
-//! The state a task shares between its handle, its supervisor and the route: its
-//! lifecycle, the progress not yet taken, and the outcome. Events are applied here under
-//! one lock; what needs no I/O is carried out here too.
+//! The state a task shares between its handle, its route and the route's supervisor: its
+//! lifecycle, the progress not yet taken, the outcome, and what sending it again needs.
+//! Events are applied here under one lock; what needs no I/O is carried out here too.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::handle::Progress;
 use super::lifecycle::{Effect, Event, Lifecycle, Outcome, Policy};
+use super::supervisor::Timers;
+use crate::envelope::{Codec, Header};
 use crate::observe::metrics::ClientMetrics;
 use crate::stats::Counters;
+use crate::topic::Topic;
 
 pub(super) struct TaskInner {
     pub(super) lifecycle: Lifecycle,
     pub(super) progress: VecDeque<Progress>,
     pub(super) outcome: Option<Outcome>,
+    /// When the supervisor ticks the task, as scheduled in its [`Timers`].
+    timer: Option<Instant>,
+    /// Done: nothing is watched any more, and the route has forgotten the task.
+    done: bool,
+}
+
+/// What the supervisor needs to dispatch the task again, cancel it at its deadline or
+/// dead-letter it: kept until the task is done.
+pub(super) struct Resend {
+    pub(super) topic: Topic,
+    pub(super) codec: Codec,
+    pub(super) header: Header,
+    pub(super) data: Vec<u8>,
+    /// The perform as last dispatched.
+    pub(super) bytes: Bytes,
 }
 
 pub(super) struct TaskShared {
     pub(super) tid: String,
+    /// The task's number on its route: tells apart tasks due at the same instant.
+    pub(super) id: u64,
     progress_cap: usize,
     inner: Mutex<TaskInner>,
     /// Wakes the handle's waiters: progress or outcome.
     wake: Notify,
-    /// Wakes the supervisor: its timers changed, or the task ended. Plain progress does
-    /// not wake it: on its lease timer it reads again when the task was last heard of.
-    pub(super) wake_supervisor: Notify,
     metrics: Arc<ClientMetrics>,
+    pub(super) resend: Mutex<Option<Resend>>,
+}
+
+/// What applying an event left to do.
+pub(super) struct Applied {
+    /// The effects that need I/O, for the supervisor.
+    pub(super) io: Vec<Effect>,
+    /// The task became done with this event: the route forgets it.
+    pub(super) done: bool,
 }
 
 impl TaskShared {
     /// A task whose first dispatch is under way.
     pub(super) fn new(
         tid: String,
+        id: u64,
         progress_cap: usize,
         policy: Policy,
         metrics: Arc<ClientMetrics>,
+        resend: Resend,
     ) -> TaskShared {
         TaskShared {
             tid,
+            id,
             progress_cap: progress_cap.max(1),
             inner: Mutex::new(TaskInner {
                 lifecycle: Lifecycle::new(policy, now()),
                 progress: VecDeque::new(),
                 outcome: None,
+                timer: None,
+                done: false,
             }),
             wake: Notify::new(),
-            wake_supervisor: Notify::new(),
             metrics,
+            resend: Mutex::new(Some(resend)),
         }
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, TaskInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn lock_resend(&self) -> std::sync::MutexGuard<'_, Option<Resend>> {
+        self.resend.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits until `f` returns `Some`, re-checking after every change.
@@ -71,13 +108,23 @@ impl TaskShared {
     }
 
     /// Applies `event` to the task's lifecycle, now, and carries out the effects that need
-    /// no I/O: progress for the handle, the outcome, counters, wake-ups. Returns the ones
-    /// that do, for the supervisor.
-    pub(super) fn apply(&self, event: Event, counters: &Counters) -> Vec<Effect> {
+    /// no I/O: progress for the handle, the outcome, counters, wake-ups, and the task's
+    /// place in `timers`. `fired` is the timer that made a [`Event::Tick`], if one did.
+    pub(super) fn apply(
+        self: &std::sync::Arc<Self>,
+        event: Event,
+        fired: Option<Instant>,
+        counters: &Counters,
+        timers: &Timers,
+    ) -> Applied {
         let mut inner = self.lock();
+        if fired.is_some() && inner.timer == fired {
+            // The supervisor took it off its timers to tick it.
+            inner.timer = None;
+        }
         let effects = inner.lifecycle.on(event, now());
         let mut io = Vec::new();
-        let (mut wake, mut wake_supervisor) = (false, false);
+        let mut wake = false;
         for effect in effects {
             match effect {
                 Effect::Progress { percent, envelope } => {
@@ -95,21 +142,28 @@ impl TaskShared {
                     count(&outcome, counters, &self.metrics);
                     inner.outcome = Some(outcome);
                     wake = true;
-                    wake_supervisor = true;
                 }
-                Effect::Reschedule => wake_supervisor = true,
+                // The timers are read again below, after every event.
+                Effect::Reschedule => {}
                 other => io.push(other),
             }
+        }
+        let done = !inner.done && inner.lifecycle.is_done();
+        inner.done |= done;
+        let next = match inner.done {
+            true => None,
+            false => inner.lifecycle.next_wake(),
+        };
+        if next != inner.timer {
+            // Under the task's lock, so two events cannot leave their timers crossed.
+            timers.set(self, inner.timer, next);
+            inner.timer = next;
         }
         drop(inner);
         if wake {
             self.wake.notify_waiters();
         }
-        if wake_supervisor {
-            // Keeps a permit if the supervisor is not waiting yet.
-            self.wake_supervisor.notify_one();
-        }
-        io
+        Applied { io, done }
     }
 }
 
@@ -126,6 +180,6 @@ fn count(outcome: &Outcome, counters: &Counters, metrics: &ClientMetrics) {
 }
 
 /// Now, on tokio's clock (which tests may pause), as the lifecycle's `Instant`.
-pub(super) fn now() -> std::time::Instant {
+pub(super) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }

@@ -1,111 +1,182 @@
-//! The supervisor of a task: it keeps the lifecycle's timers and carries out what needs
-//! I/O (dispatching again, cancelling at the deadline, dead-lettering a lost task). What
-//! happens when is the [lifecycle](super::lifecycle)'s to decide.
+//! The supervisor of a route's tasks: one task per route keeps every lifecycle's timers
+//! and carries out what needs I/O (dispatching again, cancelling at the deadline,
+//! dead-lettering a lost task). What happens when is the [lifecycle](super::lifecycle)'s
+//! to decide.
+//!
+//! A task is on the supervisor's [`Timers`] only while its lifecycle has a wake-up due
+//! (a lease watched, a deadline, a backoff, a probe after a gap); most tasks complete
+//! without ever being on them, and cost the supervisor nothing.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
-use tokio::time::Instant;
+use tokio::sync::Notify;
 
 use super::lifecycle::{Effect, Event};
 use super::route::Route;
-use super::shared::TaskShared;
+use super::shared::{TaskShared, now};
 use crate::action::Action;
-use crate::envelope::{Codec, Header, empty_object, encode_raw};
+use crate::envelope::{Header, empty_object, encode_raw};
 use crate::node::Aether;
-use crate::topic::Topic;
 use crate::transport::{DeadLetter, DeadLetterReason, SharedTransport};
 
-/// Follows one task until it ends, or until nobody waits for it and nothing is watched.
-pub(super) struct Supervisor {
-    pub(super) node: Aether,
-    pub(super) transport: SharedTransport,
-    pub(super) route: Arc<Route>,
-    pub(super) shared: Arc<TaskShared>,
-    pub(super) topic: Topic,
-    pub(super) codec: Codec,
-    pub(super) header: Header,
-    pub(super) data: Vec<u8>,
-    /// The perform as last dispatched.
-    pub(super) bytes: bytes::Bytes,
+/// The wake-ups of a route's tasks, earliest first.
+#[derive(Default)]
+pub(super) struct Timers {
+    due: Mutex<BTreeMap<(Instant, u64), Arc<TaskShared>>>,
+    /// Wakes the supervisor: a wake-up earlier than all others was set.
+    earlier: Notify,
 }
 
-impl Supervisor {
-    pub(super) async fn run(mut self) {
-        let node = self.node.clone();
-        let counters = node.counters();
-        loop {
-            for effect in self.shared.apply(Event::Tick, counters) {
-                self.carry_out(effect).await;
-            }
-            let (done, wake_at) = {
-                let inner = self.shared.lock();
-                (inner.lifecycle.is_done(), inner.lifecycle.next_wake())
-            };
-            if done {
-                break;
-            }
-            tokio::select! {
-                // `notify_one` keeps a permit if the supervisor is not waiting yet.
-                _ = self.shared.wake_supervisor.notified() => {}
-                _ = sleep_until_opt(wake_at.map(Instant::from_std)) => {}
-            }
-        }
-        self.route.remove(&self.shared.tid);
+impl Timers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Instant, u64), Arc<TaskShared>>> {
+        self.due.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn carry_out(&mut self, effect: Effect) {
-        match effect {
-            Effect::Dispatch { attempt, why } => self.dispatch_again(attempt, why).await,
-            Effect::SendCancel => self.send_cancel().await,
-            Effect::DeadLetter { attempts } => {
-                let letter = DeadLetter {
-                    topic: self.topic.to_string(),
-                    payload: self.bytes.clone(),
-                    reason: DeadLetterReason::AttemptsExhausted { attempts },
-                };
-                self.node.dead_letter(&self.transport, letter).await;
+    /// Moves `task`'s wake-up from `old` to `new` (either may be none).
+    pub(super) fn set(&self, task: &Arc<TaskShared>, old: Option<Instant>, new: Option<Instant>) {
+        let mut due = self.lock();
+        if let Some(at) = old {
+            due.remove(&(at, task.id));
+        }
+        let Some(at) = new else { return };
+        let earliest = due
+            .first_key_value()
+            .is_none_or(|((first, _), _)| at < *first);
+        due.insert((at, task.id), task.clone());
+        drop(due);
+        if earliest {
+            // Keeps a permit if the supervisor is not waiting yet.
+            self.earlier.notify_one();
+        }
+    }
+
+    /// Takes the tasks due by `now` off the timers; and when the next is due.
+    fn take_due(&self, now: Instant) -> (Vec<(Instant, Arc<TaskShared>)>, Option<Instant>) {
+        let mut due = self.lock();
+        let mut fired = Vec::new();
+        while let Some(entry) = due.first_entry() {
+            if entry.key().0 > now {
+                break;
             }
-            // Carried out where the event was applied.
-            Effect::Progress { .. }
-            | Effect::Duplicate
-            | Effect::Finish(_)
-            | Effect::Reschedule => {}
+            let ((at, _), task) = entry.remove_entry();
+            fired.push((at, task));
+        }
+        (fired, due.first_key_value().map(|((at, _), _)| *at))
+    }
+}
+
+/// Ticks the route's tasks when their wake-ups are due, until the route is gone.
+pub(super) async fn run(
+    timers: Arc<Timers>,
+    route: Weak<Route>,
+    node: Aether,
+    transport: SharedTransport,
+) {
+    let counters = node.counters();
+    loop {
+        let earlier = timers.earlier.notified();
+        let (fired, next) = timers.take_due(now());
+        if !fired.is_empty() {
+            let Some(route) = route.upgrade() else { return };
+            for (at, task) in fired {
+                let applied = task.apply(Event::Tick, Some(at), counters, &timers);
+                if applied.done {
+                    route.forget(&task);
+                }
+                if !applied.io.is_empty() {
+                    // I/O may wait on the broker: the other tasks' timers do not.
+                    let io = CarryOut {
+                        node: node.clone(),
+                        transport: transport.clone(),
+                        route: route.clone(),
+                        task,
+                    };
+                    tokio::spawn(io.run(applied.io, applied.done));
+                }
+            }
+        }
+        tokio::select! {
+            _ = earlier => {}
+            _ = sleep_until_opt(next.map(tokio::time::Instant::from_std)) => {}
+        }
+    }
+}
+
+/// Carries out a task's effects that need I/O.
+struct CarryOut {
+    node: Aether,
+    transport: SharedTransport,
+    route: Arc<Route>,
+    task: Arc<TaskShared>,
+}
+
+impl CarryOut {
+    async fn run(self, effects: Vec<Effect>, done: bool) {
+        for effect in effects {
+            match effect {
+                Effect::Dispatch { attempt, why } => self.dispatch_again(attempt, why).await,
+                Effect::SendCancel => self.send_cancel().await,
+                Effect::DeadLetter { attempts } => {
+                    let letter = self.task.lock_resend().as_ref().map(|r| DeadLetter {
+                        topic: r.topic.to_string(),
+                        payload: r.bytes.clone(),
+                        reason: DeadLetterReason::AttemptsExhausted { attempts },
+                    });
+                    if let Some(letter) = letter {
+                        self.node.dead_letter(&self.transport, letter).await;
+                    }
+                }
+                // Carried out where the event was applied.
+                Effect::Progress { .. }
+                | Effect::Duplicate
+                | Effect::Finish(_)
+                | Effect::Reschedule => {}
+            }
+        }
+        if done {
+            self.task.lock_resend().take();
         }
     }
 
     /// Sends the perform again as dispatch number `attempt`.
-    async fn dispatch_again(&mut self, attempt: u32, why: &str) {
-        self.header.attempt = Some(attempt);
-        self.header.sent = Some(crate::envelope::unix_ms());
-        self.bytes = encode_raw(self.codec, &self.header, &self.data);
-        tracing::info!(topic = %self.topic, attempt, why, "dispatching again");
+    async fn dispatch_again(&self, attempt: u32, why: &str) {
+        let again = self.task.lock_resend().as_mut().map(|r| {
+            r.header.attempt = Some(attempt);
+            r.header.sent = Some(crate::envelope::unix_ms());
+            r.bytes = encode_raw(r.codec, &r.header, &r.data);
+            (r.topic.clone(), r.bytes.clone())
+        });
+        let Some((topic, bytes)) = again else { return };
+        tracing::info!(%topic, attempt, why, "dispatching again");
         let counters = self.node.counters();
         counters.redispatched.fetch_add(1, Ordering::Relaxed);
         self.route.metrics.redispatched.increment(1);
-        let resend = self.transport.enqueue(&self.topic, self.bytes.clone());
+        let resend = self.transport.enqueue(&topic, bytes);
         if let Err(e) = self.node.timed("enqueue", resend).await {
-            tracing::warn!(topic = %self.topic, error = %e, "redispatch failed");
+            tracing::warn!(%topic, error = %e, "redispatch failed");
         }
         let gaps = self.route.gaps();
-        self.shared.apply(Event::Sent { gaps }, counters);
+        self.route.apply(&self.task, Event::Sent { gaps }, counters);
     }
 
     async fn send_cancel(&self) {
-        let config = self.node.config();
-        let header = Header::new(Action::Cancel, &config.host, &config.client_id);
-        let bytes = encode_raw(self.codec, &header, empty_object(self.codec));
-        if let Err(e) = self
-            .transport
-            .publish(&self.topic.with_action(Action::Cancel), bytes)
-            .await
-        {
-            tracing::debug!(topic = %self.topic, error = %e, "cancel after deadline not sent");
+        let cancel = self.task.lock_resend().as_ref().map(|r| {
+            let config = self.node.config();
+            let header = Header::new(Action::Cancel, &config.host, &config.client_id);
+            let bytes = encode_raw(r.codec, &header, empty_object(r.codec));
+            (r.topic.with_action(Action::Cancel), bytes)
+        });
+        let Some((topic, bytes)) = cancel else { return };
+        if let Err(e) = self.transport.publish(&topic, bytes).await {
+            tracing::debug!(%topic, error = %e, "cancel after deadline not sent");
         }
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
