@@ -8,12 +8,14 @@
 //! Outgoing messages are a [`Header`] plus data, encoded by [`encode`]; incoming ones are
 //! an [`Envelope`], whose data is decoded lazily into the type the receiver wants.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 
 use crate::action::{Action, Status};
 use crate::error::{DecodeError, Error, Result};
@@ -234,48 +236,80 @@ fn string_fields(h: &Header) -> [(&'static str, &str); 7] {
 }
 
 fn write_json(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
-    use std::io::Write;
-    // Writing to a Vec cannot fail; strings go through serde_json for escaping.
-    let s = |v: &str, out: &mut Vec<u8>| {
-        serde_json::to_writer(&mut *out, v).expect("write to Vec");
-    };
     out.extend_from_slice(b"{\"action\":\"");
     out.extend_from_slice(h.action.as_str().as_bytes());
     out.extend_from_slice(b"\",\"status\":\"");
     out.extend_from_slice(h.status.as_str().as_bytes());
-    let _ = write!(out, "\",\"progress\":{},\"data\":", h.progress);
+    out.extend_from_slice(b"\",\"progress\":");
+    push_uint(out, h.progress.into());
+    out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data);
     for (k, v) in string_fields(h) {
-        let _ = write!(out, ",\"{k}\":");
-        s(v, out);
+        push_key(out, k);
+        push_json_str(out, v);
     }
-    if let Some(v) = h.attempt {
-        let _ = write!(out, ",\"attempt\":{v}");
-    }
-    if let Some(v) = h.deadline {
-        let _ = write!(out, ",\"deadline\":{v}");
-    }
-    if let Some(v) = h.lease {
-        let _ = write!(out, ",\"lease\":{v}");
+    for (k, v) in [
+        ("attempt", h.attempt.map(u64::from)),
+        ("deadline", h.deadline),
+        ("lease", h.lease),
+    ] {
+        if let Some(v) = v {
+            push_key(out, k);
+            push_uint(out, v);
+        }
     }
     if let Some(v) = &h.headers {
-        out.extend_from_slice(b",\"headers\":");
+        push_key(out, "headers");
         serde_json::to_writer(&mut *out, v).expect("write to Vec");
     }
     if let Some(v) = &h.error {
-        out.extend_from_slice(b",\"error\":");
-        s(v, out);
+        push_key(out, "error");
+        push_json_str(out, v);
     }
-    if let Some(v) = h.seq {
-        let _ = write!(out, ",\"seq\":{v}");
-    }
-    if let Some(v) = h.defer {
-        let _ = write!(out, ",\"defer\":{v}");
+    for (k, v) in [("seq", h.seq.map(u64::from)), ("defer", h.defer)] {
+        if let Some(v) = v {
+            push_key(out, k);
+            push_uint(out, v);
+        }
     }
     if let Some(v) = h.sent {
         let _ = write!(out, ",\"sent\":{v}");
     }
     out.push(b'}');
+}
+
+/// `,"key":` (keys are ours and need no escaping).
+fn push_key(out: &mut Vec<u8>, key: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// A JSON string: copied as it is unless it holds something to escape (a quote, a
+/// backslash, a control character), which serde_json escapes.
+fn push_json_str(out: &mut Vec<u8>, v: &str) {
+    if v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        serde_json::to_writer(&mut *out, v).expect("write to Vec");
+        return;
+    }
+    out.push(b'"');
+    out.extend_from_slice(v.as_bytes());
+    out.push(b'"');
+}
+
+/// A number in decimal, without the formatting machinery.
+fn push_uint(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[at..]);
 }
 
 fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
@@ -339,17 +373,18 @@ fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
 }
 
 /// The header as it arrives, before the action and status are checked. `D` is what
-/// walks the data: [`check::Checked`] for JSON; for MessagePack, which [`check::msgpack`]
-/// has checked whole already, [`IgnoredAny`].
+/// becomes of the data: for JSON, where it lies ([`RawValue`], checked apart by
+/// [`check::json_data`]); for MessagePack, which [`check::msgpack`] has checked whole
+/// already, [`IgnoredAny`]. The action and status are borrowed: they are only looked up.
 #[derive(Deserialize)]
-struct RawHeader<D: Default> {
-    action: String,
-    #[serde(default)]
-    status: Option<String>,
+struct RawHeader<'a, D: Default> {
+    #[serde(borrow)]
+    action: Cow<'a, str>,
+    #[serde(default, borrow)]
+    status: Option<Cow<'a, str>>,
     #[serde(default)]
     progress: Option<ProgressValue>,
     #[serde(default)]
-    #[allow(dead_code)]
     data: D,
     #[serde(default)]
     host: String,
@@ -383,11 +418,12 @@ struct RawHeader<D: Default> {
     sent: Option<u64>,
 }
 
-impl<D: Default> RawHeader<D> {
+impl<D: Default> RawHeader<'_, D> {
     /// Checks the action, status and progress.
     fn check(self) -> Result<Header, DecodeError> {
         let h = self;
-        let action = Action::from_name(&h.action).ok_or(DecodeError::UnknownAction(h.action))?;
+        let action = Action::from_name(&h.action)
+            .ok_or_else(|| DecodeError::UnknownAction(h.action.into_owned()))?;
         let (default_status, default_progress) = Status::default_for(action);
         let status = match h.status {
             Some(s) => s.parse()?,
@@ -458,6 +494,18 @@ pub struct Envelope {
     header: Header,
     codec: Codec,
     raw: Bytes,
+    data: DataAt,
+}
+
+/// Where a message's data lies in its bytes.
+#[derive(Clone, Debug)]
+enum DataAt {
+    /// Not recorded (MessagePack): found by decoding the message again.
+    Unknown,
+    /// Absent or `null`.
+    Null,
+    /// These bytes (JSON).
+    Span(std::ops::Range<usize>),
 }
 
 impl Envelope {
@@ -467,19 +515,38 @@ impl Envelope {
     /// nesting deeper than [`MAX_DEPTH`] levels, text that is not UTF-8, malformed values.
     pub fn decode(raw: Bytes) -> Result<Envelope, DecodeError> {
         let codec = Codec::detect(&raw)?;
-        let header = match codec {
+        let (header, data) = match codec {
             Codec::Json => {
-                check::json_text(&raw)?;
-                codec
-                    .from_slice::<RawHeader<check::Checked>>(&raw)?
-                    .check()?
+                // Text already checked: serde_json need not check each string again.
+                let text = check::json_text(&raw)?;
+                let h: RawHeader<'_, Option<&RawValue>> =
+                    serde_json::from_str(text).map_err(DecodeError::Json)?;
+                let data = match h.data {
+                    None => DataAt::Null,
+                    Some(value) => {
+                        check::json_data(value.get())?;
+                        // Where the value lies in the text: both point into `raw`.
+                        let start = value.get().as_ptr() as usize - text.as_ptr() as usize;
+                        DataAt::Span(start..start + value.get().len())
+                    }
+                };
+                (h.check()?, data)
             }
             Codec::MsgPack => {
                 check::msgpack(&raw)?;
-                codec.from_slice::<RawHeader<IgnoredAny>>(&raw)?.check()?
+                let mut de = rmp_serde::Deserializer::from_read_ref(&raw[..]);
+                de.set_max_depth(MAX_DEPTH + 1);
+                let h = RawHeader::<'_, IgnoredAny>::deserialize(&mut de)
+                    .map_err(DecodeError::MsgPack)?;
+                (h.check()?, DataAt::Unknown)
             }
         };
-        Ok(Envelope { header, codec, raw })
+        Ok(Envelope {
+            header,
+            codec,
+            raw,
+            data,
+        })
     }
 
     /// The checked header.
@@ -499,16 +566,21 @@ impl Envelope {
 
     /// Decodes the `data` field as `T`. A missing `data` decodes as `null`.
     pub fn data<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
-        match self
-            .codec
-            .from_slice::<DataOnly<Option<T>>>(&self.raw)?
-            .data
-        {
-            Some(v) => Ok(v),
-            None => self.codec.from_slice::<T>(match self.codec {
-                Codec::Json => b"null",
-                Codec::MsgPack => &[0xc0],
-            }),
+        let null: &[u8] = match self.codec {
+            Codec::Json => b"null",
+            Codec::MsgPack => &[0xc0],
+        };
+        match &self.data {
+            DataAt::Span(span) => self.codec.from_slice(&self.raw[span.clone()]),
+            DataAt::Null => self.codec.from_slice(null),
+            DataAt::Unknown => match self
+                .codec
+                .from_slice::<DataOnly<Option<T>>>(&self.raw)?
+                .data
+            {
+                Some(v) => Ok(v),
+                None => self.codec.from_slice::<T>(null),
+            },
         }
     }
 
@@ -538,6 +610,45 @@ mod tests {
         name: String,
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
+    }
+
+    #[test]
+    fn json_strings_and_numbers_are_written_as_serde_json_writes_them() {
+        for v in [
+            "",
+            "vm",
+            "a\"b",
+            "back\\slash",
+            "tab\t",
+            "\u{1}",
+            "é ü 中",
+            "\u{7f}",
+        ] {
+            let mut out = Vec::new();
+            push_json_str(&mut out, v);
+            assert_eq!(out, serde_json::to_vec(v).unwrap(), "{v:?}");
+        }
+        for n in [0, 7, 10, 99, 100, 1_800_000_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            push_uint(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn data_is_read_from_where_it_lies() {
+        let h = Header::new(Action::Complete, "h", "c");
+        for (data, want) in [
+            (&b"{\"k\":[1,\"\\u00e9\"]}"[..], json!({"k": [1, "é"]})),
+            (b"null", serde_json::Value::Null),
+            (b" 7 ", json!(7)),
+        ] {
+            let env = Envelope::decode(encode_raw(Codec::Json, &h, data)).unwrap();
+            assert_eq!(env.data::<serde_json::Value>().unwrap(), want);
+        }
+        // No data key: null, as before.
+        let env = Envelope::decode(Bytes::from_static(b"{\"action\":\"complete\"}")).unwrap();
+        assert_eq!(env.data::<Option<u32>>().unwrap(), None);
     }
 
     #[test]

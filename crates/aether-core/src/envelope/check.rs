@@ -10,13 +10,13 @@
 //! - MessagePack by [`msgpack`], an iterative scan of the encoding: at most [`MAX_DEPTH`]
 //!   levels, every string UTF-8, every length within the payload (a length bomb claiming
 //!   four billion elements in ten bytes fails at once), exactly one value.
-//! - JSON by [`json_text`] (the payload is UTF-8) and [`Checked`], which walks the data
-//!   through serde_json so its own limit of [`MAX_DEPTH`] levels applies and escapes such
-//!   as lone surrogates are refused; serde_json checks the rest of the syntax.
+//! - JSON by [`json_text`] (the payload is UTF-8) and [`json_data`], which walks the data
+//!   through serde_json, refusing more than [`MAX_DEPTH`] levels and escapes such as lone
+//!   surrogates; serde_json checks the rest of the syntax.
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::error::DecodeError;
 
@@ -24,11 +24,9 @@ use crate::error::DecodeError;
 /// limit (it refuses a 128th level), applied to MessagePack as well.
 pub const MAX_DEPTH: usize = 127;
 
-/// Checks that a JSON payload is UTF-8 text.
-pub(super) fn json_text(raw: &[u8]) -> Result<(), DecodeError> {
-    std::str::from_utf8(raw)
-        .map(drop)
-        .map_err(|_| DecodeError::InvalidUtf8)
+/// A JSON payload as text: it must be UTF-8.
+pub(super) fn json_text(raw: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)
 }
 
 /// Checks that `raw` is exactly one MessagePack value nesting at most [`MAX_DEPTH`] levels,
@@ -134,63 +132,92 @@ fn be(raw: &[u8], at: &mut usize, n: usize) -> Result<u64, DecodeError> {
     Ok(bytes.iter().fold(0, |acc, b| acc << 8 | u64::from(*b)))
 }
 
-/// A value that is walked and thrown away: unlike [`serde::de::IgnoredAny`], which
-/// serde_json skips without checking depth or text, it makes the decoder parse every level
-/// and every string.
-#[derive(Default)]
-pub(super) struct Checked;
+/// Checks the data of a JSON message, taken out of it: exactly one value, nesting at most
+/// `MAX_DEPTH - 1` levels (the message is the first), every string and escape valid.
+pub(super) fn json_data(text: &str) -> Result<(), DecodeError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    Checked {
+        left: MAX_DEPTH - 1,
+    }
+    .deserialize(&mut de)
+    .map_err(DecodeError::Json)?;
+    de.end().map_err(DecodeError::Json)
+}
 
-impl<'de> Deserialize<'de> for Checked {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(CheckedVisitor)
+/// A value that is walked and thrown away: unlike [`serde::de::IgnoredAny`], which
+/// serde_json skips without checking text or escapes, it makes the decoder parse every
+/// level and every string, and refuses containers more than `left` levels deep.
+#[derive(Clone, Copy)]
+struct Checked {
+    left: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Checked {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-struct CheckedVisitor;
+impl Checked {
+    /// The check of the values inside a container, one level deeper.
+    fn inner<E: de::Error>(self) -> Result<Checked, E> {
+        match self.left.checked_sub(1) {
+            Some(left) => Ok(Checked { left }),
+            None => Err(E::custom(format_args!(
+                "data nests more than {} levels",
+                MAX_DEPTH - 1
+            ))),
+        }
+    }
+}
 
-impl<'de> Visitor<'de> for CheckedVisitor {
-    type Value = Checked;
+impl<'de> Visitor<'de> for Checked {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any value")
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
-        Ok(Checked)
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
-        Ok(Checked)
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
-        Ok(Checked)
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
-        Ok(Checked)
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
-        Ok(Checked)
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Checked, E> {
-        Ok(Checked)
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
-        Ok(Checked)
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_none<E: de::Error>(self) -> Result<Checked, E> {
-        Ok(Checked)
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Checked, D::Error> {
-        Checked::deserialize(d)
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.deserialize(d)
     }
-    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Checked, D::Error> {
-        Checked::deserialize(d)
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.deserialize(d)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-        while seq.next_element::<Checked>()?.is_some() {}
-        Ok(Checked)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        while map.next_entry::<Checked, Checked>()?.is_some() {}
-        Ok(Checked)
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while map.next_entry_seed(inner, inner)?.is_some() {}
+        Ok(())
     }
 }
 
