@@ -260,7 +260,7 @@ impl Handler for CallbackHandler {
     fn call(
         &self,
         ctx: TaskContext,
-        env: Envelope,
+        env: &Envelope,
     ) -> Pin<Box<dyn Future<Output = Result<Produce, Failure>> + Send + 'static>> {
         let (tx, rx) = oneshot::channel();
         let mut copy = self.task.clone().tid(ctx.tid());

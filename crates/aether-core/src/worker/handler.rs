@@ -32,7 +32,8 @@ impl Failure {
 
 /// A handler with its types erased.
 pub(crate) trait Handler: Send + Sync + 'static {
-    fn call(&self, ctx: TaskContext, env: Envelope) -> BoxFuture<Result<Produce, Failure>>;
+    /// Starts the handler on `env`'s data (read before it returns).
+    fn call(&self, ctx: TaskContext, env: &Envelope) -> BoxFuture<Result<Produce, Failure>>;
 }
 
 pub(super) struct FnHandler<F, P, R, E, Fut> {
@@ -49,7 +50,7 @@ where
     R: Serialize + Send + 'static,
     E: Into<BoxError> + Send + 'static,
 {
-    fn call(&self, ctx: TaskContext, env: Envelope) -> BoxFuture<Result<Produce, Failure>> {
+    fn call(&self, ctx: TaskContext, env: &Envelope) -> BoxFuture<Result<Produce, Failure>> {
         let payload = match env.data::<P>() {
             Ok(p) => p,
             Err(e) => {

@@ -262,14 +262,13 @@ async fn run_with_retries(shared: &WorkerShared, reg: &Registration, task: &mut 
     loop {
         runs += 1;
         let ctx = task.context(attempt);
-        let env = task.env.clone();
         let started = std::time::Instant::now();
         let end = run_once(
             shared,
             reg,
             &mut task.delivery,
             ctx,
-            env,
+            &task.env,
             task.lease,
             task.defer,
         )

@@ -28,16 +28,26 @@ pub(super) async fn run_once(
     reg: &Registration,
     delivery: &mut Delivery,
     ctx: TaskContext,
-    env: Envelope,
+    env: &Envelope,
     lease: Duration,
     defer: Option<Duration>,
 ) -> RunEnd {
+    let counters = shared.node.counters();
+    // The handler runs in a task of its own, so a handler that blocks its thread does
+    // not stop this one heartbeating.
+    let mut handle: JoinHandle<Result<Produce, Failure>> =
+        tokio::spawn(reg.handler.call(ctx.clone(), env).in_current_span());
+    // A short handler has returned by the time this task runs again: it needs none of
+    // the timers below (arming and disarming them costs more than the rest of a task).
+    tokio::select! {
+        biased;
+        joined = &mut handle => return RunEnd::Done(joined_result(joined, counters)),
+        () = tokio::task::yield_now() => {}
+    }
     let reporter = ctx.inner.reporter.clone();
     let mut cancel = ctx.inner.cancel.clone();
     let deadline = env.header().deadline;
     let mut kill = shared.kill.subscribe();
-    let mut handle: JoinHandle<Result<Produce, Failure>> =
-        tokio::spawn(reg.handler.call(ctx.clone(), env).in_current_span());
     let beat = lease / 3;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -45,7 +55,6 @@ pub(super) async fn run_once(
         let left = ms.saturating_sub(unix_ms());
         tokio::time::Instant::now() + Duration::from_millis(left)
     });
-    let counters = shared.node.counters();
     let mut accept_at = defer
         .filter(|_| !reporter.accepted.initialized())
         .map(|d| tokio::time::Instant::now() + d);
