@@ -207,10 +207,16 @@ pub fn encode<D: Serialize + ?Sized>(codec: Codec, header: &Header, data: &D) ->
 /// Like [`encode`], with `data` already encoded in `codec` (one complete value). Lets a
 /// message be re-sent with a new header without encoding its data again.
 pub fn encode_raw(codec: Codec, header: &Header, data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + 192 + header.host.len() + header.client.len());
+    encode_as(codec, header, (&header.host, &header.client), data)
+}
+
+/// [`encode_raw`] with `sender` (host, client) written in place of the header's own: a
+/// sender keeps one copy of its names instead of each header allocating them.
+pub(crate) fn encode_as(codec: Codec, header: &Header, sender: (&str, &str), data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 192 + sender.0.len() + sender.1.len());
     match codec {
-        Codec::Json => write_json(&mut out, header, data),
-        Codec::MsgPack => write_msgpack(&mut out, header, data),
+        Codec::Json => write_json(&mut out, header, sender, data),
+        Codec::MsgPack => write_msgpack(&mut out, header, sender, data),
     }
     Bytes::from(out)
 }
@@ -223,10 +229,13 @@ pub fn empty_object(codec: Codec) -> &'static [u8] {
     }
 }
 
-fn string_fields(h: &Header) -> [(&'static str, &str); 7] {
+fn string_fields<'a>(
+    h: &'a Header,
+    (host, client): (&'a str, &'a str),
+) -> [(&'static str, &'a str); 7] {
     [
-        ("host", &h.host),
-        ("client", &h.client),
+        ("host", host),
+        ("client", client),
         ("job", &h.job),
         ("workgroup", &h.workgroup),
         ("task", &h.task),
@@ -235,7 +244,7 @@ fn string_fields(h: &Header) -> [(&'static str, &str); 7] {
     ]
 }
 
-fn write_json(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
+fn write_json(out: &mut Vec<u8>, h: &Header, sender: (&str, &str), data: &[u8]) {
     out.extend_from_slice(b"{\"action\":\"");
     out.extend_from_slice(h.action.as_str().as_bytes());
     out.extend_from_slice(b"\",\"status\":\"");
@@ -244,7 +253,7 @@ fn write_json(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
     push_uint(out, h.progress.into());
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data);
-    for (k, v) in string_fields(h) {
+    for (k, v) in string_fields(h, sender) {
         push_key(out, k);
         push_json_str(out, v);
     }
@@ -266,14 +275,15 @@ fn write_json(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
         push_key(out, "error");
         push_json_str(out, v);
     }
-    for (k, v) in [("seq", h.seq.map(u64::from)), ("defer", h.defer)] {
+    for (k, v) in [
+        ("seq", h.seq.map(u64::from)),
+        ("defer", h.defer),
+        ("sent", h.sent),
+    ] {
         if let Some(v) = v {
             push_key(out, k);
             push_uint(out, v);
         }
-    }
-    if let Some(v) = h.sent {
-        let _ = write!(out, ",\"sent\":{v}");
     }
     out.push(b'}');
 }
@@ -312,7 +322,7 @@ fn push_uint(out: &mut Vec<u8>, mut v: u64) {
     out.extend_from_slice(&buf[at..]);
 }
 
-fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
+fn write_msgpack(out: &mut Vec<u8>, h: &Header, sender: (&str, &str), data: &[u8]) {
     use rmp::encode as w;
     // Writing to a Vec cannot fail.
     let extras = [
@@ -337,7 +347,7 @@ fn write_msgpack(out: &mut Vec<u8>, h: &Header, data: &[u8]) {
     w::write_uint(out, h.progress.into()).expect("write to Vec");
     w::write_str(out, "data").expect("write to Vec");
     out.extend_from_slice(data);
-    for (k, v) in string_fields(h) {
+    for (k, v) in string_fields(h, sender) {
         kv(k, v, out);
     }
     for (k, v) in [

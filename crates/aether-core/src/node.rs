@@ -130,6 +130,13 @@ pub struct Config {
     pub operation_timeout: Duration,
 }
 
+impl Config {
+    /// What signs this node's messages: (host, client id).
+    pub(crate) fn sender(&self) -> (&str, &str) {
+        (&self.host, &self.client_id)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

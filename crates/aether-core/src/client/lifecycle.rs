@@ -115,11 +115,11 @@ pub(super) enum Outcome {
 
 impl Outcome {
     pub(super) fn into_result(self, tid: &str) -> Result<Envelope> {
-        let tid = tid.to_owned();
+        let tid = || tid.to_owned();
         match self {
             Outcome::Succeeded(env) => Ok(env),
             Outcome::Failed(env) => Err(Error::TaskFailed {
-                tid,
+                tid: tid(),
                 message: env
                     .header()
                     .error
@@ -127,9 +127,12 @@ impl Outcome {
                     .unwrap_or_else(|| failure_message(&env)),
                 data: env.data_value(),
             }),
-            Outcome::Cancelled => Err(Error::Cancelled { tid }),
-            Outcome::DeadlineExceeded => Err(Error::DeadlineExceeded { tid }),
-            Outcome::Lost(attempts) => Err(Error::WorkerLost { tid, attempts }),
+            Outcome::Cancelled => Err(Error::Cancelled { tid: tid() }),
+            Outcome::DeadlineExceeded => Err(Error::DeadlineExceeded { tid: tid() }),
+            Outcome::Lost(attempts) => Err(Error::WorkerLost {
+                tid: tid(),
+                attempts,
+            }),
             Outcome::Closed => Err(Error::Closed),
         }
     }
@@ -282,11 +285,9 @@ impl Lifecycle {
                 TaskEvent::Succeeded => Outcome::Succeeded(env),
                 _ => Outcome::Failed(env),
             };
-            let mut finished = self.finish(event, outcome);
-            if finished.is_empty() {
-                finished.push(Effect::Duplicate);
+            if !self.finish_into(event, outcome, &mut effects) {
+                effects.push(Effect::Duplicate);
             }
-            effects.append(&mut finished);
             return effects;
         }
         match self.state.apply(event) {
@@ -377,13 +378,26 @@ impl Lifecycle {
 
     /// Ends the task with `outcome` unless it already ended.
     fn finish(&mut self, event: TaskEvent, outcome: Outcome) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        self.finish_into(event, outcome, &mut effects);
+        effects
+    }
+
+    /// [`finish`](Lifecycle::finish) into `effects`; false if the task had ended already.
+    fn finish_into(
+        &mut self,
+        event: TaskEvent,
+        outcome: Outcome,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         if self.ended() {
-            return Vec::new();
+            return false;
         }
         if let Ok(Applied::Changed(s)) = self.state.apply(event) {
             self.state = s;
         }
-        vec![Effect::Finish(outcome)]
+        effects.push(Effect::Finish(outcome));
+        true
     }
 
     /// When the task's lease runs out if nothing more is heard, where it is watched.

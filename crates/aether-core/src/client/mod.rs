@@ -22,7 +22,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::action::Action;
-use crate::envelope::{Codec, Header, encode_raw, unix_ms};
+use crate::envelope::{Codec, Header, encode_as, unix_ms};
 use crate::error::{Error, Result};
 use crate::node::{Aether, Config, DEFAULT_CONTEXT};
 use crate::observe;
@@ -69,13 +69,13 @@ impl Client {
     }
 
     /// Starts describing a perform of `task` in `job` (context `x`, default channel).
-    pub fn task(&self, job: &str, task: &str) -> TaskBuilder<'_> {
+    pub fn task<'a>(&'a self, job: &'a str, task: &'a str) -> TaskBuilder<'a> {
         TaskBuilder {
             client: self,
-            job: job.to_owned(),
-            task: task.to_owned(),
-            context: DEFAULT_CONTEXT.to_owned(),
-            channel: String::new(),
+            job,
+            task,
+            context: DEFAULT_CONTEXT,
+            channel: "",
             tid: None,
             deadline: None,
             headers: None,
@@ -100,30 +100,31 @@ impl Client {
     }
 }
 
-/// A perform being described: context, channel, tid, deadline, headers, codec.
+/// A perform being described: context, channel, tid, deadline, headers, codec. It
+/// borrows the names it is given until it performs.
 #[derive(Debug)]
 #[must_use = "call .perform(&payload) to send it"]
 pub struct TaskBuilder<'a> {
     client: &'a Client,
-    job: String,
-    task: String,
-    context: String,
-    channel: String,
+    job: &'a str,
+    task: &'a str,
+    context: &'a str,
+    channel: &'a str,
     tid: Option<String>,
     deadline: Option<Duration>,
     headers: Option<BTreeMap<String, String>>,
     codec: Option<Codec>,
 }
 
-impl TaskBuilder<'_> {
+impl<'a> TaskBuilder<'a> {
     /// The context (fourth topic level). Default `x`.
-    pub fn context(mut self, context: &str) -> Self {
-        self.context = context.to_owned();
+    pub fn context(mut self, context: &'a str) -> Self {
+        self.context = context;
         self
     }
     /// The channel to send on. Default: the default channel.
-    pub fn channel(mut self, channel: &str) -> Self {
-        self.channel = channel.to_owned();
+    pub fn channel(mut self, channel: &'a str) -> Self {
+        self.channel = channel;
         self
     }
     /// The task id. Default: 16 random hex digits.
@@ -155,16 +156,16 @@ impl TaskBuilder<'_> {
     pub async fn perform<P: Serialize + ?Sized>(self, payload: &P) -> Result<TaskHandle> {
         let node = &self.client.node;
         let config = node.config();
-        let transport = node.transport(&self.channel)?.clone();
+        let transport = node.transport(self.channel)?.clone();
         let tid = match self.tid {
             Some(t) => t,
             None => new_tid(),
         };
         let topic = Topic::new(
             &config.union,
-            &self.job,
-            &self.task,
-            &self.context,
+            self.job,
+            self.task,
+            self.context,
             &tid,
             Action::Perform,
         )?;
@@ -176,7 +177,7 @@ impl TaskBuilder<'_> {
         let codec = self.codec.unwrap_or(config.codec);
         let data = codec.to_vec(payload)?;
         let header = perform_header(config, redispatch, &caps, self.deadline, headers);
-        let bytes = encode_raw(codec, &header, &data);
+        let bytes = encode_as(codec, &header, config.sender(), &data);
         let limit = node.payload_limit(&transport);
         if bytes.len() > limit {
             return Err(Error::PayloadTooLarge {
@@ -187,7 +188,7 @@ impl TaskBuilder<'_> {
         let route = node
             .inner
             .routes
-            .get(node, &self.channel, &transport, &topic)
+            .get(node, self.channel, &transport, &topic)
             .await?;
         let policy = Policy {
             lease: config.lease,
@@ -273,7 +274,8 @@ fn perform_header(
     deadline: Option<Duration>,
     headers: Option<BTreeMap<String, String>>,
 ) -> Header {
-    let mut header = Header::new(Action::Perform, &config.host, &config.client_id);
+    // The host and client id are the node's, written at encoding.
+    let mut header = Header::new(Action::Perform, "", "");
     header.attempt = Some(1);
     header.lease = Some(config.lease.as_millis() as u64);
     // A held-back acceptance is safe only where a lost completion of a task never
@@ -293,7 +295,22 @@ fn perform_header(
 
 /// 16 random hex digits. Python services use 8; aether uses more so tids of many
 /// concurrent clients do not collide in workers' duplicate windows.
+///
+/// From a per-thread splitmix64 sequence seeded once from the OS's random source: a
+/// perform makes no system call for its tid, and a thread's tids never repeat (splitmix64
+/// is a bijection of a counter), while other threads and processes start elsewhere.
 fn new_tid() -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    id[..16].to_owned()
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
+    }
+    let mut z = STATE.with(|s| {
+        let next = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(next);
+        next
+    });
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    format!("{z:016x}")
 }

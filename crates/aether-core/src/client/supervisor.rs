@@ -18,7 +18,7 @@ use super::lifecycle::{Effect, Event};
 use super::route::Route;
 use super::shared::{TaskShared, now};
 use crate::action::Action;
-use crate::envelope::{Header, empty_object, encode_raw};
+use crate::envelope::{Header, empty_object, encode_as, encode_raw};
 use crate::node::Aether;
 use crate::transport::{DeadLetter, DeadLetterReason, SharedTransport};
 
@@ -146,7 +146,7 @@ impl CarryOut {
         let again = self.task.lock_resend().as_mut().map(|r| {
             r.header.attempt = Some(attempt);
             r.header.sent = Some(crate::envelope::unix_ms());
-            r.bytes = encode_raw(r.codec, &r.header, &r.data);
+            r.bytes = encode_as(r.codec, &r.header, self.node.config().sender(), &r.data);
             (r.topic.clone(), r.bytes.clone())
         });
         let Some((topic, bytes)) = again else { return };

@@ -107,22 +107,23 @@ impl Topic {
         for (level, s) in Level::TOPIC.iter().zip(levels) {
             validate_segment(*level, s)?;
         }
-        let mut text = String::with_capacity(levels.iter().map(|s| s.len() + 1).sum::<usize>() + 8);
-        let mut seps = [0u16; 5];
-        for (i, s) in levels.iter().enumerate() {
-            text.push_str(s);
-            seps[i] = text.len() as u16;
-            text.push('/');
-        }
-        text.push_str(action.as_str());
-        if text.len() > MAX_TOPIC_LEN {
+        let len = levels.iter().map(|s| s.len() + 1).sum::<usize>() + action.as_str().len();
+        if len > MAX_TOPIC_LEN {
             return Err(TopicError::TopicTooLong {
-                len: text.len(),
+                len,
                 max: MAX_TOPIC_LEN,
             });
         }
+        let mut text = TopicText::default();
+        let mut seps = [0u16; 5];
+        for (i, s) in levels.iter().enumerate() {
+            text.push(s);
+            seps[i] = text.len as u16;
+            text.push("/");
+        }
+        text.push(action.as_str());
         Ok(Topic {
-            text: text.into(),
+            text: text.share(),
             seps,
             action,
         })
@@ -196,11 +197,11 @@ impl Topic {
         if action == self.action {
             return self.clone();
         }
-        let mut text = String::with_capacity(self.seps[4] as usize + 10);
-        text.push_str(&self.text[..=self.seps[4] as usize]);
-        text.push_str(action.as_str());
+        let mut text = TopicText::default();
+        text.push(&self.text[..=self.seps[4] as usize]);
+        text.push(action.as_str());
         Topic {
-            text: text.into(),
+            text: text.share(),
             seps: self.seps,
             action,
         }
@@ -223,6 +224,34 @@ impl Topic {
             s.push(if ch == '/' { separator } else { ch });
         }
         s
+    }
+}
+
+/// A topic's text put together on the stack, so the topic allocates once (its `Arc`).
+struct TopicText {
+    buf: [u8; MAX_TOPIC_LEN],
+    len: usize,
+}
+
+impl Default for TopicText {
+    fn default() -> Self {
+        TopicText {
+            buf: [0; MAX_TOPIC_LEN],
+            len: 0,
+        }
+    }
+}
+
+impl TopicText {
+    /// Appends `s`; the caller has checked the total fits [`MAX_TOPIC_LEN`].
+    fn push(&mut self, s: &str) {
+        self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+        self.len += s.len();
+    }
+
+    fn share(&self) -> Arc<str> {
+        // Whole `str`s were appended, so this is UTF-8.
+        Arc::from(std::str::from_utf8(&self.buf[..self.len]).expect("appended whole strs"))
     }
 }
 

@@ -8,8 +8,9 @@ use bytes::Bytes;
 
 use super::WorkerShared;
 use crate::action::{Action, Status};
-use crate::envelope::{Codec, Header, empty_object, encode_raw};
+use crate::envelope::{Codec, Header, empty_object, encode_as};
 use crate::error::{Error, Result};
+use crate::node::Aether;
 use crate::topic::Topic;
 use crate::transport::{Delivery, SharedTransport};
 
@@ -20,8 +21,8 @@ pub(crate) struct Reporter {
     /// The perform's topic.
     pub(crate) topic: Topic,
     pub(crate) codec: Codec,
-    pub(crate) host: String,
-    pub(crate) client: String,
+    /// The node, whose host and client id sign every message.
+    pub(crate) node: Aether,
     /// The lease this worker promises to heartbeat within.
     pub(crate) lease: Duration,
     pub(crate) limit: usize,
@@ -44,13 +45,11 @@ impl Reporter {
         lease: Duration,
         span: tracing::Span,
     ) -> Reporter {
-        let config = shared.node.config();
         Reporter {
             transport: shared.transport.clone(),
             topic: delivery.topic.clone(),
             codec,
-            host: config.host.clone(),
-            client: config.client_id.clone(),
+            node: shared.node.clone(),
             lease,
             limit: shared.limit,
             seq: Default::default(),
@@ -60,8 +59,9 @@ impl Reporter {
         }
     }
 
+    /// A header whose host and client [`encode`](Reporter::encode) fills in.
     fn header(&self, action: Action, status: Status, progress: u8) -> Header {
-        let mut h = Header::new(action, &self.host, &self.client)
+        let mut h = Header::new(action, "", "")
             .status(status)
             .progress(progress);
         h.lease = Some(self.lease.as_millis() as u64);
@@ -107,7 +107,7 @@ impl Reporter {
         // Numbered at encoding; concurrent reports of one task may still be published out
         // of order, which the client treats like any stale progress.
         header.seq = Some(self.seq.fetch_add(1, Ordering::AcqRel) + 1);
-        let bytes = encode_raw(self.codec, &header, data);
+        let bytes = self.encode(&header, data);
         self.send(Action::Status, bytes).await?;
         self.published.fetch_add(1, Ordering::AcqRel);
         crate::observe::status_event(&self.span, progress);
@@ -124,7 +124,13 @@ impl Reporter {
         h.error = error.map(str::to_owned);
         // The client counts arrivals: a status that failed to go out is not waited for.
         h.seq = Some(self.published.load(Ordering::Acquire));
-        encode_raw(self.codec, &h, data)
+        self.encode(&h, data)
+    }
+
+    fn encode(&self, header: &Header, data: &[u8]) -> Bytes {
+        let config = self.node.config();
+        let sender = (config.host.as_str(), config.client_id.as_str());
+        encode_as(self.codec, header, sender, data)
     }
 
     /// A failed completion whose data is `{"error": message}`, readable by Python clients.
