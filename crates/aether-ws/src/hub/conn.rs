@@ -123,8 +123,10 @@ impl Conn {
                     reason: "frame larger than the hub's max_payload".into(),
                 };
                 conn.out.push(WsMessage::Close(Some(close)), &c.stalled);
-                // Let the writer send the close before the connection is dropped.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // The writer ends after flushing a close frame and says so through `cut`;
+                // wait for that (bounded, for a peer that stopped reading) before the
+                // connection is dropped.
+                let _ = tokio::time::timeout(heartbeat, conn.out.cut.notified()).await;
             }
             End::Closed | End::Stalled | End::Broken => {}
         }
