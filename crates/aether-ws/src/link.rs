@@ -15,11 +15,10 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, http::HeaderValue};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::config::{FRAME_OVERHEAD, WsConfig};
+use crate::config::{FRAME_OVERHEAD, WsConfig, socket_config};
 use crate::error::WsError;
 use crate::wire::{QueueSpec, Refusal, ToHub, ToPeer, WireCaps, decode, encode};
 
@@ -390,10 +389,7 @@ async fn open(config: &WsConfig) -> Result<Ws> {
             .map_err(|_| Error::Config("the token is not a valid header value".into()))?;
         request.headers_mut().insert("Authorization", value);
     }
-    let max = config.max_payload + FRAME_OVERHEAD;
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    let ws_config = socket_config(config.max_payload + FRAME_OVERHEAD);
     let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
     match tokio::time::timeout(config.operation_timeout, connect).await {
         Ok(Ok((ws, _))) => Ok(ws),

@@ -120,6 +120,40 @@ async fn rest_perform_goes_to_one_worker() {
     }
 }
 
+/// Sockets read through a small buffer (8 KiB); a message many times its size still
+/// arrives whole, both ways through the hub, among small ones.
+#[tokio::test]
+async fn messages_larger_than_the_read_buffer_arrive_whole() {
+    let hub = hub("").await;
+    let url = format!("ws://127.0.0.1:{}/ws?token={TOKEN}", hub.port());
+    let client = WsTransport::connect(&url).await.unwrap();
+    let worker = WsTransport::connect(&url).await.unwrap();
+    let q = WorkQueue::new("u", "j", "t", "x", "g").unwrap();
+    let mut c = worker.consume(&q, Default::default()).await.unwrap();
+    let sizes = [3, 1 << 20, 10, 100_000, 8 << 10, 1];
+    for (i, size) in sizes.iter().enumerate() {
+        let topic: Topic = format!("u/j/t/x/{i}/perform").parse().unwrap();
+        let body: Vec<u8> = (0..*size).map(|n| (n % 251) as u8).collect();
+        client.enqueue(&topic, Bytes::from(body)).await.unwrap();
+    }
+    for (i, size) in sizes.iter().enumerate() {
+        let d = tokio::time::timeout(Duration::from_secs(5), c.next())
+            .await
+            .expect("a delivery in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.topic.tid(), i.to_string());
+        assert_eq!(d.payload.len(), *size);
+        assert!(
+            d.payload
+                .iter()
+                .enumerate()
+                .all(|(n, b)| *b == (n % 251) as u8)
+        );
+        d.ack().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn upgrades_need_the_token_and_an_allowed_origin() {
     let hub = hub("&origins=https://app.example").await;

@@ -17,8 +17,8 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsErr, Message as WsMessage};
 
 use super::http::Prefixed;
@@ -28,10 +28,7 @@ use crate::wire::{Refusal, ToHub, ToPeer, WireCaps, decode};
 
 /// Completes the WebSocket handshake and serves the connection.
 pub(crate) async fn upgrade(shared: Arc<Shared>, stream: Prefixed, peer: SocketAddr) {
-    let max = shared.config.max_frame();
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    let config = crate::config::socket_config(shared.config.max_frame());
     match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
         Ok(ws) => Conn::run(shared, ws).await,
         Err(e) => {
