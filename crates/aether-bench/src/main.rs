@@ -30,11 +30,16 @@
 //! `--defer-accept MS` sets the client's `Config::defer_accept` (0: workers accept every
 //! task at once, as before that setting existed).
 //!
+//! `--peer URL COMMAND` runs another system's benchmark beside that URL's loops in each
+//! round (`COMMAND TASKS INFLIGHT`, see `peer.rs`), e.g. Celery on Redis:
+//! `--peer redis://127.0.0.1:6379 "python3 ../shared/peers/celery_bench.py"`.
+//!
 //! Each URL gets its own worker node and client node (separate connections), a warm-up, then
 //! one closed-loop run per in-flight level. `--raw NAME` adds the raw baseline of that
 //! adapter (see `raw.rs`) on the same URL.
 
 mod hold;
+mod peer;
 mod raw;
 mod runner;
 mod ws_hub;
@@ -61,6 +66,8 @@ struct Args {
     hold: Option<usize>,
     /// `--serve-hub URL`: be only a hub (the process `--hold` measures).
     serve_hub: Option<String>,
+    /// `--peer URL COMMAND`: another system's benchmark run beside URL's loops.
+    peers: Vec<(String, String)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -75,6 +82,7 @@ fn parse_args() -> anyhow::Result<Args> {
         defer_accept: None,
         hold: None,
         serve_hub: None,
+        peers: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -101,6 +109,11 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.urls.push(url.clone());
                 args.levels.insert(url, levels);
             }
+            "--peer" => {
+                let url = it.next().context("--peer URL COMMAND")?;
+                let command = it.next().context("--peer URL COMMAND")?;
+                args.peers.push((url, command));
+            }
             "--raw" => args.raw.push(it.next().context("--raw NAME")?),
             "--hold" => args.hold = Some(it.next().context("--hold N")?.parse()?),
             "--serve-hub" => args.serve_hub = Some(it.next().context("--serve-hub URL")?),
@@ -109,7 +122,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--inflight-for URL 64] [--payload BYTES] [--defer-accept MS] [--raw {}] URL...\n       aether-bench --hold N [--tasks N]",
+                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--inflight-for URL 64] [--payload BYTES] [--defer-accept MS] [--raw {}] [--peer URL COMMAND] URL...\n       aether-bench --hold N [--tasks N]",
                     raw::NAMES.join("|")
                 );
                 std::process::exit(0);
@@ -126,6 +139,9 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if args.urls.is_empty() {
         args.urls.push("memory://bench".into());
+    }
+    if let Some((url, _)) = args.peers.iter().find(|(u, _)| !args.urls.contains(u)) {
+        bail!("--peer {url}: that URL is not benchmarked in this run");
     }
     Ok(args)
 }
@@ -168,6 +184,13 @@ async fn main() -> anyhow::Result<()> {
             for name in args.raw.iter().filter(|n| raw::applies(n, url)) {
                 for &inflight in args.inflight(url) {
                     let r = raw::run(name, url, args.tasks, inflight, args.payload).await?;
+                    println!("{}", r.row());
+                    rounds.add(i, r);
+                }
+            }
+            for (_, command) in args.peers.iter().filter(|(u, _)| u == url) {
+                for &inflight in args.inflight(url) {
+                    let r = peer::run(command, args.tasks, inflight).await?;
                     println!("{}", r.row());
                     rounds.add(i, r);
                 }

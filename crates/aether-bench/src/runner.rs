@@ -104,6 +104,26 @@ impl Report {
         }
     }
 
+    /// A report of figures measured elsewhere (a peer's own benchmark), without CPU time.
+    pub(crate) fn from_figures(
+        name: String,
+        inflight: usize,
+        tasks: usize,
+        per_sec: f64,
+        p50: Duration,
+        p99: Duration,
+    ) -> Report {
+        Report {
+            name,
+            inflight,
+            tasks,
+            per_sec,
+            p50,
+            p99,
+            cpu_per_task: None,
+        }
+    }
+
     pub(crate) fn header() -> &'static str {
         "| loop | in flight | tasks | tasks/s | p50 | p99 | CPU/task |\n|---|---:|---:|---:|---:|---:|---:|"
     }
