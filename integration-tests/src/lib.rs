@@ -28,6 +28,7 @@ pub mod raw_amqp;
 pub mod redis_input;
 pub mod soak;
 pub mod suite;
+pub mod tls;
 pub mod zmq_recovery;
 
 /// Expands every conformance case for one harness expression (evaluated once per test),

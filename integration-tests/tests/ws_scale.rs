@@ -70,15 +70,15 @@ fn count(runs: &Runs, kind: &str, tid: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hubs_on_redis_a_killed_workers_task_completes_once_on_another() {
     let redis = RedisHarness::from_env("streams");
-    let hub_a = Hub::start_with(ws::config(0), redis.connect().await)
+    let hub_a = Hub::start_with(ws::config(0, false), redis.connect().await)
         .await
         .expect("hub A");
-    let hub_b = Hub::start_with(ws::config(0), redis.connect().await)
+    let hub_b = Hub::start_with(ws::config(0, false), redis.connect().await)
         .await
         .expect("hub B");
     let union = integration_tests::harness::union();
     let runs: Runs = Arc::default();
-    let url_b = ws::url(hub_b.port());
+    let url_b = ws::url(hub_b.port(), false);
     let mut workers = [
         worker(0, &url_b, &union, runs.clone()).await,
         worker(1, &url_b, &union, runs.clone()).await,
@@ -86,7 +86,11 @@ async fn two_hubs_on_redis_a_killed_workers_task_completes_once_on_another() {
 
     let client = Aether::builder()
         .union(&union)
-        .transport(aether::connect(&ws::url(hub_a.port())).await.unwrap())
+        .transport(
+            aether::connect(&ws::url(hub_a.port(), false))
+                .await
+                .unwrap(),
+        )
         .build()
         .unwrap();
     let task = client

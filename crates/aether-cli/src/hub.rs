@@ -35,7 +35,8 @@ pub(crate) async fn run(args: HubArgs) -> Result<Outcome, Failure> {
     })?;
     // Scripts and tests wait for this line.
     println!(
-        "listening on ws://{}/ws (backend {})",
+        "listening on {}://{}/ws (backend {})",
+        if hub.tls() { "wss" } else { "ws" },
         hub.local_addr(),
         hub.backend().name()
     );

@@ -1,6 +1,7 @@
 //! [`WsConfig`] (a peer: where the hub is and how the link behaves) and [`HubConfig`]
 //! (the hub: where it listens, who it admits, its limits), from `ws://` URLs or in code.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aether_core::url::{BrokerUrl, Secret};
@@ -42,8 +43,12 @@ aether_core::settings! {
         port: u16 = DEFAULT_PORT,
         /// The WebSocket path. Default `ws`.
         path: String = "ws".into(),
-        /// `wss://`: TLS. Default false.
+        /// `wss://`: TLS, the hub's certificate verified against the webpki roots and
+        /// `tls_ca`, for the URL's host name (or IP address). Default false.
         tls: bool = false,
+        /// PEM file of CA certificates to trust besides the webpki roots (a private CA, or
+        /// the hub's self-signed certificate). Only with `wss://`. Default none.
+        [key] tls_ca: Option<PathBuf> = None,
         /// The bearer token sent on the upgrade (`Authorization: Bearer`). Never printed.
         /// Default none.
         [key] token: Option<Secret> = None,
@@ -110,6 +115,14 @@ impl WsConfig {
                 "max_payload and subscription_capacity must be at least 1".into(),
             ));
         }
+        if let Some(token) = &self.token {
+            check_token(token)?;
+        }
+        if self.tls_ca.is_some() && !self.tls {
+            return Err(Error::Config(
+                "tls_ca needs TLS: a wss:// URL (or tls set)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -123,9 +136,10 @@ impl WsConfig {
 aether_core::settings! {
     /// Settings of a [`Hub`](crate::Hub).
     ///
-    /// Parsed from `ws://host[:port][?key=value&...]` by [`HubConfig::from_url`] (the
-    /// address to listen on), or built from [`HubConfig::default`] and the setters. The hub
-    /// refuses to start without a `token` unless `no_auth=true` says so explicitly.
+    /// Parsed from `ws://host[:port][?key=value&...]` (or `wss://` with `tls_cert` and
+    /// `tls_key`) by [`HubConfig::from_url`] (the address to listen on), or built from
+    /// [`HubConfig::default`] and the setters. The hub refuses to start without a `token`
+    /// unless `no_auth=true` says so explicitly.
     #[derive(Clone, PartialEq, Eq)]
     #[non_exhaustive]
     pub struct HubConfig {
@@ -140,6 +154,12 @@ aether_core::settings! {
         /// Admit peers without a token. Only for a hub on loopback or behind a proxy that
         /// authenticates. Default false.
         [key] no_auth: bool = false,
+        /// PEM file of the hub's certificate chain (leaf first): with `tls_key`, the hub
+        /// serves only TLS (`wss://`, `https://`) and answers a plain HTTP request with 400.
+        /// Default none.
+        [key] tls_cert: Option<PathBuf> = None,
+        /// PEM file of the private key of `tls_cert`. Default none.
+        [key] tls_key: Option<PathBuf> = None,
         /// Origins admitted (the key repeats); a request with an `Origin` header not listed
         /// is refused with 403. Empty: requests with an `Origin` header are refused
         /// (non-browser peers send none). Default none.
@@ -165,17 +185,21 @@ aether_core::settings! {
 }
 
 impl HubConfig {
-    /// Parses `ws://host[:port][?options]`: where to listen, and the keys above. The
-    /// settings are checked ([`HubConfig::validate`]) when the hub starts, so a token may
-    /// be set after parsing.
+    /// Parses `ws://host[:port][?options]` or `wss://host[:port]?tls_cert=...&tls_key=...`:
+    /// where to listen, and the keys above. The settings are checked
+    /// ([`HubConfig::validate`]) when the hub starts, so a token may be set after parsing.
     pub fn from_url(url: &str) -> Result<HubConfig> {
         let u = BrokerUrl::parse(url)?;
-        if u.scheme != "ws" {
-            return Err(Error::Config(format!(
-                "a hub listens on ws://host:port; got scheme {}",
-                u.scheme
-            )));
-        }
+        let tls = match u.scheme.as_str() {
+            "ws" => false,
+            "wss" => true,
+            other => {
+                return Err(Error::Config(format!(
+                    "a hub listens on ws://host:port (or wss:// with tls_cert and tls_key); \
+                     got scheme {other}"
+                )));
+            }
+        };
         let mut c = HubConfig::default();
         if !u.host.is_empty() {
             c.host = u.host.clone();
@@ -184,7 +208,19 @@ impl HubConfig {
             c.port = port;
         }
         u.apply_query(HubConfig::KEYS, &mut c)?;
+        if tls != c.tls() {
+            return Err(Error::Config(if tls {
+                "a wss:// hub needs tls_cert and tls_key (PEM files)".into()
+            } else {
+                "tls_cert and tls_key serve TLS: listen on wss://host:port".into()
+            }));
+        }
         Ok(c)
+    }
+
+    /// Whether the hub serves TLS (`tls_cert` and `tls_key` set).
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
     }
 
     /// Refuses settings that cannot work, saying what to change.
@@ -196,11 +232,16 @@ impl HubConfig {
                     .into(),
             ));
         }
-        if self.token.as_ref().is_some_and(|t| t.expose().is_empty()) {
-            return Err(Error::Config("the token must not be empty".into()));
+        if let Some(token) = &self.token {
+            check_token(token)?;
         }
         if self.heartbeat < Duration::from_millis(10) {
             return Err(Error::Config("heartbeat must be at least 10ms".into()));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(Error::Config(
+                "tls_cert and tls_key go together: give both or neither".into(),
+            ));
         }
         for (key, value) in [
             ("max_connections", self.max_connections),
@@ -226,6 +267,22 @@ impl HubConfig {
     }
 }
 
+/// Refuses a token an HTTP header cannot carry as it is, without printing it.
+fn check_token(token: &Secret) -> Result<()> {
+    let t = token.expose();
+    if t.is_empty() {
+        return Err(Error::Config("the token must not be empty".into()));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Config(
+            "the token must be printable ASCII without spaces (it travels in an HTTP \
+             header); percent-encode it in a URL"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +303,53 @@ mod tests {
         ] {
             assert!(WsConfig::from_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tls_keys() {
+        let c = WsConfig::from_url("wss://h:8443/ws?tls_ca=/etc/ca.pem").unwrap();
+        assert!(c.tls);
+        assert_eq!(c.tls_ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(format!("{c:?}").contains("/etc/ca.pem"));
+        let err = WsConfig::from_url("ws://h?tls_ca=/etc/ca.pem").unwrap_err();
+        assert!(err.to_string().contains("wss://"), "{err}");
+
+        let c = HubConfig::from_url("wss://0.0.0.0:8443?tls_cert=/c.pem&tls_key=/k.pem").unwrap();
+        assert!(c.tls());
+        for (bad, why) in [
+            ("wss://h", "needs tls_cert and tls_key"),
+            ("wss://h?tls_cert=/c.pem", "needs tls_cert and tls_key"),
+            ("ws://h?tls_cert=/c.pem&tls_key=/k.pem", "listen on wss://"),
+            ("http://h", "got scheme http"),
+        ] {
+            let err = HubConfig::from_url(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let mut c = HubConfig::from_url("ws://h?no_auth=true").unwrap();
+        c.tls_key = Some("/k.pem".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("go together")
+        );
+    }
+
+    #[test]
+    fn tokens_a_header_cannot_carry_are_refused_unprinted() {
+        for bad in ["s3cr%C3%A9t", "s3cr%20t", "s3cr%0At", "s3cr%7Ft"] {
+            let err = WsConfig::from_url(&format!("ws://h?token={bad}")).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(text.contains("printable ASCII"), "{text}");
+            assert!(!text.contains("s3cr"), "{text}");
+            let hub = HubConfig::from_url(&format!("ws://h?token={bad}")).unwrap();
+            let err = hub.validate().unwrap_err();
+            assert!(!format!("{err} {err:?} {hub:?}").contains("s3cr"));
+        }
+        // Escaped characters a header carries are fine, and never printed either.
+        let c = WsConfig::from_url("ws://h?token=s3cr%26%3D%2B%25t~!").unwrap();
+        assert_eq!(c.token.as_ref().unwrap().expose(), "s3cr&=+%t~!");
+        assert!(!format!("{c:?}").contains("s3cr"));
     }
 
     #[test]

@@ -19,6 +19,28 @@ pub enum WsError {
         #[source]
         source: std::io::Error,
     },
+    /// The hub's address could not be reached: nothing listens there (connection
+    /// refused), the host is unknown or unreachable. A first connection fails with it at
+    /// once; later ones are retried with backoff.
+    #[error("cannot connect to {endpoint}: {source}; is the hub running (aether-ws-hub)?")]
+    Connect {
+        /// The URL without its token (`ws://host:port/path`).
+        endpoint: String,
+        /// The socket's error (`ErrorKind::ConnectionRefused`, ...).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake with the hub failed: most often its certificate did not verify
+    /// (`rustls::Error::InvalidCertificate`: an issuer not trusted, add it with `tls_ca`;
+    /// a name that is not the URL's host; expired), or the port does not speak TLS.
+    #[error("TLS with {endpoint}: {source}")]
+    Tls {
+        /// The URL without its token (`wss://host:port/path`).
+        endpoint: String,
+        /// rustls's error.
+        #[source]
+        source: rustls::Error,
+    },
     /// The WebSocket handshake or a frame failed.
     #[error("{what}: {source}")]
     WebSocket {

@@ -35,6 +35,13 @@
 //! distributed one (`redis://`, `amqp://`), several hubs behind a load balancer share
 //! workgroups and redelivery. Run it as the `aether-ws-hub` binary or embed it.
 //!
+//! With `tls_cert` and `tls_key` ([`HubConfig`]) the hub serves only TLS (`wss://`,
+//! `https://`), with rustls and its ring provider; peers connect with `wss://`, trusting the
+//! webpki roots and `tls_ca` ([`WsConfig`]), the hub's certificate checked against the
+//! URL's host. A peer's first connection fails at once with a typed [`WsError`] (nothing
+//! listening, a certificate that does not verify, a refused upgrade); later losses are
+//! retried.
+//!
 //! Two protocols share `/ws`: aether's (binary MessagePack frames, acknowledged
 //! deliveries, numbered broadcasts) and the Python AetherMagic seed's (JSON text frames).
 //!
@@ -53,6 +60,7 @@ mod config;
 mod error;
 mod hub;
 mod link;
+mod tls;
 mod transport;
 mod wire;
 
@@ -64,6 +72,10 @@ pub use transport::WsTransport;
 /// The tokio-tungstenite crate this adapter is built on, for code that wants the same
 /// version (the benchmark's raw loop).
 pub use tokio_tungstenite;
+
+/// The rustls crate behind `wss://` and the hub's TLS, for matching
+/// [`WsError::Tls`]'s source (`rustls::Error::InvalidCertificate`...).
+pub use rustls;
 
 use aether_core::{Result, SharedTransport};
 

@@ -12,17 +12,19 @@ use std::time::Duration;
 use aether_core::kit::{Gate, Outlet, Retry, SettleOnce};
 use aether_core::{Bytes, Delivery, Error, InvalidMessage, Message, Received, Result, Topic};
 use futures::{SinkExt, StreamExt};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, http::HeaderValue};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::config::{FRAME_OVERHEAD, WsConfig, socket_config};
 use crate::error::WsError;
+use crate::tls::Stream;
 use crate::wire::{QueueSpec, Refusal, ToHub, ToPeer, WireCaps, decode, encode};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<Stream>;
 
 /// What the I/O task writes.
 #[derive(Debug)]
@@ -75,6 +77,8 @@ pub(crate) struct State {
 #[derive(Debug)]
 pub(crate) struct Link {
     pub(crate) config: WsConfig,
+    /// For `wss://`: the roots trusted and the host name checked.
+    tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) gate: Gate,
     pub(crate) state: Mutex<State>,
     out: mpsc::Sender<Out>,
@@ -88,12 +92,21 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Starts the I/O task and waits for the hub's welcome.
+    /// Opens the first connection, then starts the I/O task and waits for the hub's
+    /// welcome. A first connection that cannot be made fails at once, with its reason
+    /// (nothing listening, a certificate not trusted, a refused upgrade), as the other
+    /// adapters' first connections do; later losses are retried with backoff.
     pub(crate) async fn connect(config: WsConfig) -> Result<Arc<Link>> {
         config.validate()?;
+        let tls = match config.tls {
+            true => Some(crate::tls::client_config(config.tls_ca.as_deref())?),
+            false => None,
+        };
+        let first = open(&config, tls.as_ref()).await?;
         let (out, out_rx) = mpsc::channel(4096);
         let link = Arc::new(Link {
             gate: Gate::new(config.max_payload),
+            tls,
             config,
             state: Mutex::new(State::default()),
             out,
@@ -102,7 +115,7 @@ impl Link {
             malformed: AtomicU64::new(0),
             connections: AtomicU64::new(0),
         });
-        tokio::spawn(io(link.clone(), out_rx));
+        tokio::spawn(io(link.clone(), out_rx, first));
         let mut welcomed = link.welcomed.subscribe();
         let wait = welcomed.wait_for(|e| *e != 0);
         if !matches!(
@@ -111,8 +124,7 @@ impl Link {
         ) {
             link.stop();
             return Err(WsError::Unreachable(format!(
-                "no aether-ws hub welcomed this peer at {} within {:?}: is the hub running \
-                 (aether-ws-hub), and is the token right?",
+                "no welcome from {} within {:?}: is it an aether-ws hub?",
                 link.config.endpoint(),
                 link.config.operation_timeout
             ))
@@ -377,8 +389,11 @@ fn gap_all(state: &State) {
     }
 }
 
-/// Opens the WebSocket, with the token as a bearer header.
-async fn open(config: &WsConfig) -> Result<Ws> {
+/// Opens the WebSocket (TCP, TLS for `wss://`, the upgrade with the token as a bearer
+/// header), each failure typed: [`WsError::Connect`] where nothing answers,
+/// [`WsError::Tls`] for a certificate that does not verify, [`WsError::WebSocket`] for an
+/// upgrade the hub refused (401, 403, 503).
+async fn open(config: &WsConfig, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Ws> {
     let endpoint = config.endpoint();
     let mut request = endpoint
         .as_str()
@@ -390,10 +405,45 @@ async fn open(config: &WsConfig) -> Result<Ws> {
         request.headers_mut().insert("Authorization", value);
     }
     let ws_config = socket_config(config.max_payload + FRAME_OVERHEAD);
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
-    match tokio::time::timeout(config.operation_timeout, connect).await {
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => Err(ws_err(format!("connect {endpoint}"), e)),
+    // An IPv6 host keeps its brackets in the URL, not in a socket address or a TLS name.
+    let host = config.host.trim_start_matches('[').trim_end_matches(']');
+    let attempt = async {
+        let tcp = TcpStream::connect((host, config.port))
+            .await
+            .map_err(|source| WsError::Connect {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let name = ServerName::try_from(host.to_owned())
+                    .map_err(|_| Error::Config(format!("{host} is not a name TLS can verify")))?;
+                let tls = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| match crate::tls::rustls_error(&e) {
+                        Some(source) => WsError::Tls {
+                            endpoint: endpoint.clone(),
+                            source: source.clone(),
+                        },
+                        None => WsError::Io {
+                            what: format!("TLS handshake with {endpoint}"),
+                            source: e,
+                        },
+                    })?;
+                Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)))
+            }
+        };
+        let upgrade =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await;
+        upgrade
+            .map(|(ws, _)| ws)
+            .map_err(|e| ws_err(format!("WebSocket upgrade at {endpoint}"), e))
+    };
+    match tokio::time::timeout(config.operation_timeout, attempt).await {
+        Ok(opened) => opened,
         Err(_) => Err(Error::Timeout("ws connect")),
     }
 }
@@ -406,21 +456,27 @@ fn ws_err(what: String, e: tokio_tungstenite::tungstenite::Error) -> Error {
     .into()
 }
 
-/// Keeps the link connected until stopped.
-async fn io(link: Arc<Link>, mut out: mpsc::Receiver<Out>) {
+/// Keeps the link connected until stopped, starting with the `first` connection.
+async fn io(link: Arc<Link>, mut out: mpsc::Receiver<Out>, first: Ws) {
     let mut retry = Retry::new(Duration::from_millis(50), link.config.reconnect_max);
     let mut epoch = 0;
+    let mut first = Some(first);
     while !link.gate.is_closed() {
-        let ws = tokio::select! {
-            ws = open(&link.config) => ws,
-            Some(Out::Stop) = out.recv() => break,
-        };
-        let ws = match ws {
-            Ok(ws) => ws,
-            Err(e) => {
-                tracing::debug!(error = %e, "the hub is not reachable; retrying");
-                retry.wait().await;
-                continue;
+        let ws = match first.take() {
+            Some(ws) => ws,
+            None => {
+                let ws = tokio::select! {
+                    ws = open(&link.config, link.tls.as_ref()) => ws,
+                    Some(Out::Stop) = out.recv() => break,
+                };
+                match ws {
+                    Ok(ws) => ws,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the hub is not reachable; retrying");
+                        retry.wait().await;
+                        continue;
+                    }
+                }
             }
         };
         retry.reset();

@@ -33,7 +33,7 @@
 //! | `mqtt` | [`aether-mqtt`](https://docs.rs/aether-mqtt) | `mqtt://`, `mqtts://` |
 //! | `amqp` | [`aether-amqp`](https://docs.rs/aether-amqp) | `amqp://`, `amqps://` |
 //! | `zmq` | [`aether-zmq`](https://docs.rs/aether-zmq) | `zmq://` (`tcp://`), `?bind=true` hosts the device |
-//! | `ws` | [`aether-ws`](https://docs.rs/aether-ws) | `ws://` (a peer of an aether-ws hub; `wss://` needs TLS, not built in yet) |
+//! | `ws` | [`aether-ws`](https://docs.rs/aether-ws) | `ws://`, `wss://` (a peer of an aether-ws hub; TLS with rustls) |
 //! | `full` | every adapter above | |
 //! | `otel` | trace context across every transport ([`aether_core::observe`]) | |
 

@@ -1,5 +1,6 @@
 //! WebSocket harnesses: a hub this test process starts itself (shared by the cases, on a
-//! runtime of its own), and a private hub a case may restart.
+//! runtime of its own), and a private hub a case may restart; on `ws://`, or on `wss://`
+//! with certificates the test makes ([`crate::tls::TestCerts`]).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -16,19 +17,45 @@ pub const HEARTBEAT: &str = "250ms";
 /// The token the test hubs require.
 pub const TOKEN: &str = "test-token";
 
-/// The settings of a test hub on `port` (0: any).
-pub fn config(port: u16) -> HubConfig {
+/// The settings of a test hub on `port` (0: any), with TLS if `tls`.
+pub fn config(port: u16, tls: bool) -> HubConfig {
     let mut c = HubConfig::from_url(&format!(
         "ws://127.0.0.1:{port}?heartbeat={HEARTBEAT}&token={TOKEN}"
     ))
     .expect("a valid URL");
     c.queue_capacity = 65_536;
+    if tls {
+        let certs = certs();
+        c.tls_cert = Some(certs.cert.clone());
+        c.tls_key = Some(certs.key.clone());
+    }
     c
 }
 
-/// The URL peers connect with.
-pub fn url(port: u16) -> String {
-    format!("ws://127.0.0.1:{port}/ws?token={TOKEN}&heartbeat={HEARTBEAT}")
+/// The URL peers connect with: `wss://` trusting the test CA if `tls`.
+pub fn url(port: u16, tls: bool) -> String {
+    if tls {
+        let ca = certs().ca.display();
+        format!("wss://127.0.0.1:{port}/ws?token={TOKEN}&heartbeat={HEARTBEAT}&tls_ca={ca}")
+    } else {
+        format!("ws://127.0.0.1:{port}/ws?token={TOKEN}&heartbeat={HEARTBEAT}")
+    }
+}
+
+/// The certificates of this test process's TLS hubs (for `localhost` and `127.0.0.1`),
+/// made on first use in a directory named after the test binary, so that runs replace
+/// them instead of piling up.
+pub fn certs() -> &'static crate::tls::TestCerts {
+    static CERTS: OnceLock<crate::tls::TestCerts> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary");
+        let name = exe.file_stem().map(|s| s.to_string_lossy().into_owned());
+        let dir = std::env::temp_dir().join(format!(
+            "aether-ws-certs-{}",
+            name.unwrap_or_else(|| "test".into())
+        ));
+        crate::tls::TestCerts::new(&dir, &["localhost", "127.0.0.1"])
+    })
 }
 
 /// Connects with `url`, failing the case with a clear message.
@@ -40,11 +67,13 @@ async fn connect(url: &str) -> SharedTransport {
     }
 }
 
-/// The port of the hub every case of the test binary shares, started on first use on a
-/// thread and runtime of its own (each case has its own runtime).
-fn shared_hub() -> u16 {
-    static PORT: OnceLock<u16> = OnceLock::new();
-    *PORT.get_or_init(|| {
+/// The port of the hub every case of the test binary shares (one with TLS, one without),
+/// started on first use on a thread and runtime of its own (each case has its own runtime).
+fn shared_hub(tls: bool) -> u16 {
+    static PLAIN: OnceLock<u16> = OnceLock::new();
+    static TLS: OnceLock<u16> = OnceLock::new();
+    let port = if tls { &TLS } else { &PLAIN };
+    *port.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("ws-hub".into())
@@ -55,7 +84,7 @@ fn shared_hub() -> u16 {
                     .build()
                     .expect("a runtime for the hub");
                 rt.block_on(async move {
-                    let hub = Hub::start(config(0))
+                    let hub = Hub::start(config(0, tls))
                         .await
                         .unwrap_or_else(|e| panic!("cannot start the ws hub: {e}"));
                     tx.send(hub.port()).expect("report the port");
@@ -69,31 +98,38 @@ fn shared_hub() -> u16 {
 
 /// Connections to the hub the test started.
 #[derive(Debug, Default)]
-pub struct HubHarness;
+pub struct HubHarness {
+    tls: bool,
+}
 
 impl HubHarness {
-    /// The shared hub.
+    /// The shared hub, on `ws://`.
     pub fn new() -> HubHarness {
-        HubHarness
+        HubHarness { tls: false }
+    }
+
+    /// The shared TLS hub, on `wss://`.
+    pub fn tls() -> HubHarness {
+        HubHarness { tls: true }
     }
 }
 
 #[async_trait]
 impl Harness for HubHarness {
     fn name(&self) -> String {
-        "ws".into()
+        if self.tls { "wss" } else { "ws" }.into()
     }
 
     fn url(&self) -> Option<String> {
-        Some(url(shared_hub()))
+        Some(url(shared_hub(self.tls), self.tls))
     }
 
     async fn connect(&self) -> SharedTransport {
-        connect(&url(shared_hub())).await
+        connect(&url(shared_hub(self.tls), self.tls)).await
     }
 
     async fn private_broker(&self) -> Option<Box<dyn PrivateBroker>> {
-        Some(Box::new(PrivateHub::start().await))
+        Some(Box::new(PrivateHub::start_with(self.tls).await))
     }
 }
 
@@ -102,22 +138,29 @@ impl Harness for HubHarness {
 #[derive(Debug)]
 pub struct PrivateHub {
     port: u16,
+    tls: bool,
     hub: Mutex<Option<Hub>>,
 }
 
 impl PrivateHub {
     /// Starts a hub on a spare port.
     pub async fn start() -> PrivateHub {
-        let hub = Hub::start(config(0)).await.expect("a private ws hub");
+        PrivateHub::start_with(false).await
+    }
+
+    /// Starts a hub on a spare port, with TLS if `tls`.
+    pub async fn start_with(tls: bool) -> PrivateHub {
+        let hub = Hub::start(config(0, tls)).await.expect("a private ws hub");
         PrivateHub {
             port: hub.port(),
+            tls,
             hub: Mutex::new(Some(hub)),
         }
     }
 
     /// The URL peers connect with.
     pub fn url(&self) -> String {
-        url(self.port)
+        url(self.port, self.tls)
     }
 
     /// What the hub counted (since its last restart).
@@ -144,7 +187,7 @@ impl PrivateBroker for PrivateHub {
         }
         let start = tokio::time::Instant::now();
         loop {
-            match Hub::start(config(self.port)).await {
+            match Hub::start(config(self.port, self.tls)).await {
                 Ok(h) => break *hub = Some(h),
                 // The old listener may take a moment to free the port.
                 Err(_) if start.elapsed() < Duration::from_secs(5) => {

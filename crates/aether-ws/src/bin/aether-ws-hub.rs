@@ -3,8 +3,9 @@
 //! Usage: `aether-ws-hub [LISTEN-URL] [BACKEND-URL]`, e.g.
 //! `AETHER_WS_TOKEN=s3cret aether-ws-hub ws://0.0.0.0:8080 redis://127.0.0.1:6379`.
 //! The listen URL takes the keys of `HubConfig` (`no_auth=true`, `origins=...`,
-//! `heartbeat=...`); the token comes from `AETHER_WS_TOKEN` so it stays out of the
-//! process list. Without a backend URL the hub runs its own in-memory broker.
+//! `heartbeat=...`; `wss://0.0.0.0:8443?tls_cert=cert.pem&tls_key=key.pem` for TLS); the
+//! token comes from `AETHER_WS_TOKEN` so it stays out of the process list. Without a
+//! backend URL the hub runs its own in-memory broker.
 
 use std::sync::Arc;
 
@@ -33,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
         None => Hub::start(config).await?,
     };
     println!(
-        "aether-ws hub on ws://{}/ws (backend {})",
+        "aether-ws hub on {}://{}/ws (backend {})",
+        if hub.tls() { "wss" } else { "ws" },
         hub.local_addr(),
         hub.backend().name()
     );

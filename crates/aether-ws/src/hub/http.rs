@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{Shared, bump};
+use crate::tls::{HANDSHAKE_RECORD, Stream};
 
 /// The largest request head read.
 const MAX_HEAD: usize = 16 << 10;
@@ -42,9 +43,12 @@ pub(crate) struct Head {
 }
 
 /// Serves one accepted socket.
-pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
     let _slot = Slot(shared.clone());
+    let Some(mut stream) = secure(&shared, tcp, peer).await else {
+        return;
+    };
     let read = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await;
     let (head, whole, head_len) = match read {
         Ok(Ok(Some(parsed))) => parsed,
@@ -94,6 +98,43 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     let _ = respond(&mut stream, status, cors.as_deref(), &body).await;
 }
 
+/// The socket as the hub serves it: plain, or with TLS on, once the handshake is done.
+/// With TLS on, a request in plain HTTP is answered 400 in plain HTTP (saying to use
+/// `https://` or `wss://`) instead of being left to time out, and counted with the failed
+/// handshakes. `None` when there is nothing more to serve.
+async fn secure(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option<Stream> {
+    let Some(acceptor) = &shared.tls else {
+        return Some(Stream::Plain(tcp));
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(READ_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return None,
+    }
+    if first[0] != HANDSHAKE_RECORD {
+        bump(&shared.counters.tls_failed);
+        let mut plain = Stream::Plain(tcp);
+        // Read the request first, so that closing does not reset the connection under
+        // the answer.
+        let _ = tokio::time::timeout(Duration::from_secs(1), read_head(&mut plain)).await;
+        let body = json!({ "error": "this hub serves TLS only: use https:// or wss://" });
+        let _ = respond(&mut plain, 400, None, &body).await;
+        return None;
+    }
+    match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)))),
+        Ok(Err(e)) => {
+            bump(&shared.counters.tls_failed);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            bump(&shared.counters.tls_failed);
+            None
+        }
+    }
+}
+
 /// Frees a place against `max_connections` when the socket is done.
 struct Slot(Arc<Shared>);
 
@@ -104,7 +145,7 @@ impl Drop for Slot {
 }
 
 /// Reads up to the end of the head; returns it, everything read, and the head's length.
-async fn read_head(stream: &mut TcpStream) -> Result<Option<(Head, Bytes, usize)>, String> {
+async fn read_head(stream: &mut Stream) -> Result<Option<(Head, Bytes, usize)>, String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -208,7 +249,7 @@ async fn route(
     shared: &Arc<Shared>,
     head: &Head,
     rest: Bytes,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
 ) -> (u16, serde_json::Value) {
     let c = &shared.counters;
     match (head.method.as_str(), head.path.as_str()) {
@@ -320,7 +361,7 @@ pub(crate) async fn publish(
     })
 }
 
-async fn read_body(stream: &mut TcpStream, rest: Bytes, len: usize) -> Result<Vec<u8>, String> {
+async fn read_body(stream: &mut Stream, rest: Bytes, len: usize) -> Result<Vec<u8>, String> {
     let mut body = rest.to_vec();
     body.truncate(len);
     let mut chunk = vec![0u8; 16 << 10];
@@ -344,7 +385,7 @@ fn decode_path(raw: &str) -> String {
 }
 
 async fn respond(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     status: u16,
     cors: Option<&str>,
     body: &serde_json::Value,
@@ -354,7 +395,7 @@ async fn respond(
 }
 
 async fn respond_raw(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     status: u16,
     cors: Option<&str>,
     content_type: &str,
@@ -399,7 +440,7 @@ async fn respond_raw(
 #[derive(Debug)]
 pub(crate) struct Prefixed {
     buf: Bytes,
-    inner: TcpStream,
+    inner: Stream,
 }
 
 impl AsyncRead for Prefixed {

@@ -57,6 +57,9 @@ pub struct HubStats {
     pub given_back: u64,
     /// Seed-protocol messages dropped as the second copy of one already taken.
     pub duplicates: u64,
+    /// Connections to a TLS hub that did not complete the TLS handshake: plain HTTP
+    /// (answered 400), a peer that does not trust the certificate, garbage.
+    pub tls_failed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +76,7 @@ pub(crate) struct Counters {
     pub(crate) expired: AtomicU64,
     pub(crate) given_back: AtomicU64,
     pub(crate) duplicates: AtomicU64,
+    pub(crate) tls_failed: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -95,6 +99,8 @@ pub(crate) struct Shared {
     pub(crate) seed_work: seed_work::SeedWork,
     /// A random number naming this run of the hub: peers notice a restart by it.
     pub(crate) session: u64,
+    /// With `tls_cert` and `tls_key`: every socket speaks TLS.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Shared {
@@ -172,6 +178,12 @@ impl Hub {
     /// queues and redelivery.
     pub async fn start_with(config: HubConfig, backend: SharedTransport) -> Result<Hub> {
         config.validate()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::tls::server_config(cert, key)?,
+            )),
+            _ => None,
+        };
         let bind = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&bind).await.map_err(|e| WsError::Io {
             what: format!("bind {bind}"),
@@ -192,9 +204,11 @@ impl Hub {
             replies: replies::Replies::default(),
             seed_work: seed_work::SeedWork::default(),
             session: uuid::Uuid::new_v4().as_u64_pair().0 | 1,
+            tls,
         });
         let accept = tokio::spawn(accept(listener, shared.clone()));
-        tracing::info!(%addr, backend = shared.backend.name(), "aether-ws hub listening");
+        let tls = shared.tls.is_some();
+        tracing::info!(%addr, tls, backend = shared.backend.name(), "aether-ws hub listening");
         Ok(Hub {
             shared,
             addr,
@@ -210,6 +224,11 @@ impl Hub {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether it serves TLS (`wss://`, `https://`).
+    pub fn tls(&self) -> bool {
+        self.shared.tls.is_some()
     }
 
     /// The backend it serves.
@@ -234,6 +253,7 @@ impl Hub {
             expired: g(&c.expired),
             given_back: g(&c.given_back),
             duplicates: g(&c.duplicates),
+            tls_failed: g(&c.tls_failed),
         }
     }
 
