@@ -2,8 +2,9 @@
 //!
 //! Two protocols share the `/ws` endpoint, told apart by the WebSocket frame type:
 //!
-//! - **aether** (binary frames): one MessagePack map per frame, [`ToHub`] from the peer,
-//!   [`ToPeer`] from the hub. Requests carry a `req` the hub answers with `Ok` or
+//! - **aether** (binary frames): one MessagePack value per frame, [`ToHub`] from the peer,
+//!   [`ToPeer`] from the hub: `{variant: [fields in declared order]}`. A frame whose fields
+//!   are a map by name (how the hub and peers wrote them at first) decodes the same. Requests carry a `req` the hub answers with `Ok` or
 //!   `Refused`; broadcasts are numbered per connection (`seq`) so a peer sees a gap;
 //!   deliveries carry a `tag` the peer settles with `Ack`, `Nack`, `Reject`.
 //! - **seed** (text frames): the Python AetherMagic hub's JSON, [`SeedFrame`]:
@@ -263,10 +264,11 @@ pub(crate) enum SeedFrame {
     },
 }
 
-/// Encodes an aether frame (MessagePack, maps with field names).
+/// Encodes an aether frame (MessagePack, fields as arrays in declared order: no field names
+/// to write, skip or compare; new fields go last).
 pub(crate) fn encode<T: Serialize>(frame: &T) -> Bytes {
     // Plain data of strings, numbers and byte strings: encoding cannot fail.
-    Bytes::from(rmp_serde::to_vec_named(frame).expect("encodable frame"))
+    Bytes::from(rmp_serde::to_vec(frame).expect("encodable frame"))
 }
 
 /// Decodes an aether frame.
@@ -317,6 +319,22 @@ mod tests {
         };
         assert_eq!(decode::<ToPeer>(&encode(&peer)).unwrap(), peer);
         assert!(decode::<ToHub>(b"\xc1garbage").is_err());
+    }
+
+    #[test]
+    fn frames_with_named_fields_decode_too() {
+        let ack = ToHub::Ack { tag: 5 };
+        let named = rmp_serde::to_vec_named(&ack).unwrap();
+        assert_eq!(decode::<ToHub>(&named).unwrap(), ack);
+        assert!(encode(&ack).len() < named.len());
+        let peer = ToPeer::Message {
+            sub: 1,
+            seq: 2,
+            topic: "u/j/t/x/1/complete".into(),
+            payload: b"{}".to_vec(),
+        };
+        let named = rmp_serde::to_vec_named(&peer).unwrap();
+        assert_eq!(decode::<ToPeer>(&named).unwrap(), peer);
     }
 
     #[test]
