@@ -2,7 +2,10 @@
 //! tokio-tungstenite. A hub thread (its own current-thread runtime, as the bench gives
 //! aether's hub) accepts WebSocket connections on a spare loopback port; a worker
 //! connection says `worker`, the client connection `client`; each connection has a reader
-//! and a writer fed by a bounded queue, as the aether hub's have. The client sends
+//! and a writer fed by a bounded queue, as the aether hub's have, writing what is queued
+//! before one flush, as aether's hub and peers do, through sockets with aether-ws's 8 KiB
+//! read buffer (tungstenite's default 128 KiB buffer is zero-filled before every read,
+//! which would make this floor slower than it need be). The client sends
 //! `[i: u64 LE][payload]` as a binary frame, the hub forwards it to the worker, the worker
 //! sends it back, the hub forwards that to the client, which matches it to the waiting
 //! request by `i`. No envelope, no acknowledgement, no credit, no heartbeat: what
@@ -11,9 +14,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use aether::aether_ws::tokio_tungstenite::{self, tungstenite::Message};
+use aether::aether_ws::tokio_tungstenite::tungstenite::Message;
+use aether::aether_ws::tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use aether::aether_ws::tokio_tungstenite::{self, WebSocketStream};
 use anyhow::Context;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,6 +29,33 @@ type Outbox = mpsc::Sender<Message>;
 
 /// Frames queued per connection, as the aether hub's default `send_queue`.
 const QUEUE: usize = 8192;
+
+/// Sockets as aether-ws sets them up (its `config::READ_BUFFER`).
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8 << 10)
+}
+
+/// Writes what `rx` queues to `sink`, every frame ready before one flush.
+async fn write<S>(
+    mut sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut rx: mpsc::Receiver<Message>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(m) = rx.recv().await {
+        if sink.feed(m).await.is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if sink.feed(more).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
 
 /// The raw hub: forwards the client's frames to the worker and the worker's to the client.
 fn hub() -> anyhow::Result<u16> {
@@ -63,18 +95,13 @@ fn hub() -> anyhow::Result<u16> {
 
 /// One connection on the raw hub: its role first, then frames forwarded to the other role.
 async fn serve(stream: TcpStream, peers: Arc<Mutex<HashMap<&'static str, Outbox>>>) {
-    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(socket_config())).await
+    else {
         return;
     };
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (sink, mut stream) = ws.split();
+    let (tx, rx) = mpsc::channel::<Message>(QUEUE);
+    tokio::spawn(write(sink, rx));
     let (me, other) = match stream.next().await {
         Some(Ok(Message::Text(t))) if t.as_str() == "worker" => ("worker", "client"),
         Some(Ok(Message::Text(t))) if t.as_str() == "client" => ("client", "worker"),
@@ -106,13 +133,27 @@ pub(crate) async fn run(
     let port = hub()?;
     let endpoint = format!("ws://127.0.0.1:{port}/ws");
 
-    // The worker: sends each frame back.
-    let (worker, _) = tokio_tungstenite::connect_async(&endpoint).await?;
-    let (mut wtx, mut wrx) = worker.split();
+    let connect = |endpoint: String| async move {
+        let connecting =
+            tokio_tungstenite::connect_async_with_config(endpoint, Some(socket_config()), true);
+        Ok::<_, anyhow::Error>(connecting.await?.0)
+    };
+
+    // The worker: sends each frame back, what has been read before one flush.
+    let (mut wtx, mut wrx) = connect(endpoint.clone()).await?.split();
     wtx.send(Message::text("worker")).await?;
     let worker = tokio::spawn(async move {
         while let Some(Ok(m)) = wrx.next().await {
-            if m.is_binary() && wtx.send(m).await.is_err() {
+            let mut frames = vec![m];
+            while let Some(Some(Ok(more))) = wrx.next().now_or_never() {
+                frames.push(more);
+            }
+            for m in frames.into_iter().filter(Message::is_binary) {
+                if wtx.feed(m).await.is_err() {
+                    return;
+                }
+            }
+            if wtx.flush().await.is_err() {
                 return;
             }
         }
@@ -120,18 +161,11 @@ pub(crate) async fn run(
 
     // The client: a writer task owns the sink (requests through a channel), a reader task
     // completes the waiting requests.
-    let (client, _) = tokio_tungstenite::connect_async(&endpoint).await?;
-    let (mut ctx, mut crx) = client.split();
+    let (mut ctx, mut crx) = connect(endpoint).await?.split();
     ctx.send(Message::text("client")).await?;
     let waiting: Waiting = Arc::default();
-    let (requests, mut queued) = mpsc::channel::<Message>(QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = queued.recv().await {
-            if ctx.send(m).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (requests, queued) = mpsc::channel::<Message>(QUEUE);
+    let writer = tokio::spawn(write(ctx, queued));
     let w = waiting.clone();
     let reader = tokio::spawn(async move {
         while let Some(Ok(m)) = crx.next().await {
