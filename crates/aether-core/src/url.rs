@@ -155,11 +155,19 @@ impl BrokerUrl {
     /// [`settings!`](crate::settings!)), in order. The first unknown key is an error naming
     /// the keys that are known.
     pub fn apply_query<C>(&self, keys: &[crate::settings::Key<C>], settings: &mut C) -> Result<()> {
-        for (k, v) in &self.query {
+        for (i, (k, v)) in self.query.iter().enumerate() {
             let Some(key) = keys.iter().find(|key| key.name == k) else {
                 let known: Vec<_> = keys.iter().map(|key| key.name).collect();
+                // A raw `&` in a secret value (`token=ab&cd`) splits it, and the rest
+                // would be printed here as a key's name.
+                let which = match i.checked_sub(1).map(|p| &self.query[p].0) {
+                    Some(secret) if is_secret_key(secret) => {
+                        format!("after {secret} (a raw `&` in its value? percent-encode it as %26)")
+                    }
+                    _ => format!("{k:?}"),
+                };
                 return Err(Error::Config(format!(
-                    "unknown query parameter {k:?} in a {} URL; known: {}",
+                    "unknown query parameter {which} in a {} URL; known: {}",
                     self.scheme,
                     known.join(", ")
                 )));
@@ -400,6 +408,25 @@ mod tests {
             "{err}"
         );
         assert_eq!(seen.0, ["list"]);
+
+        // What follows a raw `&` in a secret is part of it: not printed.
+        let push = |s: &mut Seen, v: &str| {
+            s.0.push(v.to_owned());
+            Ok(())
+        };
+        let keys =
+            ["mode", "token", "password"].map(|name| crate::settings::Key { name, apply: push });
+        for url in [
+            "redis://h?token=s3cr&zq9",
+            "redis://h?mode=x&password=s3cr&zq9=1",
+        ] {
+            let err = BrokerUrl::parse(url)
+                .unwrap()
+                .apply_query(&keys, &mut seen)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("%26") && !err.contains("zq9"), "{url}: {err}");
+        }
     }
 
     #[test]

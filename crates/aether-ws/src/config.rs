@@ -353,6 +353,35 @@ mod tests {
     }
 
     #[test]
+    fn url_errors_never_print_the_token() {
+        // Each URL is refused; none of the errors may show any part of the token.
+        for url in [
+            "ws://h:bad/ws?token=s3cr%zzt",
+            "ws://h/ws?token=s3cr%zzt",
+            "ws://h/ws?token=s3cr@t",
+            "ws://h/ws?token=s3cr#t&nope=1",
+            "ws://h/ws?token=s3cr&t",
+            "ws://h/ws?token=s3cr&t=1",
+            "ws://h/ws?heartbeat=1ms&token=s3crt",
+            "wss://h/ws?token=s3cr&t&tls_ca=/ca.pem",
+        ] {
+            let err = WsConfig::from_url(url).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains("s3cr"), "{url}: {text}");
+            // What follows a raw `&` in the token would be taken for a key's name.
+            assert!(!text.contains("\"t\""), "{url}: {text}");
+            let hub = url.replace("/ws?", "?");
+            if let Err(err) = HubConfig::from_url(&hub).and_then(|c| c.validate()) {
+                let text = format!("{err} {err:?}");
+                assert!(
+                    !text.contains("s3cr") && !text.contains("\"t\""),
+                    "{hub}: {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn hub_needs_a_token_or_an_explicit_no_auth() {
         let err = HubConfig::from_url("ws://0.0.0.0:1")
             .unwrap()
