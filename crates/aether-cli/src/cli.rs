@@ -64,6 +64,8 @@ pub(crate) enum Command {
     /// The token comes from `AETHER_WS_TOKEN` (never a flag: it would show in the process
     /// list); without one the listen URL must say `no_auth=true`. URL keys: no_auth,
     /// origins, max_connections, max_payload, heartbeat, send_queue, queue_capacity, ...
+    /// TLS: listen on `wss://host:port?tls_cert=cert.pem&tls_key=key.pem` (PEM files);
+    /// peers then connect with `wss://host:port/ws?tls_ca=ca.pem`.
     /// With `--backend URL` the hub is a gateway: its WebSocket peers' work queues,
     /// redelivery and broadcasts live on that broker, so several hubs can share them.
     Hub(HubArgs),
