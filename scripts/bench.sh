@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The README's performance table in one command: aether on every transport beside its raw
+# client loop, and Celery on Redis beside Redis, in ROUNDS interleaved rounds (medians).
+#
+#   scripts/bench.sh                 # ROUNDS=5 TASKS=5000
+#   ROUNDS=3 TASKS=2000 scripts/bench.sh
+#
+# Uses Redis (6379) and RabbitMQ (5672, guest/guest) on 127.0.0.1, as the tests do. Starts
+# its own Mosquitto with `set_tcp_nodelay true` on MQTT_PORT (18830), the ZeroMQ device and
+# the WebSocket hub inside the bench process, and, when CELERY_BENCH names Celery's
+# benchmark script (default ../shared/peers/celery_bench.py), a Celery worker in a venv
+# under target/. Everything it starts is stopped by PID when it ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-5}
+TASKS=${TASKS:-5000}
+MQTT_PORT=${MQTT_PORT:-18830}
+REDIS=${REDIS:-redis://127.0.0.1:6379}
+AMQP=${AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
+CELERY_BENCH=${CELERY_BENCH:-../shared/peers/celery_bench.py}
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+    done
+    [[ -f $work/celery.log ]] && tail -5 "$work/celery.log" >&2
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release -p aether-bench
+bench=${CARGO_TARGET_DIR:-target}/release/aether-bench
+
+cat > "$work/mosquitto.conf" <<CONF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+CONF
+mosquitto -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null && break; sleep 0.1; done
+
+peer=()
+if [[ -f $CELERY_BENCH ]]; then
+    venv=target/peers-venv
+    [[ -x $venv/bin/celery ]] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q celery redis packaging; }
+    script=$(realpath "$CELERY_BENCH")
+    venv=$(realpath "$venv")
+    (cd "$(dirname "$script")" && exec "$venv/bin/celery" -A "$(basename "$script" .py)" worker \
+        --pool=threads --concurrency=8 -l warning) > "$work/celery.log" 2>&1 &
+    pids+=($!)
+    peer=(--peer "$REDIS" "$venv/bin/python $script")
+else
+    echo "note: $CELERY_BENCH not found; Celery does not run beside Redis" >&2
+fi
+
+"$bench" --rounds "$ROUNDS" --tasks "$TASKS" --inflight 1,64 \
+    --raw redis --raw mqtt --raw amqp --raw zmq --raw ws \
+    memory://bench "$REDIS" "$REDIS?mode=list" "mqtt://127.0.0.1:$MQTT_PORT" "$AMQP" \
+    zmq://127.0.0.1:5591 ws://127.0.0.1:18095/ws "${peer[@]}"
