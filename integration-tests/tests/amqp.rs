@@ -11,12 +11,13 @@ integration_tests::conformance! {
     harness: AmqpHarness::from_env();
 }
 
-/// The suite again on quorum queues (replicated, counting redeliveries).
+/// The suite again on quorum queues (replicated, counting redeliveries), with a quorum
+/// dead-letter queue of its own name: the classic suite's `aether.dead-letters` is classic.
 mod quorum {
     use super::*;
 
     integration_tests::conformance! {
-        harness: AmqpHarness::with_query("queue_type=quorum");
+        harness: AmqpHarness::with_query(integration_tests::brokers::amqp_cluster::CLUSTER_QUERY);
     }
 }
 
@@ -446,6 +447,59 @@ async fn wrong_password_is_refused_without_printing_it() {
         !text.contains("wrong-hunter2"),
         "the password leaked: {text}"
     );
+}
+
+/// A dead-letter queue that exists with another queue type (quorum asked, classic there)
+/// is an error that names the queue and the URL key to change, not a bare
+/// `PRECONDITION_FAILED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_queue_of_another_type_is_a_clear_error() {
+    use aether::aether_amqp::amqprs::channel::{ExchangeDeleteArguments, QueueDeleteArguments};
+    use integration_tests::harness::{Harness, union};
+    let u = union();
+    let dl = format!("aether.test-dl-{u}");
+    let perform = |query: String| {
+        let u = u.clone();
+        async move {
+            let h = AmqpHarness::with_query(&query);
+            let node = aether::Aether::builder()
+                .union(&u)
+                .transport(h.connect().await)
+                .build()
+                .unwrap();
+            let sent = node
+                .client()
+                .perform("dl", "echo", "x", &1u32)
+                .await
+                .map(drop);
+            let _ = node.close().await;
+            h.cleanup(&u).await;
+            sent
+        }
+    };
+    perform(format!("dead_letter={dl}"))
+        .await
+        .expect("a classic dead-letter queue is declared");
+    let err = perform(format!("dead_letter={dl}&queue_type=quorum"))
+        .await
+        .expect_err("a quorum dead-letter queue cannot replace the classic one")
+        .to_string();
+    let (conn, channel) =
+        integration_tests::brokers::amqp::raw_channel(&AmqpHarness::from_env().url().unwrap())
+            .await
+            .unwrap();
+    channel
+        .queue_delete(QueueDeleteArguments::new(&dl))
+        .await
+        .unwrap();
+    channel
+        .exchange_delete(ExchangeDeleteArguments::new(&dl))
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    for says in [dl.as_str(), "x-queue-type", "dead_letter="] {
+        assert!(err.contains(says), "the error should say {says:?}: {err}");
+    }
 }
 
 /// The consumer contract on RabbitMQ: dropping a consumer gives back what it had buffered,

@@ -49,6 +49,31 @@ impl FromValue for QueueType {
     }
 }
 
+/// A RabbitMQ node, `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Host name or address (IPv6 in brackets, as in a URL).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl Node {
+    /// The node `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Node {
+        Node {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
 aether_core::settings! {
     /// How to reach RabbitMQ and how to lay out exchanges and queues on it.
     ///
@@ -62,6 +87,11 @@ aether_core::settings! {
         host: String = "127.0.0.1".into(),
         /// Broker port. Default 5672; an `amqps://` URL makes it 5671.
         port: u16 = 5672,
+        /// More nodes `host:port` of the same RabbitMQ cluster (same user, vhost and TLS
+        /// settings); the key repeats. The transport connects to the first node that
+        /// answers, host first, and after a lost connection tries the next one first, so
+        /// it fails over to a live node. Default none.
+        [key = AmqpConfig::add_cluster_node] cluster_nodes: Vec<Node> = Vec::new(),
         /// Virtual host, the URL's percent-decoded path (`/%2f` is `/`). Default `/`.
         vhost: String = "/".into(),
         /// User name. Default `guest`.
@@ -181,6 +211,28 @@ impl AmqpConfig {
         Ok(c)
     }
 
+    fn add_cluster_node(&mut self, value: &str) -> Result<()> {
+        let bad = || {
+            Error::Config(format!(
+                "invalid cluster node {value:?}: expected host:port"
+            ))
+        };
+        let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty() {
+            return Err(bad());
+        }
+        self.cluster_nodes
+            .push(Node::new(host, port.parse().map_err(|_| bad())?));
+        Ok(())
+    }
+
+    /// Every node to try: the URL's host, then each of `cluster_nodes`.
+    pub fn nodes(&self) -> Vec<Node> {
+        let mut nodes = vec![Node::new(self.host.clone(), self.port)];
+        nodes.extend(self.cluster_nodes.iter().cloned());
+        nodes
+    }
+
     /// Checks values that would only fail later, at the broker, saying what to change.
     pub fn validate(&self) -> Result<()> {
         let bad = |why: String| Err(Error::Config(why));
@@ -252,12 +304,15 @@ impl AmqpConfig {
 
     /// `amqp[s]://user:***@host:port/vhost`: the broker without the password, for logs.
     pub fn redacted_url(&self) -> String {
+        self.redacted_url_of(&Node::new(self.host.clone(), self.port))
+    }
+
+    /// [`AmqpConfig::redacted_url`] of one of its `nodes`.
+    pub fn redacted_url_of(&self, node: &Node) -> String {
         format!(
-            "{}://{}:***@{}:{}/{}",
+            "{}://{}:***@{node}/{}",
             if self.tls { "amqps" } else { "amqp" },
             self.username,
-            self.host,
-            self.port,
             self.vhost.replace('/', "%2f")
         )
     }
@@ -296,6 +351,27 @@ mod tests {
     }
 
     #[test]
+    fn cluster_nodes_repeat_after_the_host() {
+        let c = AmqpConfig::from_url(
+            "amqp://u:p@10.0.0.1:5673/?cluster_nodes=10.0.0.2:5674&cluster_nodes=[::1]:5675",
+        )
+        .unwrap();
+        assert_eq!(
+            c.nodes(),
+            [
+                Node::new("10.0.0.1", 5673),
+                Node::new("10.0.0.2", 5674),
+                Node::new("[::1]", 5675)
+            ]
+        );
+        assert_eq!(
+            c.redacted_url_of(&c.nodes()[2]),
+            "amqp://u:***@[::1]:5675/%2f"
+        );
+        assert_eq!(AmqpConfig::default().nodes().len(), 1);
+    }
+
+    #[test]
     fn refuses_mistakes_with_a_reason() {
         for (url, says) in [
             ("redis://h", "not an AMQP URL"),
@@ -306,6 +382,8 @@ mod tests {
             ("amqp://h?exchange=amq.topic", "reserved"),
             ("amqp://h?consumer_timeout=2200000s", "24.8 days"),
             ("amqp://h?heartbeat=500ms", "whole seconds"),
+            ("amqp://h?cluster_nodes=h2", "expected host:port"),
+            ("amqp://h?cluster_nodes=h2:x", "expected host:port"),
         ] {
             let err = AmqpConfig::from_url(url).unwrap_err().to_string();
             assert!(err.contains(says), "{url}: {err}");

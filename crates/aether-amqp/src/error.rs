@@ -30,6 +30,20 @@ pub enum AmqpError {
         /// The broker's explanation.
         text: String,
     },
+    /// A queue exists with other arguments than this configuration declares (RabbitMQ's
+    /// `406 PRECONDITION_FAILED`), e.g. a classic dead-letter queue where `queue_type=quorum`
+    /// asks for a quorum one.
+    #[error(
+        "queue {queue:?} already exists with other settings than this URL asks for ({text}); \
+         delete it, or give another name: `dead_letter=` for the dead-letter queue, \
+         `queue_prefix=` for work and holding queues"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The broker's explanation.
+        text: String,
+    },
     /// The broker refused a published message (a publisher-confirm nack).
     #[error("the broker refused the message (publisher nack)")]
     Nacked,

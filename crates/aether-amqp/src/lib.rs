@@ -63,10 +63,22 @@
 //!   that dies (or whose connection drops) leaves its tasks unacknowledged and RabbitMQ
 //!   gives them to another worker.
 //! - **Dead letters** (undecodable tasks, tasks past their attempts) go to the fanout
-//!   exchange and durable queue `aether.dead-letters` (bounded, oldest dropped first), with
+//!   exchange and durable queue `aether.dead-letters` ([`AmqpConfig::dead_letter`]; a
+//!   quorum queue with `queue_type=quorum`; bounded, oldest dropped first), with
 //!   the reason in the `x-aether-reason` header and the topic in `x-aether-topic`. Work
 //!   queues name it as their dead-letter exchange, so a `nack` without requeue lands there
 //!   too.
+//!
+//! ## Clusters
+//!
+//! Name every node of a RabbitMQ cluster in the URL, the first as its host and the others
+//! as repeated `cluster_nodes` keys, and use quorum queues so tasks are replicated:
+//! `amqp://app:pw@10.0.0.1:5672/prod?cluster_nodes=10.0.0.2:5672&cluster_nodes=10.0.0.3:5672&queue_type=quorum`.
+//! The transport connects to the first node that answers, in that order; after a lost
+//! connection it tries the next node first. A queue that exists with other arguments (say
+//! a classic `aether.dead-letters` left by an earlier setup) is refused with
+//! [`AmqpError::QueueMismatch`], which names the queue and the key to change
+//! (`dead_letter=` gives the dead-letter queue another name).
 //!
 //! ## Long tasks and the consumer timeout
 //!
@@ -112,7 +124,7 @@ mod topology;
 mod transport;
 mod work;
 
-pub use config::{AmqpConfig, QueueType};
+pub use config::{AmqpConfig, Node, QueueType};
 pub use error::AmqpError;
 pub use transport::AmqpTransport;
 

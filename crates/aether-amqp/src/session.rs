@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, MutexGuard, watch};
 
 use crate::channel::{Chan, Confirm, lock};
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, Node};
 use crate::error::AmqpError;
 use crate::topology::Decl;
 
@@ -26,6 +26,8 @@ const DECLARED_CAP: usize = 4096;
 /// the connection is lost.
 pub(crate) struct Session {
     pub(crate) generation: u64,
+    /// The index in `AmqpConfig::nodes` of the node it is connected to.
+    pub(crate) node: usize,
     pub(crate) conn: Connection,
     control: tokio::sync::Mutex<Option<Chan>>,
     publisher: tokio::sync::Mutex<Option<Chan>>,
@@ -35,15 +37,46 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Connects. Fails after `config.connect_timeout`.
-    pub(crate) async fn open(config: &AmqpConfig, generation: u64) -> Result<Session, AmqpError> {
-        let failed = |reason: String| AmqpError::Connect {
+    /// Connects to the first of `config`'s nodes that answers, trying them in turn from
+    /// the one at index `first`. Fails when none does; each may take
+    /// `config.connect_timeout`.
+    pub(crate) async fn open(
+        config: &AmqpConfig,
+        generation: u64,
+        first: usize,
+    ) -> Result<Session, AmqpError> {
+        let nodes = config.nodes();
+        let mut failures = Vec::new();
+        for k in 0..nodes.len() {
+            let node = (first + k) % nodes.len();
+            match Session::open_node(config, &nodes[node], generation, node).await {
+                Ok(session) => return Ok(session),
+                Err(e) if nodes.len() == 1 => return Err(e),
+                Err(e) => {
+                    tracing::debug!(node = %nodes[node], error = %e, "AMQP node unreachable");
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        Err(AmqpError::Connect {
             url: config.redacted_url(),
+            reason: format!("no node of the cluster answered: {}", failures.join("; ")),
+        })
+    }
+
+    async fn open_node(
+        config: &AmqpConfig,
+        at: &Node,
+        generation: u64,
+        node: usize,
+    ) -> Result<Session, AmqpError> {
+        let failed = |reason: String| AmqpError::Connect {
+            url: config.redacted_url_of(at),
             reason,
         };
         let mut args = OpenConnectionArguments::new(
-            &config.host,
-            config.port,
+            &at.host,
+            at.port,
             &config.username,
             config.password.expose(),
         );
@@ -52,7 +85,7 @@ impl Session {
             .connection_name(&config.connection_name);
         #[cfg(feature = "tls")]
         if config.tls {
-            args.tls_adaptor(tls_adaptor(config).map_err(|e| failed(e.to_string()))?);
+            args.tls_adaptor(tls_adaptor(config, at).map_err(|e| failed(e.to_string()))?);
         }
         let conn = match tokio::time::timeout(config.connect_timeout, Connection::open(&args)).await
         {
@@ -77,6 +110,7 @@ impl Session {
         let lost = watch_connection(&conn);
         Ok(Session {
             generation,
+            node,
             conn,
             control: Default::default(),
             publisher: Default::default(),
@@ -273,14 +307,14 @@ impl ConnectionCallback for ConnCallback {
 }
 
 #[cfg(feature = "tls")]
-fn tls_adaptor(config: &AmqpConfig) -> std::io::Result<amqprs::tls::TlsAdaptor> {
+fn tls_adaptor(config: &AmqpConfig, at: &Node) -> std::io::Result<amqprs::tls::TlsAdaptor> {
     use amqprs::tls::TlsAdaptor;
     // amqprs builds rustls configs with the process default provider; make sure there is one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let domain = config
         .tls_domain
         .clone()
-        .unwrap_or_else(|| config.host.trim_matches(['[', ']']).to_owned());
+        .unwrap_or_else(|| at.host.trim_matches(['[', ']']).to_owned());
     match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             TlsAdaptor::with_client_auth(config.tls_ca.as_deref(), cert, key, domain)

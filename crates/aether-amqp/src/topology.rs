@@ -107,9 +107,17 @@ impl Topology {
         q.key('.')
     }
 
-    /// The dead-letter exchange and its queue.
+    /// The dead-letter exchange and its queue, of the configured queue type (a quorum
+    /// queue on a cluster is what survives the loss of a node).
     pub(crate) fn dead_letters(&self) -> Vec<Decl> {
         let mut args = FieldTable::new();
+        if self.queue_type == QueueType::Quorum {
+            insert(
+                &mut args,
+                "x-queue-type",
+                self.queue_type.as_str().into_field(),
+            );
+        }
         insert(
             &mut args,
             "x-max-length",
@@ -274,15 +282,24 @@ impl Decl {
                     )
                     .await
             }
-            Decl::Queue { name, args } => ch
-                .channel
-                .queue_declare(
-                    QueueDeclareArguments::durable_client_named(name)
-                        .arguments(args.clone())
-                        .finish(),
-                )
-                .await
-                .map(drop),
+            Decl::Queue { name, args } => {
+                let declared = ch
+                    .channel
+                    .queue_declare(
+                        QueueDeclareArguments::durable_client_named(name)
+                            .arguments(args.clone())
+                            .finish(),
+                    )
+                    .await
+                    .map(drop);
+                return declared.map_err(|e| match ch.failure(e) {
+                    AmqpError::ChannelClosed { code: 406, text } => AmqpError::QueueMismatch {
+                        queue: name.clone(),
+                        text,
+                    },
+                    other => other,
+                });
+            }
             Decl::Bind {
                 queue,
                 exchange,
@@ -361,6 +378,22 @@ mod tests {
         let q = WorkQueue::new(&long, &long, &long, &long, "w").unwrap();
         let err = t.work_queue(&q).unwrap_err().to_string();
         assert!(err.contains("RabbitMQ allows 255"), "{err}");
+    }
+
+    #[test]
+    fn dead_letters_take_the_queue_type() {
+        let queue_type = |c: AmqpConfig| {
+            let decls = Topology::new(&c).dead_letters();
+            let Decl::Queue { args, .. } = &decls[1] else {
+                panic!("the dead-letter queue is second: {decls:?}")
+            };
+            args.as_ref()
+                .get(&"x-queue-type".try_into().unwrap())
+                .map(|v| v.to_string())
+        };
+        assert_eq!(queue_type(AmqpConfig::default()), None);
+        let quorum = queue_type(AmqpConfig::default().queue_type(QueueType::Quorum));
+        assert!(quorum.is_some_and(|t| t.contains("quorum")));
     }
 
     #[test]

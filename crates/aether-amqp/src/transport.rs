@@ -48,7 +48,7 @@ impl AmqpTransport {
     /// Connects with `config`.
     pub async fn connect_with(config: AmqpConfig) -> Result<AmqpTransport> {
         config.validate()?;
-        let session = Arc::new(Session::open(&config, 1).await?);
+        let session = Arc::new(Session::open(&config, 1, 0).await?);
         warn_about_old_brokers(&config, session.server_version());
         let shared = Arc::new(Shared {
             topology: Topology::new(&config),
@@ -344,7 +344,8 @@ async fn supervise(
         tracing::warn!(broker = %config.redacted_url(), "AMQP connection lost; reconnecting");
         let mut retry = Retry::new(config.reconnect_min, config.reconnect_max);
         session = loop {
-            match Session::open(&config, session.generation + 1).await {
+            // The node that was lost is tried last: in a cluster, another one takes over.
+            match Session::open(&config, session.generation + 1, session.node + 1).await {
                 Ok(new) => break Arc::new(new),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?retry.peek(), "AMQP reconnection failed");

@@ -56,10 +56,17 @@ impl AmqpHarness {
 
     /// The same with `query` (e.g. `queue_type=quorum`) added to every URL.
     pub fn with_query(query: &str) -> AmqpHarness {
-        let mut h = AmqpHarness::from_env();
-        h.url = format!("{}&{query}", h.url);
-        h.query = Some(query.to_owned());
-        h
+        let h = AmqpHarness::from_env();
+        AmqpHarness::at(h.url, query)
+    }
+
+    /// The broker at `url` (with the test settings already in its query) with `query`
+    /// added to it and to the URLs of private nodes.
+    pub fn at(url: String, query: &str) -> AmqpHarness {
+        AmqpHarness {
+            url: format!("{url}&{query}"),
+            query: Some(query.to_owned()),
+        }
     }
 }
 
@@ -414,7 +421,7 @@ fn write(dir: &Path, name: &str, text: &str) {
 }
 
 /// The `rabbitmq-server` script to run as the current user.
-fn server_binary() -> PathBuf {
+pub(crate) fn server_binary() -> PathBuf {
     if let Ok(p) = std::env::var("AETHER_TEST_RABBITMQ_SERVER") {
         return p.into();
     }

@@ -10,13 +10,13 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{LazyLock, Mutex, mpsc};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use aether::SharedTransport;
 use async_trait::async_trait;
 
-use crate::brokers::spare_port;
+use crate::brokers::{spare_port, spawn_kept};
 use crate::harness::{Harness, PrivateBroker};
 
 /// How long a cluster may take to form (or to be whole again after a restart).
@@ -210,7 +210,7 @@ impl RedisCluster {
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        let child = spawn_kept(cmd);
+        let child = spawn_kept(cmd).expect("redis-server on PATH (apt-get install redis-server)");
         lock(&self.nodes)[i] = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
@@ -355,48 +355,6 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Spawns `cmd` from a thread that lives as long as the process, under `setpriv
-/// --pdeathsig KILL` where available: the parent-death signal follows the thread that
-/// spawned the child, and a test's own thread ends with the test.
-fn spawn_kept(cmd: Command) -> Child {
-    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static KEEPER: LazyLock<Mutex<mpsc::Sender<Job>>> = LazyLock::new(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("redis-cluster-keeper".into())
-            .spawn(move || {
-                let setpriv = Command::new("setpriv")
-                    .arg("--help")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                for (cmd, reply) in rx {
-                    let _ = reply.send(if setpriv {
-                        let mut wrapped = Command::new("setpriv");
-                        wrapped.args(["--pdeathsig", "KILL", "--"]);
-                        wrapped.arg(cmd.get_program()).args(cmd.get_args());
-                        wrapped.stdout(Stdio::null()).stderr(Stdio::inherit());
-                        wrapped.spawn()
-                    } else {
-                        let mut cmd = cmd;
-                        cmd.spawn()
-                    });
-                }
-                // The channel never closes (the sender is static): this thread stays.
-            })
-            .expect("a keeper thread");
-        Mutex::new(tx)
-    });
-    let (tx, rx) = mpsc::channel();
-    lock(&KEEPER)
-        .send((cmd, tx))
-        .expect("the keeper thread runs");
-    rx.recv()
-        .expect("the keeper answers")
-        .expect("redis-server on PATH (apt-get install redis-server)")
 }
 
 /// Removes the directories of clusters whose test process is gone.
