@@ -108,6 +108,7 @@ async fn a_certificate_that_does_not_verify_is_a_typed_error_at_once() {
         let url = format!("wss://127.0.0.1:{port}/ws?token={TOKEN}{ca}");
         let err = refused(&url).await;
         is_invalid(&err, CertificateError::UnknownIssuer);
+        assert!(err.to_string().contains("tls_ca"), "{err}");
         assert!(!format!("{err} {err:?}").contains(TOKEN), "{err:?}");
     }
     // The right CA, but a certificate for other names.
@@ -130,6 +131,7 @@ async fn a_certificate_that_does_not_verify_is_a_typed_error_at_once() {
         } => {}
         other => panic!("not a name mismatch: {other:?}"),
     }
+    assert!(err.to_string().contains("does not name"), "{err}");
     // A wss:// peer at a plain hub: a TLS error, not a hang.
     let plain =
         Hub::start(HubConfig::from_url(&format!("ws://127.0.0.1:0?token={TOKEN}")).unwrap())
@@ -138,6 +140,7 @@ async fn a_certificate_that_does_not_verify_is_a_typed_error_at_once() {
     let url = format!("wss://127.0.0.1:{}/ws?token={TOKEN}", plain.port());
     let err = refused(&url).await;
     assert!(matches!(ws_error(&err), WsError::Tls { .. }), "{err:?}");
+    assert!(err.to_string().contains("serve TLS"), "{err}");
     assert!(hub.stats().tls_failed >= 1);
 }
 

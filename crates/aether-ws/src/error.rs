@@ -33,7 +33,7 @@ pub enum WsError {
     /// The TLS handshake with the hub failed: most often its certificate did not verify
     /// (`rustls::Error::InvalidCertificate`: an issuer not trusted, add it with `tls_ca`;
     /// a name that is not the URL's host; expired), or the port does not speak TLS.
-    #[error("TLS with {endpoint}: {source}")]
+    #[error("TLS with {endpoint}: {source}{}", tls_hint(source))]
     Tls {
         /// The URL without its token (`wss://host:port/path`).
         endpoint: String,
@@ -56,6 +56,21 @@ pub enum WsError {
     /// The hub could not be reached or did not welcome this peer in time.
     #[error("{0}")]
     Unreachable(String),
+}
+
+/// What to do about a TLS failure, where rustls' words alone leave it open.
+fn tls_hint(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "; its issuer is not trusted: add the CA's PEM file as tls_ca=..."
+        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => "; the certificate does not name the URL's host: connect by a name it holds",
+        rustls::Error::InvalidMessage(_) => "; does that port serve TLS (a hub with tls_cert)?",
+        _ => "",
+    }
 }
 
 impl From<WsError> for Error {
