@@ -225,4 +225,48 @@ async fn rest_over_https_and_plain_http_refused_with_400() {
     );
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(hub.stats().tls_failed, 1);
+
+    // A ws:// peer at the TLS port: its upgrade is answered 400, at once.
+    let err = refused(&format!("ws://127.0.0.1:{port}/ws?token={TOKEN}")).await;
+    assert!(
+        matches!(ws_error(&err), WsError::WebSocket { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("400"), "{err}");
+    assert_eq!(hub.stats().tls_failed, 2);
+}
+
+#[tokio::test]
+async fn a_hub_with_unusable_pem_files_refuses_to_start_naming_the_file_only() {
+    let certs = TestCerts::temporary();
+    let bad = certs.key.with_file_name("bad.pem");
+    std::fs::write(
+        &bad,
+        "-----BEGIN PRIVATE KEY-----\nSECRETKEYDATA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let missing = certs.key.with_file_name("missing.pem");
+    for (cert, key, says) in [
+        (&certs.cert, &bad, "tls_key"),
+        (&certs.cert, &missing, "tls_key"),
+        (&certs.cert, &certs.cert, "tls_key"),
+        (&certs.key, &certs.key, "tls_cert"),
+        (&missing, &certs.key, "tls_cert"),
+    ] {
+        let url = format!(
+            "wss://127.0.0.1:0?token={TOKEN}&tls_cert={}&tls_key={}",
+            cert.display(),
+            key.display()
+        );
+        let err = Hub::start(HubConfig::from_url(&url).unwrap())
+            .await
+            .unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(matches!(err, Error::Config(_)), "{text}");
+        assert!(text.contains(says), "{text}");
+        assert!(
+            !text.contains("SECRETKEYDATA") && !text.contains(TOKEN),
+            "{text}"
+        );
+    }
 }
