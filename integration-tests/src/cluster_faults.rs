@@ -1,6 +1,8 @@
-//! Faults in a Redis Cluster while tasks flow: a master killed (its replica takes over), a
-//! slot migrated to another master (MOVED and ASK redirections). What must hold: every task
-//! of the stream gets exactly one outcome, a success, and no caller sees an error.
+//! Faults in a cluster while tasks flow: in a Redis Cluster a master killed (its replica
+//! takes over) or a slot migrated to another master (MOVED and ASK redirections); in a
+//! RabbitMQ cluster the leader of the workgroup's quorum queue killed. What must hold:
+//! every task of the stream gets exactly one outcome, a success, and no caller sees an
+//! error.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,13 +11,33 @@ use std::time::Duration;
 use aether::{Aether, Error, TaskContext, WorkQueue};
 use tokio::sync::Semaphore;
 
+use crate::brokers::amqp_cluster::RabbitCluster;
 use crate::brokers::redis_cluster::RedisCluster;
 use crate::harness::union;
 
-/// Tasks in one stream.
+/// Tasks in one stream, unless a test asks for another [`Flow`].
 pub const TASKS: u32 = 500;
-/// Tasks in flight at a time.
+/// Tasks in flight at a time, unless a test asks for another [`Flow`].
 pub const IN_FLIGHT: usize = 16;
+
+/// How many tasks a stream sends, and how many at a time.
+#[derive(Clone, Copy, Debug)]
+pub struct Flow {
+    /// Tasks in the stream.
+    pub tasks: u32,
+    /// Tasks in flight at a time (and the worker's concurrency).
+    pub in_flight: usize,
+}
+
+impl Default for Flow {
+    /// [`TASKS`] at [`IN_FLIGHT`].
+    fn default() -> Flow {
+        Flow {
+            tasks: TASKS,
+            in_flight: IN_FLIGHT,
+        }
+    }
+}
 /// Outcomes received before the fault is injected.
 pub const BEFORE_FAULT: u32 = 100;
 /// How long each handler runs: long enough that the stream outlasts the fault.
@@ -32,26 +54,32 @@ pub struct Outcome {
     pub client: aether::Stats,
     /// Wall time of the stream.
     pub elapsed: Duration,
+    /// Outcomes in when the fault had been injected.
+    pub at_fault: u32,
 }
 
-/// Runs [`TASKS`] echo tasks at [`IN_FLIGHT`] through `url` (a cluster in some mode),
-/// injecting `fault(cluster, queue key)` once [`BEFORE_FAULT`] outcomes are in; asserts
+/// Runs `flow.tasks` echo tasks, `flow.in_flight` at a time, through `url` (a cluster), injecting
+/// `fault(cluster, the workgroup's queue)` once [`BEFORE_FAULT`] outcomes are in; asserts
 /// every task succeeds with its own value, once, and returns the counts.
-pub async fn stream_through_fault(
-    cluster: Arc<RedisCluster>,
+pub async fn stream_through_fault<C: Send + Sync + 'static>(
+    cluster: Arc<C>,
     url: &str,
-    fault: fn(&RedisCluster, &str),
+    flow: Flow,
+    fault: fn(&C, &WorkQueue),
 ) -> Outcome {
+    let Flow {
+        tasks: count,
+        in_flight,
+    } = flow;
     let u = union();
     let queue = WorkQueue::new(&u, "flow", "echo", "x", "g").unwrap();
-    let key = format!("{{{}}}", queue.key(':'));
     let runs = Arc::new(Mutex::new(BTreeMap::<u32, u32>::new()));
     let wn = node(url, &u).await;
     let r = runs.clone();
     let worker = wn
         .worker()
         .announce(false)
-        .concurrency(IN_FLIGHT)
+        .concurrency(in_flight)
         .workgroup("g")
         .handle("flow", "echo", "x", move |_ctx: TaskContext, v: u32| {
             *r.lock().unwrap().entry(v).or_default() += 1;
@@ -65,7 +93,7 @@ pub async fn stream_through_fault(
         .unwrap();
     let cn = node(url, &u).await;
     let client = cn.client();
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let slots = Arc::new(Semaphore::new(in_flight));
     let done = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let (fault_tx, fault_rx) = tokio::sync::oneshot::channel::<()>();
     let fault_tx = Arc::new(Mutex::new(Some(fault_tx)));
@@ -75,7 +103,7 @@ pub async fn stream_through_fault(
             fault_rx
                 .blocking_recv()
                 .expect("the stream reaches the fault");
-            fault(&cluster, &key);
+            fault(&cluster, &queue);
             done.load(std::sync::atomic::Ordering::SeqCst)
         }
     });
@@ -85,7 +113,7 @@ pub async fn stream_through_fault(
     // the in-flight limit.
     let all = async {
         let mut tasks = tokio::task::JoinSet::new();
-        for v in 0..TASKS {
+        for v in 0..count {
             let permit = slots.clone().acquire_owned().await.unwrap();
             let (client, done, fault_tx) = (client.clone(), done.clone(), fault_tx.clone());
             tasks.spawn(async move {
@@ -122,19 +150,25 @@ pub async fn stream_through_fault(
     let elapsed = start.elapsed();
     let done_at_fault_end = injector.await.expect("the fault ran");
     assert!(
-        done_at_fault_end < TASKS,
-        "the fault ended after the stream: make the stream longer"
+        done_at_fault_end < count,
+        "the fault ended after the stream ({done_at_fault_end} outcomes in {:?}): make the stream longer",
+        start.elapsed()
     );
-    assert!(errors.is_empty(), "callers saw errors: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "callers saw {} errors, the first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(10)]
+    );
     let stats = cn.stats();
     assert_eq!(
         stats.succeeded,
-        u64::from(TASKS),
+        u64::from(count),
         "one outcome each: {stats:?}"
     );
     assert_eq!(stats.failed + stats.lost, 0, "{stats:?}");
     let runs = runs.lock().unwrap().clone();
-    assert_eq!(runs.len() as u32, TASKS, "every task ran");
+    assert_eq!(runs.len() as u32, count, "every task ran");
     let _ = worker.shutdown(Duration::from_secs(5)).await;
     let _ = cn.close().await;
     let _ = wn.close().await;
@@ -142,6 +176,7 @@ pub async fn stream_through_fault(
         runs,
         client: stats,
         elapsed,
+        at_fault: done_at_fault_end,
     }
 }
 
@@ -158,17 +193,23 @@ async fn node(url: &str, union: &str) -> Aether {
         .expect("node settings")
 }
 
-/// Kills the master serving `key` with SIGKILL; its replica takes over.
-pub fn kill_master(cluster: &RedisCluster, key: &str) {
-    let master = cluster.master_of(key);
+/// The Redis key of `queue`'s stream or lists (its hash tag).
+fn redis_key(queue: &WorkQueue) -> String {
+    format!("{{{}}}", queue.key(':'))
+}
+
+/// Kills the master serving `queue` with SIGKILL; its replica takes over.
+pub fn kill_master(cluster: &RedisCluster, queue: &WorkQueue) {
+    let master = cluster.master_of(&redis_key(queue));
     cluster.kill_node(master);
     cluster.wait_whole();
 }
 
-/// Moves the slot of `key` to another master the way `redis-cli --cluster reshard` moves
+/// Moves the slot of `queue` to another master the way `redis-cli --cluster reshard` moves
 /// each slot (IMPORTING, MIGRATING, MIGRATE of its keys in batches, then NODE), with pauses
 /// so that commands meet the slot half-moved (ASK) and then moved (MOVED).
-pub fn migrate_slot(cluster: &RedisCluster, key: &str) {
+pub fn migrate_slot(cluster: &RedisCluster, queue: &WorkQueue) {
+    let key = &redis_key(queue);
     let from = cluster.master_of(key);
     let to = cluster
         .running()
@@ -204,4 +245,13 @@ pub fn migrate_slot(cluster: &RedisCluster, key: &str) {
         ok(cluster.cli(i, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]));
     }
     assert_eq!(cluster.master_of(key), to, "the slot moved");
+}
+
+/// Kills, with SIGKILL, the RabbitMQ node leading `queue`'s quorum queue (with the
+/// default `queue_prefix`); another node's replica takes over.
+pub fn kill_queue_leader(cluster: &RabbitCluster, queue: &WorkQueue) {
+    let name = format!("aether.{}.{}", queue.key('.'), queue.workgroup());
+    let leader = cluster.leader_of(&name);
+    cluster.kill_node(leader);
+    eprintln!("killed {}, the leader of {name}", cluster.node_name(leader));
 }

@@ -4,17 +4,19 @@
 
 use std::sync::Arc;
 
+use aether::WorkQueue;
 use integration_tests::brokers::redis_cluster::RedisCluster;
 use integration_tests::cluster_faults::{self, Outcome, kill_master, migrate_slot};
 
-async fn run(mode: &str, fault: fn(&RedisCluster, &str)) -> Outcome {
+async fn run(mode: &str, fault: fn(&RedisCluster, &WorkQueue)) -> Outcome {
     let cluster = Arc::new(
         tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
             .await
             .expect("a cluster"),
     );
     let url = cluster.url(mode, "");
-    let outcome = cluster_faults::stream_through_fault(cluster, &url, fault).await;
+    let outcome =
+        cluster_faults::stream_through_fault(cluster, &url, Default::default(), fault).await;
     let again: u32 = outcome.runs.values().map(|n| n - 1).sum();
     println!(
         "{mode}: {} tasks in {:?}, {again} handler runs again, client {:?}",

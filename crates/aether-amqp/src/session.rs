@@ -218,11 +218,32 @@ impl Session {
         };
         match confirm.await {
             Ok(Confirm::Ack) => Ok(()),
-            Ok(Confirm::Nack) => Err(AmqpError::Nacked),
+            Ok(Confirm::Nack) => {
+                self.renew_publisher(&chan).await;
+                Err(AmqpError::Nacked)
+            }
             Err(_) if chan.channel.is_connection_open() && !chan.is_open() => {
                 Err(chan.reason.error())
             }
             Err(_) => Err(AmqpError::Unconfirmed),
+        }
+    }
+}
+
+impl Session {
+    /// Sets `chan` aside if it is still the publisher channel, so the next publish opens a
+    /// new one. RabbitMQ keeps a per-channel client of each quorum queue published to;
+    /// after the queue's leader was lost that client may go on refusing (nacking) every
+    /// message, while a new channel finds the new leader. Publishes still waiting on
+    /// `chan` keep it open until they are confirmed.
+    async fn renew_publisher(&self, chan: &Chan) {
+        let mut slot = self.publisher.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.channel.channel_id() == chan.channel.channel_id())
+        {
+            tracing::debug!("the broker nacked a message: publishing on a new channel");
+            slot.take();
         }
     }
 }

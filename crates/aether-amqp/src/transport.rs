@@ -167,6 +167,7 @@ impl Shared {
         let deadline = Instant::now() + self.config.operation_timeout;
         let key = needs.key();
         let mut quick = 0;
+        let mut nacked = Retry::new(self.config.reconnect_min, self.config.reconnect_max);
         loop {
             let session = match self.session_now() {
                 Some(s) => s,
@@ -204,6 +205,16 @@ impl Shared {
                     continue;
                 }
                 e if e.is_connection_loss() && quick < QUICK_RETRIES => {}
+                // The broker did not take the message: a quorum queue without a leader
+                // (its node was just lost) nacks until another is elected. Send it again,
+                // on a new channel, until the deadline.
+                AmqpError::Nacked => {
+                    let wait = tokio::time::sleep(nacked.next_delay());
+                    if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                        return Err(err.into());
+                    }
+                    continue;
+                }
                 _ => return Err(err.into()),
             }
             quick += 1;

@@ -297,7 +297,11 @@ impl Drop for RabbitCluster {
         for i in 0..self.nodes.len() {
             self.kill_node(i);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("the nodes' logs are in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
