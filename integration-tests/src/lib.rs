@@ -106,6 +106,7 @@ macro_rules! conformance {
         $m!(suite, one_of_n_exactly_once);
         $m!(suite, every_workgroup_gets_every_task);
         $m!(suite, progress_arrives_in_order);
+        $m!(suite, heartbeats_are_not_duplicates);
         $m!(suite, typed_result_round_trip_in_both_codecs);
         $m!(suite, handler_error_fails_the_task);
         $m!(suite, handler_panic_fails_the_task_and_worker_survives);

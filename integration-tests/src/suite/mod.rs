@@ -125,6 +125,10 @@ pub const CASES: &[Case] = &[
         requires: always,
     },
     Case {
+        name: "heartbeats_are_not_duplicates",
+        requires: always,
+    },
+    Case {
         name: "typed_result_round_trip_in_both_codecs",
         requires: always,
     },

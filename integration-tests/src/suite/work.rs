@@ -300,3 +300,61 @@ pub async fn callback_style_round_trip(h: &dyn Harness, u: &str) {
         [(false, false, 0), (false, false, 50), (true, true, 100)]
     );
 }
+
+/// A handler that runs for several heartbeat intervals: its worker's heartbeats (statuses
+/// repeating the current progress to keep the lease) are not duplicates, while a status
+/// the transport delivers twice still is.
+pub async fn heartbeats_are_not_duplicates(h: &dyn Harness, u: &str) {
+    let u = u.to_owned();
+    let release = Arc::new(Notify::new());
+    // A 300 ms lease on the worker: it heartbeats every 100 ms.
+    let wn = node(h, &u, |b| b.lease(Duration::from_millis(300))).await;
+    let r = release.clone();
+    let _w = announce(wn.worker())
+        .handle("hb", "long", "x", move |ctx: TaskContext, v: u32| {
+            let r = r.clone();
+            async move {
+                ctx.progress_with(50, &json!({ "half": true })).await?;
+                r.notified().await;
+                Ok::<_, Error>(v + 1)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let cn = node(h, &u, |b| b).await;
+    let status = t(&u, "hb/long/x/heartbeat01/status");
+    let raw = h.connect().await;
+    let mut statuses = raw.subscribe(&TopicFilter::exact(&status)).await.unwrap();
+    let task = cn
+        .client()
+        .task("hb", "long")
+        .tid("heartbeat01")
+        .perform(&1u32)
+        .await
+        .unwrap();
+    // The progress report, then three heartbeats at 50 %.
+    let mut at_half = Vec::new();
+    while at_half.len() < 4 {
+        let (_, bytes) = next_msg(&mut statuses, "a status at 50 %").await;
+        let env = aether::Envelope::decode(bytes.clone()).unwrap();
+        if env.header().progress == 50 {
+            at_half.push(bytes);
+        }
+    }
+    // The progress report and a heartbeat again, as an at-least-once transport may deliver
+    // them: those two are duplicates.
+    raw.publish(&status, at_half[0].clone()).await.unwrap();
+    raw.publish(&status, at_half[3].clone()).await.unwrap();
+    eventually(WAIT, "the repeated statuses to be counted", || {
+        cn.stats().duplicate_updates >= 2
+    })
+    .await;
+    release.notify_one();
+    assert_eq!(within("result", task.result::<u32>()).await.unwrap(), 2);
+    let stats = cn.stats();
+    assert_eq!(
+        stats.duplicate_updates, 2,
+        "only the two repeated statuses are duplicates: {stats:?}"
+    );
+}
