@@ -42,8 +42,16 @@ counters! {
     deadline_exceeded,
     /// Client: tasks given up after every attempt.
     lost,
-    /// Client: status or complete messages that repeated one already seen.
+    /// Client: status or complete messages that repeated one already seen: delivered
+    /// twice, or (from a worker that does not number its statuses, like a Python one)
+    /// repeating or behind the progress already seen, or arriving after the outcome.
+    /// Heartbeats are not counted here.
     duplicate_updates,
+    /// Client: statuses from an aether worker that brought no news: heard for the first
+    /// time (by their number, `seq`) but repeating, or behind, the progress already seen.
+    /// Mostly heartbeats, which a worker sends every third of its lease while a handler
+    /// runs.
+    heartbeats,
     /// Client: progress updates dropped because the handle's buffer was full.
     progress_dropped,
     /// Worker: performs received.

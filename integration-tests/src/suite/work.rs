@@ -357,4 +357,5 @@ pub async fn heartbeats_are_not_duplicates(h: &dyn Harness, u: &str) {
         stats.duplicate_updates, 2,
         "only the two repeated statuses are duplicates: {stats:?}"
     );
+    assert!(stats.heartbeats >= 3, "the heartbeats counted: {stats:?}");
 }

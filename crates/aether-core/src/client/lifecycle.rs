@@ -10,6 +10,11 @@
 //!   the order the route delivers them (statuses sent before a completion first); a
 //!   repeated, stale or late reply is a duplicate, counted, never surfaced twice. The
 //!   first outcome wins.
+//! - **Heartbeats**: an aether worker numbers its statuses (`seq`), and heartbeats with
+//!   a status repeating its progress. A numbered status not heard before that changes
+//!   nothing is a heartbeat, counted apart; only one whose number was heard already (from
+//!   the same worker) is a duplicate. Unnumbered statuses (a Python worker's, which sends
+//!   no heartbeats) are judged by their progress alone, as above.
 //! - **Leases**: a task no worker accepted is dispatched again when silent for the
 //!   client's lease, where the transport may have dropped it; an accepted one when its
 //!   worker stopped heartbeating, where the transport would not hand it to another worker
@@ -80,7 +85,7 @@ pub(super) enum Event {
     Tick,
 }
 
-/// What the tracker asks for. The first four need no I/O and are carried out where the
+/// What the tracker asks for. The first five need no I/O and are carried out where the
 /// event was applied; the others are the supervisor's.
 #[derive(Debug)]
 pub(super) enum Effect {
@@ -88,6 +93,8 @@ pub(super) enum Effect {
     Progress { percent: u8, envelope: Envelope },
     /// A repeated, stale or late reply: count it.
     Duplicate,
+    /// A status heard for the first time that changed nothing (a heartbeat): count it.
+    Heartbeat,
     /// The task ended: surface the outcome (and wake the supervisor, which stops).
     Finish(Outcome),
     /// The timers changed: wake the supervisor to read [`Lifecycle::next_wake`] again.
@@ -174,6 +181,56 @@ pub(super) struct Lifecycle {
     chances: u32,
     /// A lease expired: the backoff before the next dispatch.
     pause: Option<Pause>,
+    /// The numbers of the statuses heard from the worker that sent the latest numbered one.
+    numbers: Option<Numbers>,
+}
+
+/// The numbers (`seq`) of one worker's statuses heard so far: the highest, and which of
+/// the 64 below it. Bounded: a number further below is taken as heard.
+#[derive(Clone, Copy, Debug)]
+struct Numbers {
+    /// The worker's host and client id, hashed.
+    sender: u64,
+    highest: u32,
+    /// Bit `i`: number `highest - 1 - i` was heard.
+    below: u64,
+}
+
+impl Numbers {
+    fn new(sender: u64) -> Numbers {
+        Numbers {
+            sender,
+            highest: 0,
+            below: 0,
+        }
+    }
+
+    /// Records `seq`; false if it was heard already, or is too far below to tell.
+    fn first_time(&mut self, seq: u32) -> bool {
+        if seq > self.highest {
+            let shift = seq - self.highest;
+            self.below = self.below.checked_shl(shift).unwrap_or(0)
+                | 1u64.checked_shl(shift - 1).unwrap_or(0);
+            self.highest = seq;
+            return true;
+        }
+        let Some(bit) = (self.highest - seq).checked_sub(1) else {
+            return false;
+        };
+        let mask = 1u64.checked_shl(bit).unwrap_or(0);
+        let first = self.below & mask == 0 && mask != 0;
+        self.below |= mask;
+        first
+    }
+}
+
+/// Who sent a reply, hashed: a worker's `host` and `client`.
+fn sender(env: &Envelope) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let h = env.header();
+    let mut hasher = std::hash::DefaultHasher::new();
+    (h.host.as_str(), h.client.as_str()).hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The backoff after an expired lease.
@@ -199,6 +256,7 @@ impl Lifecycle {
             attempt: 1,
             chances: 1,
             pause: None,
+            numbers: None,
         }
     }
 
@@ -290,18 +348,38 @@ impl Lifecycle {
             }
             return effects;
         }
-        match self.state.apply(event) {
-            Ok(Applied::Changed(state)) => {
+        let first_time = h.seq.map(|seq| self.first_time(&env, seq));
+        match (self.state.apply(event), first_time) {
+            (_, Some(false)) => effects.push(Effect::Duplicate),
+            (Ok(Applied::Changed(state)), _) => {
                 self.state = state;
                 effects.push(Effect::Progress {
                     percent: state.progress(),
                     envelope: env,
                 });
             }
+            // A numbered status not heard before: a heartbeat, or a report overtaken by a
+            // later one.
+            (Ok(Applied::Duplicate | Applied::Stale), Some(true)) => {
+                effects.push(Effect::Heartbeat);
+            }
             // A redelivered or stale report, or one after the outcome.
-            Ok(Applied::Duplicate | Applied::Stale) | Err(_) => effects.push(Effect::Duplicate),
+            (Ok(Applied::Duplicate | Applied::Stale) | Err(_), _) => {
+                effects.push(Effect::Duplicate);
+            }
         }
         effects
+    }
+
+    /// Whether status number `seq` of `env`'s sender is heard for the first time. A
+    /// sender other than the last one's starts its numbers afresh.
+    fn first_time(&mut self, env: &Envelope, seq: u32) -> bool {
+        let sender = sender(env);
+        let numbers = match &mut self.numbers {
+            Some(n) if n.sender == sender => n,
+            other => other.insert(Numbers::new(sender)),
+        };
+        numbers.first_time(seq)
     }
 
     /// Gap number `gap`: a task dispatched before it and not heard of since may have lost

@@ -138,6 +138,9 @@ impl TaskShared {
                 Effect::Duplicate => {
                     counters.duplicate_updates.fetch_add(1, Ordering::Relaxed);
                 }
+                Effect::Heartbeat => {
+                    counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+                }
                 Effect::Finish(outcome) => {
                     count(&outcome, counters, &self.metrics);
                     inner.outcome = Some(outcome);

@@ -132,6 +132,7 @@ impl CarryOut {
                 // Carried out where the event was applied.
                 Effect::Progress { .. }
                 | Effect::Duplicate
+                | Effect::Heartbeat
                 | Effect::Finish(_)
                 | Effect::Reschedule => {}
             }

@@ -5,6 +5,7 @@
 //! |-------|--------|
 //! | `p40` | progress 40 surfaced |
 //! | `dup` | a duplicate counted |
+//! | `beat` | a heartbeat counted |
 //! | `ok`, `failed`, `cancelled`, `deadline`, `lost3`, `closed` | the outcome |
 //! | `wake` | the supervisor woken to read its timers again |
 //! | `send2` | dispatch number 2 |
@@ -53,6 +54,9 @@ enum Ev {
     Sent(u64),
     /// A status with this progress and worker lease (ms).
     Report(u8, Option<u64>),
+    /// A status with this progress and number (`seq`), from worker `"w1"` or `"w2"`, which
+    /// promised a 300 ms lease.
+    Numbered(u8, u32, &'static str),
     Success,
     Failure,
     /// A reply that is neither a status nor a completion.
@@ -122,6 +126,57 @@ const ROWS: &[Row] = &[
             (17, Failure, "dup"),
             (18, Report(90, Some(300)), "dup"),
             (19, State, "succeeded"),
+        ],
+    ),
+    row(
+        "numbered statuses: heartbeats are not duplicates, a number heard twice is",
+        LOSSY,
+        &[
+            (0, Sent(0), ""),
+            (10, Numbered(0, 1, "w1"), "wake p0"),
+            (110, Numbered(0, 2, "w1"), "beat"),
+            (111, Numbered(0, 2, "w1"), "dup"),
+            (120, Numbered(50, 3, "w1"), "p50"),
+            (220, Numbered(50, 4, "w1"), "beat"),
+            (221, Numbered(50, 3, "w1"), "dup"),
+            (320, Numbered(50, 5, "w1"), "beat"),
+            (321, Numbered(50, 1, "w1"), "dup"),
+            (322, Numbered(50, 4, "w1"), "dup"),
+            // Overtaken in flight by number 7, then heard: news to nobody, yet no repeat.
+            (330, Numbered(70, 7, "w1"), "p70"),
+            (331, Numbered(60, 6, "w1"), "beat"),
+            (332, Numbered(60, 6, "w1"), "dup"),
+            (340, Success, "ok"),
+            (341, Success, "dup"),
+            (342, Numbered(70, 8, "w1"), "dup"),
+        ],
+    ),
+    row(
+        "numbered statuses: another worker numbers afresh",
+        LOSSY,
+        &[
+            (0, Sent(0), ""),
+            (10, Numbered(0, 1, "w1"), "wake p0"),
+            (20, Numbered(40, 2, "w1"), "p40"),
+            (30, Numbered(0, 1, "w2"), "beat"),
+            (40, Numbered(40, 2, "w2"), "beat"),
+            (41, Numbered(40, 2, "w2"), "dup"),
+            (50, Numbered(60, 3, "w2"), "p60"),
+            (60, Failure, "failed"),
+        ],
+    ),
+    row(
+        "numbered statuses: far behind the highest is taken as heard",
+        LOSSY,
+        &[
+            (0, Sent(0), ""),
+            (10, Numbered(0, 1, "w1"), "wake p0"),
+            (20, Numbered(0, 100, "w1"), "beat"),
+            (21, Numbered(0, 36, "w1"), "beat"),
+            (22, Numbered(0, 35, "w1"), "dup"),
+            (23, Numbered(0, 1000, "w1"), "beat"),
+            (24, Numbered(0, 999, "w1"), "beat"),
+            (25, Numbered(0, 100, "w1"), "dup"),
         ],
     ),
     row(
@@ -469,6 +524,14 @@ fn event(ev: Ev) -> Event {
     match ev {
         Sent(gaps) => Event::Sent { gaps },
         Report(p, lease) => Event::Reply(reply(Action::Status, Status::Progress, p, lease)),
+        Numbered(p, seq, worker) => {
+            let mut h = Header::new(Action::Status, "host", worker)
+                .status(Status::Progress)
+                .progress(p);
+            h.lease = Some(300);
+            h.seq = Some(seq);
+            Event::Reply(Envelope::decode(encode_raw(Codec::Json, &h, b"{}")).expect("valid"))
+        }
         Success => Event::Reply(reply(Action::Complete, Status::Succeed, 100, None)),
         Failure => Event::Reply(reply(Action::Complete, Status::Failed, 100, None)),
         Stray => Event::Reply(reply(Action::Perform, Status::Progress, 0, None)),
@@ -493,6 +556,7 @@ fn show(effects: &[Effect]) -> String {
     let short = |e: &Effect| match e {
         Effect::Progress { percent, .. } => format!("p{percent}"),
         Effect::Duplicate => "dup".into(),
+        Effect::Heartbeat => "beat".into(),
         Effect::Finish(o) => match o {
             Outcome::Succeeded(_) => "ok".into(),
             Outcome::Failed(_) => "failed".into(),
