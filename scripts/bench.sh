@@ -54,6 +54,11 @@ if [[ -f $CELERY_BENCH ]]; then
     (cd "$(dirname "$script")" && exec "$venv/bin/celery" -A "$(basename "$script" .py)" worker \
         --pool=threads --concurrency=8 -l warning) > "$work/celery.log" 2>&1 &
     pids+=($!)
+    # A fresh worker can take a while to start: wait until one task goes through.
+    for attempt in 1 2 3 4; do
+        "$venv/bin/python" "$script" 1 1 > /dev/null 2>&1 && break
+        [[ $attempt == 4 ]] && { echo "the Celery worker did not answer; see its log:" >&2; exit 1; }
+    done
     peer=(--peer "$REDIS" "$venv/bin/python $script")
 else
     echo "note: $CELERY_BENCH not found; Celery does not run beside Redis" >&2
