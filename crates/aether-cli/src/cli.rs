@@ -63,7 +63,8 @@ pub(crate) enum Command {
     /// on one port. Prints `listening on ws://...` once bound; stops on SIGTERM or Ctrl-C.
     /// The token comes from `AETHER_WS_TOKEN` (never a flag: it would show in the process
     /// list); without one the listen URL must say `no_auth=true`. URL keys: no_auth,
-    /// origins, max_connections, max_payload, heartbeat, send_queue, queue_capacity, ...
+    /// origins, max_connections, max_payload, heartbeat, send_queue, queue_capacity,
+    /// metrics (`metrics=true`: Prometheus text on `GET /metrics`, behind the token), ...
     /// TLS: listen on `wss://host:port?tls_cert=cert.pem&tls_key=key.pem` (PEM files);
     /// peers then connect with `wss://host:port/ws?tls_ca=ca.pem`.
     /// With `--backend URL` the hub is a gateway: its WebSocket peers' work queues,

@@ -3,8 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aether::observe::metrics as aether_metrics;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use aether::observe::prometheus::{self, CONTENT_TYPE, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -16,26 +15,11 @@ const MAX_HEAD: usize = 8 << 10;
 /// Installs the Prometheus recorder (before any node is built, so every handle records)
 /// and serves it on `addr` until the process ends. Returns the address bound.
 pub(crate) async fn serve(addr: SocketAddr) -> Result<SocketAddr, Failure> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Prefix("aether_".into()),
-            aether_metrics::DURATION_BUCKETS,
-        )
-        .and_then(PrometheusBuilder::install_recorder)
-        .map_err(|e| Failure::usage(format!("--metrics: {e}")))?;
-    aether_metrics::describe();
+    let handle = prometheus::install().map_err(|e| Failure::usage(format!("--metrics: {e}")))?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::usage(format!("--metrics {addr}: {e}")))?;
     let bound = listener.local_addr()?;
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
@@ -74,7 +58,7 @@ async fn answer(mut stream: TcpStream, handle: PrometheusHandle) {
         ("404 Not Found", "GET /metrics\n".to_owned())
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;

@@ -53,6 +53,7 @@
 //! | feature | what it adds |
 //! |---------|--------------|
 //! | `otel` | W3C trace context (`traceparent`, `tracestate`) written into each perform's headers from the current span and continued by the worker's span, through a [tracing-opentelemetry](https://docs.rs/tracing-opentelemetry) layer; see [`observe`] |
+//! | `prometheus` | `observe::prometheus`: the process's Prometheus recorder (metrics-exporter-prometheus) with aether's histogram buckets, for `/metrics` endpoints |
 
 pub mod action;
 pub mod callback;

@@ -181,6 +181,13 @@ aether_core::settings! {
         [key] retained_topics: usize = 1024,
         /// Performs a workgroup holds in the default in-memory backend. Default 65,536.
         [key] queue_capacity: usize = 65_536,
+        /// Serve `GET /metrics` (behind the token like every route): Prometheus text of
+        /// aether's metrics in this process and the hub's own counts. Starting the hub
+        /// installs the process's Prometheus recorder
+        /// (`aether_core::observe::prometheus::install`), so start it before building
+        /// nodes in the same process. Needs the `prometheus` cargo feature (on by
+        /// default). Default false.
+        [key] metrics: bool = false,
     }
 }
 
@@ -234,6 +241,11 @@ impl HubConfig {
         }
         if let Some(token) = &self.token {
             check_token(token)?;
+        }
+        if self.metrics && !cfg!(feature = "prometheus") {
+            return Err(Error::Config(
+                "metrics=true needs the `prometheus` cargo feature of aether-ws".into(),
+            ));
         }
         if self.heartbeat < Duration::from_millis(10) {
             return Err(Error::Config("heartbeat must be at least 10ms".into()));

@@ -27,7 +27,8 @@
 //! ## The hub
 //!
 //! One port: `GET /ws` (WebSocket), `POST /publish/{topic}`, `GET /health`,
-//! `GET /messages/{topic}` (see [`Hub`]). It is a gateway, not a broker of its own: each
+//! `GET /messages/{topic}`, and with `metrics=true` `GET /metrics` (see [`Hub`]). It is
+//! a gateway, not a broker of its own: each
 //! WebSocket subscription and consumer is one on its backend, and a delivery is held for
 //! its connection until the peer settles it; a connection that closes, breaks, stops
 //! answering pings or lets its send queue fill drops what it held, and the backend gives
@@ -54,7 +55,9 @@
 //!
 //! ## Cargo features
 //!
-//! This crate has no optional features.
+//! | feature | what it adds |
+//! |---------|--------------|
+//! | `prometheus` (default) | a hub's `metrics=true`: `GET /metrics` serves Prometheus text of aether's metrics in the process (`aether_core::observe::prometheus`) and the hub's own counts (`aether_hub_*`) |
 
 mod config;
 mod error;

@@ -36,6 +36,7 @@
 //! | `ws` | [`aether-ws`](https://docs.rs/aether-ws) | `ws://`, `wss://` (a peer of an aether-ws hub; TLS with rustls) |
 //! | `full` | every adapter above | |
 //! | `otel` | trace context across every transport ([`aether_core::observe`]) | |
+//! | `prometheus` | the process's Prometheus recorder for `/metrics` endpoints (`aether_core::observe::prometheus`) | |
 
 pub use aether_core::*;
 

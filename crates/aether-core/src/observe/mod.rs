@@ -26,7 +26,8 @@
 //! # Metrics
 //!
 //! Counters, a histogram and a gauge through the `metrics` facade: [`metrics`] lists
-//! them.
+//! them. With the `prometheus` feature, `prometheus::install` sets up the one
+//! Prometheus recorder of the process that aether's `/metrics` endpoints render.
 //!
 //! # Trace context
 //!
@@ -49,6 +50,8 @@ use crate::envelope::Header;
 use crate::topic::Topic;
 
 pub mod metrics;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 #[cfg(feature = "otel")]
 mod trace_context;
 

@@ -7,12 +7,13 @@
 //! | `POST /publish/{topic}` body `{"message": "<string>", "retain": false}` | `{"success": true, "topic": ...}`; a perform is enqueued (one-of-N), anything else broadcast |
 //! | `GET /health` | `{"status": "ok", "timestamp", "connections", "workers", "in_flight"}` |
 //! | `GET /messages/{topic}` | `{"topic", "messages": [{"message", "timestamp"}]}`, the retained ones |
+//! | `GET /metrics` | with `metrics=true`: Prometheus text, aether's metrics in this process and the hub's counts (`aether_hub_*`) |
 //! | `OPTIONS *` | CORS preflight for allowed origins |
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +23,8 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{Shared, bump};
+use super::{Counters, Shared, bump};
+use crate::config::HubConfig;
 use crate::tls::{HANDSHAKE_RECORD, Stream};
 
 /// The largest request head read.
@@ -85,6 +87,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
         let _ = respond(&mut stream, 401, cors.as_deref(), &body).await;
         return;
     }
+    if shared.config.metrics && head.method == "GET" && head.path == "/metrics" {
+        let body = metrics_text(&shared.counters);
+        let _ = respond_raw(
+            &mut stream,
+            200,
+            cors.as_deref(),
+            CONTENT_TYPE,
+            body.as_bytes(),
+        )
+        .await;
+        return;
+    }
     if head.upgrade && head.path == "/ws" {
         let stream = Prefixed {
             buf: whole,
@@ -133,6 +147,120 @@ async fn secure(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option<Str
             None
         }
     }
+}
+
+/// Installs the process's Prometheus recorder for a hub that serves `/metrics`.
+pub(crate) fn start_metrics(config: &HubConfig) -> aether_core::Result<()> {
+    #[cfg(feature = "prometheus")]
+    if config.metrics {
+        aether_core::observe::prometheus::install()?;
+    }
+    // Without the feature, `validate` refused `metrics=true`.
+    let _ = config;
+    Ok(())
+}
+
+/// The `Content-Type` of Prometheus text.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// `GET /metrics`: the process's recorder rendered, then the hub's own counts.
+fn metrics_text(c: &Counters) -> String {
+    #[cfg(feature = "prometheus")]
+    let mut text = aether_core::observe::prometheus::installed()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    #[cfg(not(feature = "prometheus"))]
+    let mut text = String::new();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let hub = [
+        (
+            "connections",
+            "gauge",
+            "WebSocket connections open now",
+            g(&c.connections),
+        ),
+        (
+            "consumers",
+            "gauge",
+            "Consumers (workers' queues) open now",
+            g(&c.consumers),
+        ),
+        (
+            "in_flight",
+            "gauge",
+            "Deliveries handed to peers and not settled yet",
+            g(&c.in_flight),
+        ),
+        (
+            "accepted_total",
+            "counter",
+            "WebSocket connections accepted",
+            g(&c.accepted),
+        ),
+        (
+            "unauthorized_total",
+            "counter",
+            "Requests refused for a missing or wrong token",
+            g(&c.unauthorized),
+        ),
+        (
+            "forbidden_origin_total",
+            "counter",
+            "Requests refused for their Origin",
+            g(&c.forbidden_origin),
+        ),
+        (
+            "over_limit_total",
+            "counter",
+            "Connections refused because max_connections were open",
+            g(&c.over_limit),
+        ),
+        (
+            "bad_frames_total",
+            "counter",
+            "Frames or requests that could not be taken",
+            g(&c.bad_frames),
+        ),
+        (
+            "stalled_total",
+            "counter",
+            "Connections cut off because their send queue was full",
+            g(&c.stalled),
+        ),
+        (
+            "expired_total",
+            "counter",
+            "Connections dropped for missing heartbeats",
+            g(&c.expired),
+        ),
+        (
+            "given_back_total",
+            "counter",
+            "Deliveries given back because their connection went away",
+            g(&c.given_back),
+        ),
+        (
+            "duplicates_total",
+            "counter",
+            "Seed-protocol messages dropped as a second copy",
+            g(&c.duplicates),
+        ),
+        (
+            "tls_failed_total",
+            "counter",
+            "TLS handshakes that failed, plain HTTP to a TLS hub included",
+            g(&c.tls_failed),
+        ),
+    ];
+    for (name, kind, help, value) in hub {
+        text.push_str(&format!(
+            "# HELP aether_hub_{name} {help}\n# TYPE aether_hub_{name} {kind}\naether_hub_{name} {value}\n"
+        ));
+    }
+    text
 }
 
 /// Frees a place against `max_connections` when the socket is done.

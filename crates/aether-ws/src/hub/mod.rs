@@ -178,6 +178,7 @@ impl Hub {
     /// queues and redelivery.
     pub async fn start_with(config: HubConfig, backend: SharedTransport) -> Result<Hub> {
         config.validate()?;
+        http::start_metrics(&config)?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
                 crate::tls::server_config(cert, key)?,
