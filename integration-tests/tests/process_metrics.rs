@@ -1,15 +1,21 @@
 //! Metrics of the whole process under its global Prometheus recorder
 //! (`aether::observe::prometheus::install`): a hub's `GET /metrics` after real round trips
-//! through the hub. A global recorder is one per process, so these cases have a binary of
-//! their own.
+//! through the hub, and `aether_transport_reconnects_total` after a real cut of a
+//! connection (a TCP proxy) on each transport. Adapters count reconnections on their
+//! broker client's threads (paho's, for MQTT), which a thread-local recorder would not
+//! see; a global recorder is one per process, so these cases have a binary of their own.
 
 use std::time::Duration;
 
 use aether::aether_ws::Hub;
 use aether::observe::metrics as m;
+use aether::observe::prometheus;
 use aether::{Aether, TaskContext};
+use integration_tests::brokers::amqp::DEFAULT_URL as AMQP_URL;
+use integration_tests::brokers::redis::RedisHarness;
 use integration_tests::brokers::ws;
-use integration_tests::harness::union;
+use integration_tests::harness::{Harness, UrlHarness, eventually, union};
+use integration_tests::proxy::{Proxy, authority};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -161,4 +167,71 @@ async fn hub_serves_metrics_that_move_with_round_trips() {
     worker.shutdown(LIMIT).await.expect("worker shutdown");
     drop((wnode, cnode));
     assert_eq!(hub.stats().unauthorized, 1);
+}
+
+/// `url` with `key=value` added to its query.
+fn with_key(url: &str, kv: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{kv}")
+}
+
+/// A client's connection goes through a proxy that cuts it for a moment: the transport's
+/// reconnection is counted, its client's subscriptions report the gap, and a task after it
+/// completes.
+async fn reconnection_is_counted(url: &str, transport: &'static str) {
+    let scrape = prometheus::install().expect("the process's recorder");
+    let target = authority(url).to_owned();
+    let proxy = Proxy::start(&target).await;
+    let proxied = url.replacen(&target, &format!("127.0.0.1:{}", proxy.port()), 1);
+    let proxied = with_key(&proxied, "reconnect_max=200ms");
+    let union = union();
+    let (wnode, worker) = worker_node(&with_key(url, "reconnect_max=200ms"), &union, "cut").await;
+    let cnode = client_node(&proxied, &union).await;
+    round_trip(&cnode, "cut", 1).await;
+
+    let labels = [("transport", transport)];
+    let now = |name| sample(&scrape.render(), name, &labels).unwrap_or(0.0);
+    let (reconnects, gaps) = (now(m::TRANSPORT_RECONNECTS), now(m::TRANSPORT_GAPS));
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    eventually(LIMIT, "a reconnection counted", || {
+        now(m::TRANSPORT_RECONNECTS) > reconnects
+    })
+    .await;
+    eventually(LIMIT, "the gap counted", || now(m::TRANSPORT_GAPS) > gaps).await;
+    round_trip(&cnode, "cut", 2).await;
+    assert!(
+        scrape
+            .render()
+            .contains(&format!("# HELP {} ", m::TRANSPORT_RECONNECTS))
+    );
+
+    worker.shutdown(LIMIT).await.expect("worker shutdown");
+    drop((wnode, cnode));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnection_is_counted_on_redis() {
+    let h = RedisHarness::from_env("streams");
+    let url = Harness::url(&h).expect("a Redis URL");
+    reconnection_is_counted(&url, "redis-streams").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnection_is_counted_on_mqtt() {
+    let h = UrlHarness::from_env("mqtt", "AETHER_TEST_MQTT_URL", "mqtt://127.0.0.1:1883");
+    reconnection_is_counted(h.url(), "mqtt").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnection_is_counted_on_amqp() {
+    let h = UrlHarness::from_env("amqp", "AETHER_TEST_AMQP_URL", AMQP_URL);
+    reconnection_is_counted(h.url(), "amqp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnection_is_counted_on_ws() {
+    let hub = Hub::start(ws::config(0, false)).await.expect("a hub");
+    reconnection_is_counted(&ws::url(hub.port(), false), "ws").await;
 }

@@ -357,7 +357,10 @@ async fn supervise(
         session = loop {
             // The node that was lost is tried last: in a cluster, another one takes over.
             match Session::open(&config, session.generation + 1, session.node + 1).await {
-                Ok(new) => break Arc::new(new),
+                Ok(new) => {
+                    aether_core::observe::metrics::reconnected("amqp");
+                    break Arc::new(new);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?retry.peek(), "AMQP reconnection failed");
                 }

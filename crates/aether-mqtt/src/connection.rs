@@ -59,6 +59,9 @@ pub(crate) fn create(
     client.set_connected_callback(move |cli| {
         // Restore the subscriptions first: on a clean session the broker forgot them.
         let n = l.borrow().connects + 1;
+        if n > 1 {
+            aether_core::observe::metrics::reconnected("mqtt");
+        }
         let pending = restore(cli, &r, v5, n, &l, runtime.as_ref());
         l.send_modify(|l| {
             l.up = true;

@@ -33,6 +33,14 @@ impl Mode {
             Mode::List => "list",
         }
     }
+
+    /// The transport's name in this mode: `"redis-streams"` or `"redis-list"`.
+    pub(crate) fn transport_name(self) -> &'static str {
+        match self {
+            Mode::Streams => "redis-streams",
+            Mode::List => "redis-list",
+        }
+    }
 }
 
 impl fmt::Display for Mode {

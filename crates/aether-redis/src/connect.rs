@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aether_core::{Error, Result};
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, EventInterface};
 use fred::types::config::{
     ClusterDiscoveryPolicy, Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, Server,
     ServerConfig, TcpConfig,
@@ -26,6 +26,8 @@ pub(crate) struct Connector {
     connection: ConnectionConfig,
     policy: ReconnectPolicy,
     timeout: Duration,
+    /// The transport's name, for its reconnection count.
+    transport: &'static str,
 }
 
 impl Connector {
@@ -89,6 +91,7 @@ impl Connector {
             connection,
             policy,
             timeout: c.operation_timeout,
+            transport: c.mode.transport_name(),
         })
     }
 
@@ -119,19 +122,45 @@ impl Connector {
             Some(self.connection.clone()),
             Some(self.policy.clone()),
         );
+        let reconnects = client.reconnect_rx();
         client.init().await.map_err(redis_err)?;
+        tokio::spawn(count_reconnects(reconnects, self.transport));
         Ok(client)
     }
 
     /// A subscriber client, not yet connected (so the caller can listen to its events
     /// first).
     pub(crate) fn subscriber(&self) -> SubscriberClient {
-        SubscriberClient::new(
+        let client = SubscriberClient::new(
             self.config.clone(),
             Some(self.perf(self.timeout)),
             Some(self.connection.clone()),
             Some(self.policy.clone()),
-        )
+        );
+        tokio::spawn(count_reconnects(client.reconnect_rx(), self.transport));
+        client
+    }
+}
+
+/// Counts each reconnection of one fred client in `aether_transport_reconnects_total`,
+/// until the client is gone. fred announces the first connection to each server as a
+/// reconnection too: only a server connected to before counts.
+async fn count_reconnects(
+    mut reconnects: tokio::sync::broadcast::Receiver<Server>,
+    transport: &'static str,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        match reconnects.recv().await {
+            Ok(server) => {
+                if !seen.insert(server) {
+                    aether_core::observe::metrics::reconnected(transport);
+                }
+            }
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 

@@ -111,10 +111,7 @@ impl Drop for Inner {
 #[async_trait]
 impl Transport for RedisTransport {
     fn name(&self) -> &'static str {
-        match self.inner.config.mode {
-            Mode::Streams => "redis-streams",
-            Mode::List => "redis-list",
-        }
+        self.inner.config.mode.transport_name()
     }
 
     fn capabilities(&self) -> Capabilities {

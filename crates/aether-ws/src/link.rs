@@ -481,7 +481,9 @@ async fn io(link: Arc<Link>, mut out: mpsc::Receiver<Out>, first: Ws) {
         };
         retry.reset();
         epoch += 1;
-        link.connections.fetch_add(1, Ordering::Relaxed);
+        if link.connections.fetch_add(1, Ordering::Relaxed) > 0 {
+            aether_core::observe::metrics::reconnected("ws");
+        }
         if !serve(&link, ws, &mut out, epoch).await {
             break;
         }

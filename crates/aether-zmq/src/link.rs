@@ -308,6 +308,9 @@ impl Link {
         if first {
             return;
         }
+        // libzmq reconnects TCP by itself; a new session is where the link sees it (the
+        // device restarted, or dropped this peer after missed heartbeats).
+        aether_core::observe::metrics::reconnected("zmq");
         tracing::info!("the zmq device has a new session for this connection; restoring");
         let subs: Vec<(u64, String)> = state
             .subs

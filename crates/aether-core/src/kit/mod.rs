@@ -74,7 +74,8 @@
 //!   spawn I/O from `Drop`.
 //! - After a reconnection, subscribe again before the transport counts as ready, then
 //!   bump each subscription's gap counter ([`Subscription::with_gaps`](crate::Subscription::with_gaps))
-//!   so clients re-dispatch what they may have missed.
+//!   so clients re-dispatch what they may have missed; count the reconnection with
+//!   [`observe::metrics::reconnected`](crate::observe::metrics::reconnected).
 //! - Errors are [`Error::Transport`](crate::Error::Transport) with the backend's name and
 //!   the source kept; never print a password.
 //!

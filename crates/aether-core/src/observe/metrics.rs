@@ -20,6 +20,7 @@
 //! | [`WORKER_QUEUE_WAIT`] | histogram, seconds | job, task, workgroup, transport | from a perform's dispatch (its `sent` header) to a worker admitting it; across hosts their clock difference included |
 //! | [`WORKERS_ONLINE`] | gauge | workgroup, transport | workers started and not yet stopped, in this process |
 //! | [`TRANSPORT_GAPS`] | counter | transport | interruptions a client's subscriptions reported (after which tasks not heard of are dispatched again) |
+//! | [`TRANSPORT_RECONNECTS`] | counter | transport | connections a transport made again after losing one ([`reconnected`], called by each adapter) |
 //!
 //! The same events feed [`Aether::stats`](crate::Aether::stats). Histograms get their
 //! buckets from the exporter: [`DURATION_BUCKETS`] are the ones aether's examples and
@@ -60,6 +61,8 @@ pub const WORKER_QUEUE_WAIT: &str = "aether_worker_queue_wait_seconds";
 pub const WORKERS_ONLINE: &str = "aether_workers_online";
 /// Counter: interruptions reported by a client's reply subscriptions.
 pub const TRANSPORT_GAPS: &str = "aether_transport_gaps_total";
+/// Counter: connections a transport made again after losing one (see [`reconnected`]).
+pub const TRANSPORT_RECONNECTS: &str = "aether_transport_reconnects_total";
 
 /// Histogram buckets, in seconds, for [`WORKER_HANDLER_DURATION`] and
 /// [`WORKER_QUEUE_WAIT`]: 1 ms to 5 min.
@@ -97,6 +100,19 @@ pub fn describe() {
         TRANSPORT_GAPS,
         "Interruptions reported by a client's reply subscriptions"
     );
+    describe_counter!(
+        TRANSPORT_RECONNECTS,
+        "Connections a transport made again after losing one"
+    );
+}
+
+/// Counts one reconnection of `transport` (its [`name`](crate::Transport::name)) in
+/// [`TRANSPORT_RECONNECTS`]. Adapters call it where a lost connection is back (before or
+/// after restoring subscriptions, once per connection that was lost: a transport holding
+/// several connections counts each); not for the first connection. A reconnection is
+/// rare, so the lookup of the handle on each call costs nothing worth keeping one for.
+pub fn reconnected(transport: &'static str) {
+    metrics::counter!(TRANSPORT_RECONNECTS, "transport" => transport).increment(1);
 }
 
 /// A client's handles for the tasks of one job and task on one transport.
