@@ -30,6 +30,12 @@
 //! `--defer-accept MS` sets the client's `Config::defer_accept` (0: workers accept every
 //! task at once, as before that setting existed).
 //!
+//! `--observe` installs what a user who watches aether installs, before any node is built:
+//! the Prometheus recorder (`aether::observe::prometheus::install`) and a `tracing`
+//! subscriber at `INFO` (so every perform and process span is created and its fields
+//! recorded; events are formatted and written to nowhere). Without it nothing is installed
+//! and the metrics and spans cost what they cost when off.
+//!
 //! `--peer URL COMMAND` runs another system's benchmark beside that URL's loops in each
 //! round (`COMMAND TASKS INFLIGHT`, see `peer.rs`), e.g. Celery on Redis:
 //! `--peer redis://127.0.0.1:6379 "python3 ../shared/peers/celery_bench.py"`.
@@ -68,6 +74,8 @@ struct Args {
     serve_hub: Option<String>,
     /// `--peer URL COMMAND`: another system's benchmark run beside URL's loops.
     peers: Vec<(String, String)>,
+    /// `--observe`: a Prometheus recorder and a tracing subscriber installed.
+    observe: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -83,6 +91,7 @@ fn parse_args() -> anyhow::Result<Args> {
         hold: None,
         serve_hub: None,
         peers: Vec::new(),
+        observe: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -115,6 +124,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.peers.push((url, command));
             }
             "--raw" => args.raw.push(it.next().context("--raw NAME")?),
+            "--observe" => args.observe = true,
             "--hold" => args.hold = Some(it.next().context("--hold N")?.parse()?),
             "--serve-hub" => args.serve_hub = Some(it.next().context("--serve-hub URL")?),
             "--defer-accept" => {
@@ -122,7 +132,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--inflight-for URL 64] [--payload BYTES] [--defer-accept MS] [--raw {}] [--peer URL COMMAND] URL...\n       aether-bench --hold N [--tasks N]",
+                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--inflight-for URL 64] [--payload BYTES] [--defer-accept MS] [--raw {}] [--peer URL COMMAND] [--observe] URL...\n       aether-bench --hold N [--tasks N]",
                     raw::NAMES.join("|")
                 );
                 std::process::exit(0);
@@ -146,6 +156,18 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
+/// `--observe`: the Prometheus recorder and a tracing subscriber at `INFO` whose output
+/// goes nowhere, so the cost measured is aether's and the subscriber's, not a terminal's.
+fn observe() -> anyhow::Result<()> {
+    aether::observe::prometheus::install()?;
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber)?;
+    Ok(())
+}
+
 impl Args {
     /// The in-flight levels `url` runs at.
     fn inflight(&self, url: &str) -> &[usize] {
@@ -162,11 +184,19 @@ async fn main() -> anyhow::Result<()> {
     if let Some(n) = args.hold {
         return hold::run(n, args.tasks).await;
     }
+    if args.observe {
+        observe()?;
+    }
     println!(
-        "{} tasks per run, payload {} bytes, {} cores",
+        "{} tasks per run, payload {} bytes, {} cores{}",
         args.tasks,
         args.payload,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if args.observe {
+            ", observed (Prometheus recorder, tracing subscriber at INFO)"
+        } else {
+            ""
+        }
     );
     let _devices = zmq_devices(&args.urls);
     ws_hub::start_in_process(&args.urls)?;
