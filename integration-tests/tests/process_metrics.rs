@@ -200,6 +200,8 @@ async fn reconnection_is_counted(url: &str, transport: &'static str) {
     })
     .await;
     eventually(LIMIT, "the gap counted", || now(m::TRANSPORT_GAPS) > gaps).await;
+    // stats() is fed where the metric is.
+    assert!(cnode.stats().gaps >= 1, "{:?}", cnode.stats());
     round_trip(&cnode, "cut", 2).await;
     assert!(
         scrape

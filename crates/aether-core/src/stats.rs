@@ -54,6 +54,10 @@ counters! {
     heartbeats,
     /// Client: progress updates dropped because the handle's buffer was full.
     progress_dropped,
+    /// Client: interruptions its reply subscriptions reported (a reconnection, a lost
+    /// broadcast), after which tasks not heard of are dispatched again; the node's share
+    /// of `aether_transport_gaps_total`.
+    gaps,
     /// Worker: performs received.
     received,
     /// Worker: handler runs that returned `Ok`.

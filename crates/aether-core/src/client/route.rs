@@ -294,6 +294,7 @@ fn on_gap(
     }
     let Some(route) = route.upgrade() else { return };
     let gap = route.gaps.fetch_add(1, Ordering::AcqRel) + 1;
+    counters.gaps.fetch_add(1, Ordering::Relaxed);
     route.metrics.gaps.increment(1);
     let tasks: Vec<_> = route.lock().values().cloned().collect();
     tracing::info!(
