@@ -237,3 +237,33 @@ async fn reconnection_is_counted_on_ws() {
     let hub = Hub::start(ws::config(0, false)).await.expect("a hub");
     reconnection_is_counted(&ws::url(hub.port(), false), "ws").await;
 }
+
+/// ZeroMQ: libzmq reconnects TCP by itself; what the link sees, and counts, is the device
+/// giving it a new session. A restarted device gives every link one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnection_is_counted_on_zmq() {
+    use integration_tests::brokers::zmq::PrivateDevice;
+    use integration_tests::harness::PrivateBroker;
+
+    let scrape = prometheus::install().expect("the process's recorder");
+    let device = PrivateDevice::start();
+    let union = union();
+    let (wnode, worker) = worker_node(&device.url(), &union, "zcut").await;
+    let cnode = client_node(&device.url(), &union).await;
+    round_trip(&cnode, "zcut", 1).await;
+
+    let labels = [("transport", "zmq")];
+    let now = |name| sample(&scrape.render(), name, &labels).unwrap_or(0.0);
+    let (reconnects, gaps) = (now(m::TRANSPORT_RECONNECTS), now(m::TRANSPORT_GAPS));
+    device.restart().await;
+    eventually(LIMIT, "both links' reconnections counted", || {
+        now(m::TRANSPORT_RECONNECTS) >= reconnects + 2.0
+    })
+    .await;
+    eventually(LIMIT, "the gap counted", || now(m::TRANSPORT_GAPS) > gaps).await;
+    round_trip(&cnode, "zcut", 2).await;
+    assert!(cnode.stats().gaps >= 1, "{:?}", cnode.stats());
+
+    worker.shutdown(LIMIT).await.expect("worker shutdown");
+    drop((wnode, cnode));
+}
