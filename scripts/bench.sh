@@ -7,7 +7,7 @@
 #
 # Uses Redis (6379) and RabbitMQ (5672, guest/guest) on 127.0.0.1, as the tests do. Starts
 # its own Mosquitto with `set_tcp_nodelay true` on MQTT_PORT (18830), the ZeroMQ device and
-# the WebSocket hub inside the bench process, and, when CELERY_BENCH names Celery's
+# the WebSocket hub inside the bench process, and, when CELERY_SCRIPT names Celery's
 # benchmark script (default ../shared/peers/celery_bench.py), a Celery worker in a venv
 # under target/. Everything it starts is stopped by PID when it ends.
 set -euo pipefail
@@ -17,7 +17,8 @@ TASKS=${TASKS:-5000}
 MQTT_PORT=${MQTT_PORT:-18830}
 REDIS=${REDIS:-redis://127.0.0.1:6379}
 AMQP=${AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
-CELERY_BENCH=${CELERY_BENCH:-../shared/peers/celery_bench.py}
+# Not CELERY_BENCH: Celery's worker reads that name and turns on its own bench mode.
+CELERY_SCRIPT=${CELERY_SCRIPT:-../shared/peers/celery_bench.py}
 
 work=$(mktemp -d)
 pids=()
@@ -46,10 +47,10 @@ pids+=($!)
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null && break; sleep 0.1; done
 
 peer=()
-if [[ -f $CELERY_BENCH ]]; then
+if [[ -f $CELERY_SCRIPT ]]; then
     venv=target/peers-venv
     [[ -x $venv/bin/celery ]] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q celery redis packaging; }
-    script=$(realpath "$CELERY_BENCH")
+    script=$(realpath "$CELERY_SCRIPT")
     venv=$(realpath "$venv")
     (cd "$(dirname "$script")" && exec "$venv/bin/celery" -A "$(basename "$script" .py)" worker \
         --pool=threads --concurrency=8 -l warning) > "$work/celery.log" 2>&1 &
@@ -61,7 +62,7 @@ if [[ -f $CELERY_BENCH ]]; then
     done
     peer=(--peer "$REDIS" "$venv/bin/python $script")
 else
-    echo "note: $CELERY_BENCH not found; Celery does not run beside Redis" >&2
+    echo "note: $CELERY_SCRIPT not found; Celery does not run beside Redis" >&2
 fi
 
 "$bench" --rounds "$ROUNDS" --tasks "$TASKS" --inflight 1,64 \
