@@ -256,6 +256,21 @@ fn zmq_devices(urls: &[String]) -> Vec<aether::aether_zmq::Device> {
     devices
 }
 
+/// What tells runs of one transport apart in the table: ` quorum` for quorum queues, and
+/// ` cluster` for a URL naming cluster nodes.
+fn url_tags(url: &str) -> String {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let has = |kv: &str| query.split('&').any(|p| p == kv || p.starts_with(kv));
+    let mut tags = String::new();
+    if has("queue_type=quorum") {
+        tags.push_str(" quorum");
+    }
+    if has("cluster_nodes=") || has("cluster=true") {
+        tags.push_str(" cluster");
+    }
+    tags
+}
+
 async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
     // One union for every run, so runs reuse the same queues and streams on the broker
     // instead of leaving a new set behind each time.
@@ -287,7 +302,7 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
     let client_node = client_node.build()?;
     let client = client_node.client();
     let payload = "x".repeat(args.payload);
-    let name = client_node.transport("")?.name();
+    let name = format!("{}{}", client_node.transport("")?.name(), url_tags(url));
     let one = |client: aether::Client, payload: String| async move {
         let task = client.perform("bench", "echo", "x", &payload).await?;
         let _: String = task.result().await?;
@@ -321,4 +336,21 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
     client_node.close().await?;
     worker_node.close().await?;
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_tags;
+
+    #[test]
+    fn runs_of_one_transport_are_told_apart_by_their_url() {
+        assert_eq!(url_tags("amqp://h/%2f"), "");
+        assert_eq!(url_tags("amqp://h/%2f?queue_type=quorum"), " quorum");
+        assert_eq!(
+            url_tags("amqp://h/%2f?cluster_nodes=h2:5672&queue_type=quorum"),
+            " quorum cluster"
+        );
+        assert_eq!(url_tags("redis://h?cluster=true"), " cluster");
+        assert_eq!(url_tags("amqp://h/?queue_type=classic"), "");
+    }
 }
