@@ -20,7 +20,7 @@ use aether::SharedTransport;
 use async_trait::async_trait;
 
 use crate::brokers::amqp::{AmqpHarness, with_test_query};
-use crate::brokers::{spare_port, spawn_kept_to};
+use crate::brokers::{lock, spare_port, spawn_kept_to, sweep_stale_dirs};
 use crate::harness::{Harness, PrivateBroker};
 
 /// How long a node may take to start, or to join the cluster.
@@ -104,7 +104,7 @@ impl RabbitCluster {
     /// Starts `n` nodes in parallel and joins the others to the first; panics (failing
     /// the test) with the node's log if one does not start or join. Blocks.
     pub fn start(n: usize) -> RabbitCluster {
-        sweep_stale_dirs();
+        sweep_stale_dirs(DIR_PREFIX);
         let dir = std::env::temp_dir().join(format!(
             "{DIR_PREFIX}{}-{}",
             std::process::id(),
@@ -368,27 +368,4 @@ fn write(dir: &Path, name: &str, text: &str) {
 
 fn ctl_binary() -> PathBuf {
     crate::brokers::amqp::server_binary().with_file_name("rabbitmqctl")
-}
-
-/// Removes the directories of clusters whose test process is gone.
-fn sweep_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(DIR_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-        else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

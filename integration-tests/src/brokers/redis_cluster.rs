@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use aether::SharedTransport;
 use async_trait::async_trait;
 
-use crate::brokers::{spare_port, spawn_kept};
+use crate::brokers::{lock, spare_port, spawn_kept, sweep_stale_dirs};
 use crate::harness::{Harness, PrivateBroker};
 
 /// How long a cluster may take to form (or to be whole again after a restart).
@@ -143,7 +143,7 @@ impl RedisCluster {
     /// panics (failing the test) if it cannot. Blocks: call it outside async code or
     /// accept a short stall of one runtime thread.
     pub fn start(masters: usize, replicas: usize) -> RedisCluster {
-        sweep_stale_dirs();
+        sweep_stale_dirs(DIR_PREFIX);
         let dir = std::env::temp_dir().join(format!(
             "{DIR_PREFIX}{}-{}",
             std::process::id(),
@@ -355,27 +355,4 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Removes the directories of clusters whose test process is gone.
-fn sweep_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(DIR_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-        else {
-            continue;
-        };
-        if !std::path::Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
