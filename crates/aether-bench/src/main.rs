@@ -16,6 +16,17 @@
 //! `bind`) gets an `aether_zmq::Device` started in this process on its own thread, unless
 //! something already listens there; the raw tmq baseline starts its own the same way.
 //!
+//! A `zmq://host:port?bind=true` URL is the brokerless topology: the client's transport
+//! hosts the device (its connection joins it over `inproc://`) and the worker connects
+//! to `zmq://host:port` over TCP, as a worker in another process would; its rows are
+//! tagged `brokerless`, and the raw ZeroMQ baselines run the same topology on it.
+//! `--raw libzmq` is the ZeroMQ floor: the raw tmq loop on blocking `zmq` sockets and
+//! plain threads, without an async runtime (`raw/libzmq.rs`).
+//!
+//! `--runtime current` runs the bench (client, worker, raw loops) on a current-thread
+//! Tokio runtime instead of the default multi-thread one (one worker per core); devices
+//! and hubs keep their own threads either way.
+//!
 //! `--inflight-for URL 64` adds a URL run at its own in-flight levels instead of
 //! `--inflight`'s (e.g. MQTT at 64 only, beside ZeroMQ at 1 and 64, in one run).
 //!
@@ -43,6 +54,10 @@
 //! Each URL gets its own worker node and client node (separate connections), a warm-up, then
 //! one closed-loop run per in-flight level. `--raw NAME` adds the raw baseline of that
 //! adapter (see `raw.rs`) on the same URL.
+//!
+//! Besides CPU per task, each row gives the process's context switches per task, those
+//! where a thread waited (voluntary: each is a wake-up) plus those where it was preempted
+//! (involuntary), from `/proc/self/task/*/status`.
 
 mod hold;
 mod peer;
@@ -76,6 +91,8 @@ struct Args {
     peers: Vec<(String, String)>,
     /// `--observe`: a Prometheus recorder and a tracing subscriber installed.
     observe: bool,
+    /// `--runtime current`: a current-thread runtime instead of the multi-thread one.
+    current_thread: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -92,6 +109,7 @@ fn parse_args() -> anyhow::Result<Args> {
         serve_hub: None,
         peers: Vec::new(),
         observe: false,
+        current_thread: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -125,6 +143,13 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--raw" => args.raw.push(it.next().context("--raw NAME")?),
             "--observe" => args.observe = true,
+            "--runtime" => {
+                args.current_thread = match it.next().as_deref() {
+                    Some("current") => true,
+                    Some("multi") => false,
+                    _ => bail!("--runtime current|multi"),
+                }
+            }
             "--hold" => args.hold = Some(it.next().context("--hold N")?.parse()?),
             "--serve-hub" => args.serve_hub = Some(it.next().context("--serve-hub URL")?),
             "--defer-accept" => {
@@ -132,7 +157,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--inflight-for URL 64] [--payload BYTES] [--defer-accept MS] [--raw {}] [--peer URL COMMAND] [--observe] URL...\n       aether-bench --hold N [--tasks N]",
+                    "usage: aether-bench [--rounds N] [--tasks N] [--inflight 1,64] [--inflight-for URL 64] [--payload BYTES] [--defer-accept MS] [--runtime current|multi] [--raw {}] [--peer URL COMMAND] [--observe] URL...\n       aether-bench --hold N [--tasks N]",
                     raw::NAMES.join("|")
                 );
                 std::process::exit(0);
@@ -175,9 +200,21 @@ impl Args {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    let runtime = if args.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(listen) = &args.serve_hub {
         return ws_hub::serve(listen).await;
     }
@@ -188,10 +225,15 @@ async fn main() -> anyhow::Result<()> {
         observe()?;
     }
     println!(
-        "{} tasks per run, payload {} bytes, {} cores{}",
+        "{} tasks per run, payload {} bytes, {} cores, {} runtime{}",
         args.tasks,
         args.payload,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if args.current_thread {
+            "current-thread"
+        } else {
+            "multi-thread"
+        },
         if args.observe {
             ", observed (Prometheus recorder, tracing subscriber at INFO)"
         } else {
@@ -256,8 +298,9 @@ fn zmq_devices(urls: &[String]) -> Vec<aether::aether_zmq::Device> {
     devices
 }
 
-/// What tells runs of one transport apart in the table: ` quorum` for quorum queues, and
-/// ` cluster` for a URL naming cluster nodes.
+/// What tells runs of one transport apart in the table: ` quorum` for quorum queues,
+/// ` cluster` for a URL naming cluster nodes, ` brokerless` for a process hosting the
+/// ZeroMQ device (`bind=true`).
 fn url_tags(url: &str) -> String {
     let query = url.split_once('?').map_or("", |(_, q)| q);
     let has = |kv: &str| query.split('&').any(|p| p == kv || p.starts_with(kv));
@@ -268,7 +311,25 @@ fn url_tags(url: &str) -> String {
     if has("cluster_nodes=") || has("cluster=true") {
         tags.push_str(" cluster");
     }
+    if url.starts_with("zmq://") && has("bind=true") {
+        tags.push_str(" brokerless");
+    }
     tags
+}
+
+/// The URL the worker connects with: `url`, except in the brokerless topology, where the
+/// client hosts the device (`bind=true`) and the worker connects to it over TCP.
+fn worker_url(url: &str) -> String {
+    if !url_tags(url).contains("brokerless") {
+        return url.to_owned();
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let rest: Vec<&str> = query.split('&').filter(|p| *p != "bind=true").collect();
+    if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    }
 }
 
 async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
@@ -277,9 +338,12 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
     let union = "bench";
     let levels = args.inflight(url);
     let max_inflight = levels.iter().copied().max().unwrap_or(1);
+    // The client's connection first: in the brokerless topology it hosts the device the
+    // worker connects to.
+    let client_transport = aether::connect(url).await?;
     let worker_node = Aether::builder()
         .union(union)
-        .transport(aether::connect(url).await?)
+        .transport(aether::connect(&worker_url(url)).await?)
         .build()?;
     let worker = worker_node
         .worker()
@@ -293,9 +357,7 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
         )
         .start()
         .await?;
-    let mut client_node = Aether::builder()
-        .union(union)
-        .transport(aether::connect(url).await?);
+    let mut client_node = Aether::builder().union(union).transport(client_transport);
     if let Some(ms) = args.defer_accept {
         client_node = client_node.defer_accept(Duration::from_millis(ms));
     }
@@ -340,7 +402,7 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
 
 #[cfg(test)]
 mod tests {
-    use super::url_tags;
+    use super::{url_tags, worker_url};
 
     #[test]
     fn runs_of_one_transport_are_told_apart_by_their_url() {
@@ -352,5 +414,18 @@ mod tests {
         );
         assert_eq!(url_tags("redis://h?cluster=true"), " cluster");
         assert_eq!(url_tags("amqp://h/?queue_type=classic"), "");
+        assert_eq!(url_tags("zmq://h:5592?bind=true"), " brokerless");
+        assert_eq!(url_tags("zmq://h:5591"), "");
+    }
+
+    #[test]
+    fn the_worker_of_a_brokerless_url_connects_over_tcp() {
+        assert_eq!(worker_url("zmq://h:5592?bind=true"), "zmq://h:5592");
+        assert_eq!(
+            worker_url("zmq://h:5592?hwm=5&bind=true&heartbeat=2s"),
+            "zmq://h:5592?hwm=5&heartbeat=2s"
+        );
+        assert_eq!(worker_url("zmq://h:5591?hwm=5"), "zmq://h:5591?hwm=5");
+        assert_eq!(worker_url("redis://h?mode=list"), "redis://h?mode=list");
     }
 }

@@ -76,7 +76,7 @@ mod tests {
         .expect("parsed");
         assert_eq!(
             r.row(),
-            "| celery redis | 64 | 500 | 330 | 1.700 ms | 20.000 ms | - |"
+            "| celery redis | 64 | 500 | 330 | 1.700 ms | 20.000 ms | - | - |"
         );
         assert!(super::parse("celery worker ready", 1).is_none());
     }

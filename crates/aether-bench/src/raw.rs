@@ -3,6 +3,7 @@
 //! per adapter.
 
 mod amqp;
+mod libzmq;
 mod mqtt;
 mod redis;
 mod ws;
@@ -13,13 +14,21 @@ use anyhow::bail;
 use crate::runner::Report;
 
 /// The baselines this build has.
-pub(crate) const NAMES: &[&str] = &["redis", "mqtt", "amqp", "zmq", "ws"];
+pub(crate) const NAMES: &[&str] = &["redis", "mqtt", "amqp", "zmq", "libzmq", "ws"];
 
 /// Whether baseline `name` speaks the protocol `url` names, so `--raw redis` beside
-/// `memory://` and `redis://` URLs runs only against the latter.
+/// `memory://` and `redis://` URLs runs only against the latter. `libzmq` (blocking
+/// sockets on plain threads) is a ZeroMQ baseline.
 pub(crate) fn applies(name: &str, url: &str) -> bool {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    let name = if name == "libzmq" { "zmq" } else { name };
     scheme == name || scheme.strip_suffix('s') == Some(name)
+}
+
+/// Whether a `zmq://` URL names the brokerless topology (`bind=true`): the client hosts
+/// the device and joins it in-process, the worker connects over TCP.
+fn brokerless(url: &str) -> bool {
+    aether::aether_zmq::ZmqConfig::from_url(url).is_ok_and(|c| c.bind)
 }
 
 /// Runs baseline `name` against `url`.
@@ -35,6 +44,10 @@ pub(crate) async fn run(
         "mqtt" => mqtt::run(url, tasks, inflight, payload).await,
         "amqp" => amqp::run(url, tasks, inflight, payload).await,
         "zmq" => zmq::run(url, tasks, inflight, payload).await,
+        "libzmq" => {
+            let url = url.to_owned();
+            tokio::task::spawn_blocking(move || libzmq::run(&url, tasks, inflight, payload)).await?
+        }
         "ws" => ws::run(url, tasks, inflight, payload).await,
         _ => bail!(
             "no raw baseline named {name:?}; known: {}",
@@ -52,5 +65,14 @@ mod tests {
         assert!(super::applies("amqp", "amqps://host/"));
         assert!(!super::applies("redis", "memory://bench"));
         assert!(!super::applies("mqtt", "redis://host/"));
+        assert!(super::applies("libzmq", "zmq://127.0.0.1:5591"));
+        assert!(!super::applies("libzmq", "ws://127.0.0.1:1/ws"));
+    }
+
+    #[test]
+    fn a_bind_url_is_the_brokerless_topology() {
+        assert!(super::brokerless("zmq://127.0.0.1:5592?bind=true"));
+        assert!(!super::brokerless("zmq://127.0.0.1:5591"));
+        assert!(!super::brokerless("ws://127.0.0.1:1/ws"));
     }
 }

@@ -13,6 +13,9 @@ pub(crate) struct Sample {
     /// CPU time (user + system, every thread of this process) spent during the run: the
     /// client, the worker and the broker client library together, as both live here.
     pub(crate) cpu: Option<Duration>,
+    /// Context switches of this process's threads during the run, voluntary (a thread
+    /// waited: each is a wake-up later) and involuntary (preempted).
+    pub(crate) switches: Option<Switches>,
     /// Each round trip's latency.
     pub(crate) lat: Vec<Duration>,
 }
@@ -31,8 +34,7 @@ where
         let share = n / inflight.max(1) + 1;
         queued.push((0..share).map(|_| one()).collect::<Vec<_>>());
     }
-    let cpu0 = process_cpu();
-    let start = Instant::now();
+    let meter = Meter::start();
     for jobs in queued {
         let next = next.clone();
         lanes.push(tokio::spawn(async move {
@@ -52,9 +54,92 @@ where
     for lane in lanes {
         lat.extend(lane.await??);
     }
-    let wall = start.elapsed();
-    let cpu = cpu0.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a));
-    Ok(Sample { wall, cpu, lat })
+    Ok(meter.sample(lat))
+}
+
+/// Wall time, CPU time and context switches from its start, for a run that measures its
+/// latencies itself (a loop on plain threads).
+pub(crate) struct Meter {
+    start: Instant,
+    cpu: Option<Duration>,
+    switches: Option<Switches>,
+}
+
+impl Meter {
+    pub(crate) fn start() -> Meter {
+        Meter {
+            cpu: process_cpu(),
+            switches: Switches::now(),
+            start: Instant::now(),
+        }
+    }
+
+    /// What the run cost since the start, with its latencies.
+    pub(crate) fn sample(self, lat: Vec<Duration>) -> Sample {
+        let wall = self.start.elapsed();
+        let cpu = self
+            .cpu
+            .zip(process_cpu())
+            .map(|(a, b)| b.saturating_sub(a));
+        let switches = self.switches.zip(Switches::now()).map(|(a, b)| b.since(a));
+        Sample {
+            wall,
+            cpu,
+            switches,
+            lat,
+        }
+    }
+}
+
+/// Context switches of this process's live threads (`/proc/self/task/*/status`; Linux).
+/// A thread that ends during a run takes its count with it: runs measure while their
+/// threads live.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Switches {
+    pub(crate) voluntary: u64,
+    pub(crate) involuntary: u64,
+}
+
+impl Switches {
+    fn now() -> Option<Switches> {
+        let mut total = Switches::default();
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+                continue; // the thread ended meanwhile
+            };
+            total = total.plus(Switches::parse(&status));
+        }
+        Some(total)
+    }
+
+    /// The counts in one `status` file.
+    fn parse(status: &str) -> Switches {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Switches {
+            voluntary: field("voluntary_ctxt_switches:"),
+            involuntary: field("nonvoluntary_ctxt_switches:"),
+        }
+    }
+
+    fn plus(self, other: Switches) -> Switches {
+        Switches {
+            voluntary: self.voluntary + other.voluntary,
+            involuntary: self.involuntary + other.involuntary,
+        }
+    }
+
+    fn since(self, before: Switches) -> Switches {
+        Switches {
+            voluntary: self.voluntary.saturating_sub(before.voluntary),
+            involuntary: self.involuntary.saturating_sub(before.involuntary),
+        }
+    }
 }
 
 /// User + system CPU time of this process so far, from `/proc/self/stat` (Linux; `None`
@@ -81,11 +166,18 @@ pub(crate) struct Report {
     p99: Duration,
     /// CPU per round trip, if the platform tells.
     cpu_per_task: Option<Duration>,
+    /// Voluntary and involuntary context switches per round trip, if the platform tells.
+    switches_per_task: Option<(f64, f64)>,
 }
 
 impl Report {
     pub(crate) fn new(name: String, inflight: usize, sample: Sample) -> Report {
-        let Sample { wall, cpu, mut lat } = sample;
+        let Sample {
+            wall,
+            cpu,
+            switches,
+            mut lat,
+        } = sample;
         lat.sort_unstable();
         let q = |q: f64| {
             lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
@@ -101,6 +193,10 @@ impl Report {
             p50: q(0.50),
             p99: q(0.99),
             cpu_per_task: cpu.map(|c| c / tasks.max(1) as u32),
+            switches_per_task: switches.map(|s| {
+                let n = tasks.max(1) as f64;
+                (s.voluntary as f64 / n, s.involuntary as f64 / n)
+            }),
         }
     }
 
@@ -121,16 +217,17 @@ impl Report {
             p50,
             p99,
             cpu_per_task: None,
+            switches_per_task: None,
         }
     }
 
     pub(crate) fn header() -> &'static str {
-        "| loop | in flight | tasks | tasks/s | p50 | p99 | CPU/task |\n|---|---:|---:|---:|---:|---:|---:|"
+        "| loop | in flight | tasks | tasks/s | p50 | p99 | CPU/task | switches/task |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     }
 
     pub(crate) fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
             self.name,
             self.inflight,
             self.tasks,
@@ -138,6 +235,7 @@ impl Report {
             ms(self.p50),
             ms(self.p99),
             self.cpu_per_task.map_or("-".into(), us),
+            self.switches_per_task.map_or("-".into(), switches),
         )
     }
 }
@@ -148,6 +246,11 @@ fn ms(d: Duration) -> String {
 
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Voluntary switches, then the involuntary ones: `7.9 + 0.4`.
+fn switches((voluntary, involuntary): (f64, f64)) -> String {
+    format!("{voluntary:.1} + {involuntary:.1}")
 }
 
 /// The reports of several rounds, kept per (URL, loop, in flight) in the order first seen.
@@ -169,7 +272,7 @@ impl Rounds {
     }
 
     pub(crate) fn header() -> &'static str {
-        "| loop | in flight | tasks/s (median) | min-max | p50 | p99 | CPU/task | vs raw |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| loop | in flight | tasks/s (median) | min-max | p50 | p99 | CPU/task | switches/task | vs raw |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     }
 
     /// One line per loop and in-flight level: medians over the rounds, the range of tasks/s,
@@ -198,6 +301,16 @@ impl Rounds {
                 } else {
                     us(Duration::from_secs_f64(median(cpu.into_iter())))
                 };
+                let counted: Vec<(f64, f64)> =
+                    runs.iter().filter_map(|r| r.switches_per_task).collect();
+                let switched = if counted.is_empty() {
+                    "-".into()
+                } else {
+                    switches((
+                        median(counted.iter().map(|s| s.0)),
+                        median(counted.iter().map(|s| s.1)),
+                    ))
+                };
                 let ratio = if key.1.starts_with("aether") {
                     self.order
                         .iter()
@@ -215,7 +328,7 @@ impl Rounds {
                     String::new()
                 };
                 format!(
-                    "| {} | {} | {:.0} | {:.0}-{:.0} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.0} | {:.0}-{:.0} | {} | {} | {} | {} | {} |",
                     key.1,
                     key.2,
                     median_rate(key),
@@ -224,6 +337,7 @@ impl Rounds {
                     ms(Duration::from_secs_f64(p50)),
                     ms(Duration::from_secs_f64(p99)),
                     cpu,
+                    switched,
                     ratio,
                 )
             })
@@ -259,6 +373,7 @@ mod tests {
             p50: Duration::from_millis(1),
             p99: Duration::from_millis(2),
             cpu_per_task: Some(Duration::from_micros(50)),
+            switches_per_task: Some((4.0, 0.5)),
         }
     }
 
@@ -291,13 +406,27 @@ mod tests {
             lines[1]
         );
         // No raw loop ran on the second URL: no ratio.
-        assert!(lines[2].ends_with("50 µs |  |"), "{}", lines[2]);
+        assert!(lines[2].ends_with("50 µs | 4.0 + 0.5 |  |"), "{}", lines[2]);
     }
 
     #[test]
     fn process_cpu_is_read_on_linux() {
         if cfg!(target_os = "linux") {
             assert!(process_cpu().is_some());
+        }
+    }
+
+    #[test]
+    fn switches_are_read_from_status_and_counted_on_linux() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
+        let s = Switches::parse(status);
+        assert_eq!((s.voluntary, s.involuntary), (12, 3));
+        if cfg!(target_os = "linux") {
+            let before = Switches::now().expect("/proc/self/task");
+            // A thread that sleeps switches at least once.
+            std::thread::sleep(Duration::from_millis(5));
+            let after = Switches::now().expect("/proc/self/task");
+            assert!(after.since(before).voluntary >= 1, "{before:?} {after:?}");
         }
     }
 }

@@ -4,6 +4,9 @@
 //! to the worker, the worker answers `[client, i, payload]`, the device forwards that to
 //! the client, which matches it to the waiting request by `i`. No envelope, no credit, no
 //! acknowledgement, no heartbeat: what ZeroMQ and tmq cost alone over the same hops.
+//!
+//! With a `bind=true` URL the topology is the brokerless one: the client's DEALER joins
+//! the ROUTER over `inproc://` (the process hosting the device), the worker's over TCP.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +25,12 @@ fn frames(parts: Vec<Vec<u8>>) -> Multipart {
     parts.into_iter().map(tmq::Message::from).collect()
 }
 
-/// The raw device: a ROUTER forwarding requests to the worker and replies to clients.
-fn device(context: tmq::Context) -> anyhow::Result<(String, std::thread::JoinHandle<()>)> {
+/// The raw device: a ROUTER forwarding requests to the worker and replies to clients,
+/// bound on a spare loopback port and on `inproc`.
+fn device(
+    context: tmq::Context,
+    inproc: String,
+) -> anyhow::Result<(String, std::thread::JoinHandle<()>)> {
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -38,11 +45,15 @@ fn device(context: tmq::Context) -> anyhow::Result<(String, std::thread::JoinHan
                 Ok(r) => r,
                 Err(e) => return drop(bound_tx.send(Err(e.to_string()))),
             };
-            let endpoint = tmq::AsZmqSocket::get_socket(&router)
+            let socket = tmq::AsZmqSocket::get_socket(&router);
+            let endpoint = socket
                 .get_last_endpoint()
                 .ok()
                 .and_then(Result::ok)
                 .unwrap_or_default();
+            if let Err(e) = socket.bind(&inproc) {
+                return drop(bound_tx.send(Err(e.to_string())));
+            }
             let _ = bound_tx.send(Ok(endpoint));
             let (mut tx, mut rx) = router.split::<Multipart>();
             let mut worker: Option<Vec<u8>> = None;
@@ -86,13 +97,15 @@ fn device(context: tmq::Context) -> anyhow::Result<(String, std::thread::JoinHan
 }
 
 pub(crate) async fn run(
-    _url: &str,
+    url: &str,
     tasks: usize,
     inflight: usize,
     payload: usize,
 ) -> anyhow::Result<Report> {
     let context = tmq::Context::new();
-    let (endpoint, device_thread) = device(context.clone())?;
+    static IDS: AtomicU64 = AtomicU64::new(0);
+    let inproc = format!("inproc://raw-tmq-{}", IDS.fetch_add(1, Ordering::Relaxed));
+    let (endpoint, device_thread) = device(context.clone(), inproc.clone())?;
 
     // The worker: answers each request with its payload.
     let worker = tmq::dealer(&context).set_linger(0).connect(&endpoint)?;
@@ -111,7 +124,14 @@ pub(crate) async fn run(
     });
 
     // The client: one task owns the socket; requests come through a channel.
-    let client = tmq::dealer(&context).set_linger(0).connect(&endpoint)?;
+    let client_endpoint = if super::brokerless(url) {
+        &inproc
+    } else {
+        &endpoint
+    };
+    let client = tmq::dealer(&context)
+        .set_linger(0)
+        .connect(client_endpoint)?;
     let (mut ctx, mut crx) = client.split::<Multipart>();
     let waiting: Waiting = Arc::default();
     let (requests, mut queued) = mpsc::channel::<Multipart>(4096);
@@ -172,5 +192,6 @@ pub(crate) async fn run(
     tokio::task::spawn_blocking(move || device_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("raw zmq device thread panicked"))?;
-    Ok(Report::new("raw tmq".to_owned(), inflight, sample))
+    let name = format!("raw tmq{}", crate::url_tags(url));
+    Ok(Report::new(name, inflight, sample))
 }
