@@ -21,7 +21,8 @@
 //! to `zmq://host:port` over TCP, as a worker in another process would; its rows are
 //! tagged `brokerless`, and the raw ZeroMQ baselines run the same topology on it.
 //! `--raw libzmq` is the ZeroMQ floor: the raw tmq loop on blocking `zmq` sockets and
-//! plain threads, without an async runtime (`raw/libzmq.rs`).
+//! plain threads, without an async runtime (`raw/libzmq.rs`); `--raw zmq-fd` is the raw
+//! tmq loop on Tokio without tmq, each socket's `ZMQ_FD` in the reactor (`raw/zmqfd.rs`).
 //!
 //! `--runtime current` runs the bench (client, worker, raw loops) on a current-thread
 //! Tokio runtime instead of the default multi-thread one (one worker per core); devices

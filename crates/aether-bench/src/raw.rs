@@ -8,20 +8,24 @@ mod mqtt;
 mod redis;
 mod ws;
 mod zmq;
+mod zmqfd;
 
 use anyhow::bail;
 
 use crate::runner::Report;
 
 /// The baselines this build has.
-pub(crate) const NAMES: &[&str] = &["redis", "mqtt", "amqp", "zmq", "libzmq", "ws"];
+pub(crate) const NAMES: &[&str] = &["redis", "mqtt", "amqp", "zmq", "zmq-fd", "libzmq", "ws"];
 
 /// Whether baseline `name` speaks the protocol `url` names, so `--raw redis` beside
-/// `memory://` and `redis://` URLs runs only against the latter. `libzmq` (blocking
-/// sockets on plain threads) is a ZeroMQ baseline.
+/// `memory://` and `redis://` URLs runs only against the latter. `zmq-fd` (ZeroMQ on
+/// Tokio without tmq) and `libzmq` (blocking sockets on plain threads) are ZeroMQ ones.
 pub(crate) fn applies(name: &str, url: &str) -> bool {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
-    let name = if name == "libzmq" { "zmq" } else { name };
+    let name = match name {
+        "zmq-fd" | "libzmq" => "zmq",
+        other => other,
+    };
     scheme == name || scheme.strip_suffix('s') == Some(name)
 }
 
@@ -44,6 +48,7 @@ pub(crate) async fn run(
         "mqtt" => mqtt::run(url, tasks, inflight, payload).await,
         "amqp" => amqp::run(url, tasks, inflight, payload).await,
         "zmq" => zmq::run(url, tasks, inflight, payload).await,
+        "zmq-fd" => zmqfd::run(url, tasks, inflight, payload).await,
         "libzmq" => {
             let url = url.to_owned();
             tokio::task::spawn_blocking(move || libzmq::run(&url, tasks, inflight, payload)).await?
@@ -66,6 +71,7 @@ mod tests {
         assert!(!super::applies("redis", "memory://bench"));
         assert!(!super::applies("mqtt", "redis://host/"));
         assert!(super::applies("libzmq", "zmq://127.0.0.1:5591"));
+        assert!(super::applies("zmq-fd", "zmq://127.0.0.1:5591?bind=true"));
         assert!(!super::applies("libzmq", "ws://127.0.0.1:1/ws"));
     }
 
