@@ -7,7 +7,9 @@
 #
 # Uses Redis (6379) and RabbitMQ (5672, guest/guest) on 127.0.0.1, as the tests do. Starts
 # its own Mosquitto with `set_tcp_nodelay true` on MQTT_PORT (18830), the ZeroMQ device and
-# the WebSocket hub inside the bench process, and, when CELERY_SCRIPT names Celery's
+# the WebSocket hub inside the bench process (ZeroMQ twice: a device on its own thread, and
+# brokerless, the client hosting the device and the worker connecting over TCP; beside
+# raw tmq and the libzmq floor on plain threads), and, when CELERY_SCRIPT names Celery's
 # benchmark script (default ../shared/peers/celery_bench.py), a Celery worker in a venv
 # under target/. Everything it starts is stopped by PID when it ends.
 set -euo pipefail
@@ -66,6 +68,6 @@ else
 fi
 
 "$bench" --rounds "$ROUNDS" --tasks "$TASKS" --inflight 1,64 \
-    --raw redis --raw mqtt --raw amqp --raw zmq --raw ws \
+    --raw redis --raw mqtt --raw amqp --raw zmq --raw libzmq --raw ws \
     memory://bench "$REDIS" "$REDIS?mode=list" "mqtt://127.0.0.1:$MQTT_PORT" "$AMQP" \
-    zmq://127.0.0.1:5591 ws://127.0.0.1:18095/ws "${peer[@]}"
+    zmq://127.0.0.1:5591 "zmq://127.0.0.1:5592?bind=true" ws://127.0.0.1:18095/ws "${peer[@]}"
