@@ -754,3 +754,77 @@ async fn invalid_tid_is_dead_lettered_with_its_reason() {
     t.close().await.unwrap();
     h.cleanup(&u).await;
 }
+
+/// A client's first perform on a (job, task, context) whose replies other nodes already
+/// broadcast gets its result. The route that waits for the client's replies subscribed,
+/// then started its router; a broadcast arriving before the route was whole ended the
+/// router and dropped the subscription, and every task of that route waited for good
+/// (seen as the cluster bench's quorum run stalling at the start of a round, its queues
+/// and exchange shared with another process). Each round is a new client node (a new
+/// route) while another node floods the route's topics with statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_perform_among_other_nodes_broadcasts_gets_its_result() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use aether::{Bytes, Error, TaskContext, Topic};
+    use integration_tests::brokers::amqp_cluster::CLUSTER_QUERY;
+    use integration_tests::harness::{Harness, node, union};
+
+    let h = AmqpHarness::with_query(CLUSTER_QUERY);
+    let u = union();
+    let wn = node(&h, &u, |b| b).await;
+    let w = wn
+        .worker()
+        .announce(false)
+        .handle(
+            "bench",
+            "echo",
+            "x",
+            |_ctx: TaskContext, v: u32| async move { Ok::<_, Error>(v) },
+        )
+        .start()
+        .await
+        .unwrap();
+    // Another node's replies on the same route: statuses of tasks this client never sent.
+    let noise = h.connect().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (stop, u) = (stop.clone(), u.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let topic: Topic = format!("{u}/bench/echo/x/other{i}/status").parse().unwrap();
+                let _ = noise.publish(&topic, Bytes::from_static(b"{}")).await;
+                i += 1;
+            }
+            noise.close().await.unwrap();
+        })
+    };
+    const ROUNDS: u32 = 60;
+    let mut stalled = Vec::new();
+    for round in 0..ROUNDS {
+        let cn = node(&h, &u, |b| b).await;
+        let task = cn
+            .client()
+            .perform("bench", "echo", "x", &round)
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), task.result::<u32>()).await {
+            Ok(r) => assert_eq!(r.unwrap(), round),
+            Err(_) => stalled.push(round),
+        }
+        cn.close().await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    flood.await.unwrap();
+    w.shutdown(Duration::from_secs(5)).await.unwrap();
+    wn.close().await.unwrap();
+    h.cleanup(&u).await;
+    assert!(
+        stalled.is_empty(),
+        "{} of {ROUNDS} first performs never got their result (rounds {stalled:?})",
+        stalled.len()
+    );
+}
