@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::OnceCell;
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 
 use super::lifecycle::{Effect, Event};
 use super::shared::TaskShared;
@@ -80,10 +80,12 @@ pub(crate) struct Route {
     /// Numbers the route's tasks.
     ids: std::sync::atomic::AtomicU64,
     timers: Arc<Timers>,
-    router: JoinHandle<()>,
     /// The metrics of the route's tasks.
     pub(super) metrics: Arc<ClientMetrics>,
-    supervisor: JoinHandle<()>,
+    /// The router and the supervisor, aborted with the route. Spawned once the route is
+    /// whole: a reply reaching a router spawned while the route was being built found no
+    /// route, and the router ended, dropping the subscription its tasks wait on.
+    loops: OnceLock<[AbortHandle; 2]>,
 }
 
 /// A route's subscriptions: statuses (or every action of the route's tasks, where the
@@ -137,21 +139,29 @@ impl Route {
             more_gaps: second,
         };
         let timers = Arc::new(Timers::default());
-        Ok(Arc::new_cyclic(|weak: &Weak<Route>| Route {
+        let route = Arc::new(Route {
             tasks: Mutex::new(HashMap::new()),
             gaps: Default::default(),
             closed: Default::default(),
             ids: Default::default(),
-            router: tokio::spawn(route_loop(weak.clone(), node.clone(), replies, limit)),
             metrics: Arc::new(metrics),
-            supervisor: tokio::spawn(supervisor::run(
-                timers.clone(),
-                weak.clone(),
-                node.clone(),
-                transport.clone(),
-            )),
+            timers: timers.clone(),
+            loops: OnceLock::new(),
+        });
+        // Both hold the route weakly (it goes when its last task and its cell do), and may
+        // run at once, on another thread: the route is whole before they start.
+        let weak = Arc::downgrade(&route);
+        let router = tokio::spawn(route_loop(weak.clone(), node.clone(), replies, limit));
+        let supervisor = tokio::spawn(supervisor::run(
             timers,
-        }))
+            weak,
+            node.clone(),
+            transport.clone(),
+        ));
+        let _ = route
+            .loops
+            .set([router.abort_handle(), supervisor.abort_handle()]);
+        Ok(route)
     }
 
     /// A number for a new task of this route.
@@ -216,8 +226,9 @@ impl Route {
 
 impl Drop for Route {
     fn drop(&mut self) {
-        self.router.abort();
-        self.supervisor.abort();
+        for handle in self.loops.get().into_iter().flatten() {
+            handle.abort();
+        }
     }
 }
 
