@@ -42,6 +42,10 @@
 //! `--defer-accept MS` sets the client's `Config::defer_accept` (0: workers accept every
 //! task at once, as before that setting existed).
 //!
+//! A run that starts no round trip for 30 s says so on stderr, with the client's and the
+//! worker's stats, each 30 s until it moves again. Without `--observe`, `RUST_LOG` (e.g.
+//! `RUST_LOG=aether_amqp=debug`) prints the library's events on stderr.
+//!
 //! `--observe` installs what a user who watches aether installs, before any node is built:
 //! the Prometheus recorder (`aether::observe::prometheus::install`) and a `tracing`
 //! subscriber at `INFO` (so every perform and process span is created and its fields
@@ -71,7 +75,7 @@ use std::time::Duration;
 use aether::{Aether, Error, TaskContext};
 use anyhow::{Context, bail};
 
-use crate::runner::{Report, Rounds, closed_loop};
+use crate::runner::{Report, Rounds, closed_loop_watched};
 
 struct Args {
     rounds: usize,
@@ -224,6 +228,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.observe {
         observe()?;
+    } else if let Ok(filter) = std::env::var("RUST_LOG") {
+        // Diagnosis: the library's events, as RUST_LOG selects, on stderr.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
     }
     println!(
         "{} tasks per run, payload {} bytes, {} cores, {} runtime{}",
@@ -371,16 +381,27 @@ async fn bench_aether(url: &str, args: &Args) -> anyhow::Result<Vec<Report>> {
         let _: String = task.result().await?;
         Ok::<_, anyhow::Error>(())
     };
+    // What a run that stalls prints beside how far it got.
+    let state = || {
+        let (c, w) = (client_node.clone(), worker_node.clone());
+        move || format!("client {:?}; worker {:?}", c.stats(), w.stats())
+    };
     // Warm-up: connections, subscriptions, allocator.
-    closed_loop(1000.min(args.tasks), max_inflight, || {
-        one(client.clone(), payload.clone())
-    })
+    closed_loop_watched(
+        1000.min(args.tasks),
+        max_inflight,
+        || one(client.clone(), payload.clone()),
+        state(),
+    )
     .await?;
     let mut reports = Vec::new();
     for &inflight in levels {
-        let sample = closed_loop(args.tasks, inflight, || {
-            one(client.clone(), payload.clone())
-        })
+        let sample = closed_loop_watched(
+            args.tasks,
+            inflight,
+            || one(client.clone(), payload.clone()),
+            state(),
+        )
         .await?;
         let label = match args.defer_accept {
             Some(ms) => format!("aether {name} (defer_accept {ms} ms)"),

@@ -20,13 +20,52 @@ pub(crate) struct Sample {
     pub(crate) lat: Vec<Duration>,
 }
 
+/// How long a run may go without starting a round trip before it says so on stderr.
+const QUIET: Duration = Duration::from_secs(30);
+
 /// Runs `n` round trips with `inflight` of them outstanding at a time.
 pub(crate) async fn closed_loop<F, Fut>(n: usize, inflight: usize, one: F) -> anyhow::Result<Sample>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    closed_loop_watched(n, inflight, one, String::new).await
+}
+
+/// [`closed_loop`], printing to stderr how far the run got and `state()` (e.g. the nodes'
+/// stats) each time it has started no round trip for [`QUIET`]: a stalled run explains
+/// itself instead of waiting in silence.
+pub(crate) async fn closed_loop_watched<F, Fut, S>(
+    n: usize,
+    inflight: usize,
+    one: F,
+    state: S,
+) -> anyhow::Result<Sample>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    S: Fn() -> String + Send + 'static,
+{
     let next = Arc::new(AtomicUsize::new(0));
+    let _watch = {
+        let next = next.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let since = Instant::now();
+            let mut seen = 0;
+            loop {
+                tokio::time::sleep(QUIET).await;
+                let now = next.load(Ordering::Relaxed).min(n);
+                if now == seen {
+                    eprintln!(
+                        "no progress for {QUIET:?}: {now} of {n} round trips started, {inflight} at a time, {:.0?} into the run; {}",
+                        since.elapsed(),
+                        state()
+                    );
+                }
+                seen = now;
+            }
+        }))
+    };
     let mut lanes = Vec::with_capacity(inflight);
     let mut queued = Vec::with_capacity(inflight);
     for _ in 0..inflight.max(1) {
@@ -139,6 +178,15 @@ impl Switches {
             voluntary: self.voluntary.saturating_sub(before.voluntary),
             involuntary: self.involuntary.saturating_sub(before.involuntary),
         }
+    }
+}
+
+/// Aborts its task when dropped (the run ended, or failed).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
