@@ -21,6 +21,7 @@ use crate::action::{Action, Status};
 use crate::error::{DecodeError, Error, Result};
 
 mod check;
+mod fast;
 
 pub use check::MAX_DEPTH;
 
@@ -529,6 +530,17 @@ impl Envelope {
             Codec::Json => {
                 // Text already checked: serde_json need not check each string again.
                 let text = check::json_text(&raw)?;
+                // Nearly every message has the plain shape the fast reader takes, which
+                // checks the data too; serde_json reads (or refuses) the rest.
+                if let Some((h, span)) = fast::header(text) {
+                    let data = span.map_or(DataAt::Null, DataAt::Span);
+                    return Ok(Envelope {
+                        header: h.check()?,
+                        codec,
+                        raw,
+                        data,
+                    });
+                }
                 let h: RawHeader<'_, Option<&RawValue>> =
                     serde_json::from_str(text).map_err(DecodeError::Json)?;
                 let data = match h.data {

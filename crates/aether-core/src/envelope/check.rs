@@ -16,6 +16,7 @@
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::error::DecodeError;
@@ -142,6 +143,31 @@ pub(super) fn json_data(text: &str) -> Result<(), DecodeError> {
     .deserialize(&mut de)
     .map_err(DecodeError::Json)?;
     de.end().map_err(DecodeError::Json)
+}
+
+/// Checks the JSON value at the start of `text` as [`json_data`] does (the text after it
+/// is not looked at) and returns its length; `None` where [`json_data`] would refuse it or
+/// `text` does not start with a value. Checking and finding the end in one walk saves the
+/// message's reader a second parse of the data.
+pub(super) fn json_data_prefix(text: &str) -> Option<usize> {
+    /// Data checked by [`Checked`], for serde_json's stream reader, which tells where a
+    /// value ends.
+    struct Data;
+    impl<'de> Deserialize<'de> for Data {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Data, D::Error> {
+            Checked {
+                left: MAX_DEPTH - 1,
+            }
+            .deserialize(d)
+            .map(|()| Data)
+        }
+    }
+    if text.starts_with([' ', '\t', '\n', '\r']) {
+        return None;
+    }
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<Data>();
+    values.next()?.ok()?;
+    Some(values.byte_offset())
 }
 
 /// A value that is walked and thrown away: unlike [`serde::de::IgnoredAny`], which
