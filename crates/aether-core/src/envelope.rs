@@ -214,7 +214,20 @@ pub fn encode_raw(codec: Codec, header: &Header, data: &[u8]) -> Bytes {
 /// [`encode_raw`] with `sender` (host, client) written in place of the header's own: a
 /// sender keeps one copy of its names instead of each header allocating them.
 pub(crate) fn encode_as(codec: Codec, header: &Header, sender: (&str, &str), data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + 192 + sender.0.len() + sender.1.len());
+    // Keys, punctuation and numbers of every field take ~280 bytes at most: one
+    // allocation, never grown, for all but messages with headers.
+    let strings = [
+        &header.job,
+        &header.workgroup,
+        &header.task,
+        &header.context,
+        &header.tid,
+    ];
+    let len = strings.iter().map(|s| s.len()).sum::<usize>()
+        + header.error.as_ref().map_or(0, String::len)
+        + sender.0.len()
+        + sender.1.len();
+    let mut out = Vec::with_capacity(data.len() + 288 + len);
     match codec {
         Codec::Json => write_json(&mut out, header, sender, data),
         Codec::MsgPack => write_msgpack(&mut out, header, sender, data),

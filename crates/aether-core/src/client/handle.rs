@@ -85,7 +85,9 @@ impl TaskHandle {
 
     /// Waits for the outcome and decodes a successful task's data as `R`.
     pub async fn result<R: DeserializeOwned>(self) -> Result<R> {
-        let env = self.outcome().await?;
+        // The handle is consumed, so nobody reads the outcome again: taken, not copied.
+        let outcome = self.shared.wait_for(|inner| inner.outcome.take()).await;
+        let env = outcome.into_result(&self.shared.tid)?;
         env.data().map_err(Error::Decode)
     }
 

@@ -332,7 +332,8 @@ impl Lifecycle {
         if lease.is_some() {
             self.worker_lease = lease;
         }
-        let mut effects = Vec::new();
+        // At most a reschedule and one more.
+        let mut effects = Vec::with_capacity(2);
         if lease_changed {
             effects.push(Effect::Reschedule);
         }

@@ -205,7 +205,7 @@ impl<'a> TaskBuilder<'a> {
             bytes: bytes.clone(),
         };
         let shared = TaskShared::new(
-            tid.clone(),
+            tid.as_str().into(),
             route.next_id(),
             config.progress_buffer,
             policy,
@@ -213,7 +213,7 @@ impl<'a> TaskBuilder<'a> {
             resend,
         );
         let shared = Arc::new(shared);
-        if !route.insert(&tid, shared.clone()) {
+        if !route.insert(shared.clone()) {
             return Err(Error::DuplicateTid { tid });
         }
         if let Err(e) = node
@@ -312,5 +312,9 @@ fn new_tid() -> String {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
-    format!("{z:016x}")
+    // `format!("{z:016x}")`, without the formatting machinery.
+    (0..16)
+        .rev()
+        .map(|i| char::from(b"0123456789abcdef"[(z >> (4 * i)) as usize & 0xf]))
+        .collect()
 }

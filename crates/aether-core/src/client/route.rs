@@ -19,15 +19,21 @@ use crate::stats::Counters;
 use crate::topic::{Topic, TopicFilter, WorkQueue};
 use crate::transport::{Received, SharedTransport, Subscription};
 
+/// A route's tasks by tid.
+type TaskTable = FastMap<Arc<str>, Arc<TaskShared>>;
+
 /// A route, created once by the first perform that needs it.
 type RouteCell = Arc<OnceCell<Arc<Route>>>;
 
 /// The subscriptions a node's clients share per (channel, union, job, task, context):
-/// channel, then `union/job/task/context`, so a lookup allocates nothing.
+/// channel, then `union/job/task/context`, so a lookup allocates nothing. Both keys are
+/// this node's own (its channels, its performs' topics): a fast hasher serves.
 #[derive(Default)]
 pub(crate) struct Routes {
-    map: Mutex<HashMap<String, HashMap<Box<str>, RouteCell>>>,
+    map: Mutex<FastMap<String, FastMap<Box<str>, RouteCell>>>,
 }
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl Routes {
     pub(super) async fn get(
@@ -73,7 +79,9 @@ impl Routes {
 /// Routes status and complete messages of one (union, job, task, context) to the tasks,
 /// and supervises their timers.
 pub(crate) struct Route {
-    tasks: Mutex<HashMap<String, Arc<TaskShared>>>,
+    /// The tasks by tid. Only this client's performs add to it (tids it made, or the
+    /// caller's), so a fast hasher serves: replies from the network only look up.
+    tasks: Mutex<TaskTable>,
     /// Gaps reported by the route's subscriptions so far.
     gaps: std::sync::atomic::AtomicU64,
     closed: std::sync::atomic::AtomicBool,
@@ -140,7 +148,7 @@ impl Route {
         };
         let timers = Arc::new(Timers::default());
         let route = Arc::new(Route {
-            tasks: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(HashMap::default()),
             gaps: Default::default(),
             closed: Default::default(),
             ids: Default::default(),
@@ -196,8 +204,8 @@ impl Route {
     }
 
     /// Adds a task; false if its tid is already routed here.
-    pub(super) fn insert(&self, tid: &str, task: Arc<TaskShared>) -> bool {
-        match self.lock().entry(tid.to_owned()) {
+    pub(super) fn insert(&self, task: Arc<TaskShared>) -> bool {
+        match self.lock().entry(task.tid.clone()) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(task);
@@ -210,7 +218,7 @@ impl Route {
         self.lock().remove(tid);
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TaskShared>>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, TaskTable> {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -40,7 +40,8 @@ pub(super) struct Resend {
 }
 
 pub(super) struct TaskShared {
-    pub(super) tid: String,
+    /// Shared with the route's table, whose key it is.
+    pub(super) tid: Arc<str>,
     /// The task's number on its route: tells apart tasks due at the same instant.
     pub(super) id: u64,
     progress_cap: usize,
@@ -62,7 +63,7 @@ pub(super) struct Applied {
 impl TaskShared {
     /// A task whose first dispatch is under way.
     pub(super) fn new(
-        tid: String,
+        tid: Arc<str>,
         id: u64,
         progress_cap: usize,
         policy: Policy,
@@ -118,6 +119,14 @@ impl TaskShared {
         timers: &Timers,
     ) -> Applied {
         let mut inner = self.lock();
+        if inner.done && matches!(event, Event::Detached) {
+            // The handle of a task already done (the common end of a task): nothing is
+            // watched, so there is nothing for its absence to change.
+            return Applied {
+                io: Vec::new(),
+                done: false,
+            };
+        }
         if fired.is_some() && inner.timer == fired {
             // The supervisor took it off its timers to tick it.
             inner.timer = None;

@@ -196,10 +196,10 @@ impl QueueEngine {
     /// what credit allows; when full, queues nothing and returns the queue's room signal.
     fn put(self: &Arc<Self>, key: &str, job: &Job) -> std::result::Result<(), Arc<Notify>> {
         let mut queues = lock(&self.queues);
-        if !queues.contains_key(key) {
-            queues.insert(key.to_owned(), Queue::default());
-        }
-        let q = queues.get_mut(key).expect("inserted");
+        let q = match queues.get_mut(key) {
+            Some(q) => q,
+            None => queues.entry(key.to_owned()).or_default(),
+        };
         if q.full(self.config.queue_capacity) {
             return Err(q.space.clone());
         }

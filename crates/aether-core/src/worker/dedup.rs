@@ -1,19 +1,24 @@
 //! The window of completed tasks a worker remembers, to answer repeated performs.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 /// A bounded memory of completed tasks: the oldest are forgotten past `cap` entries, and
 /// the oldest completions' bytes are dropped (the tid is still remembered) past
 /// [`CACHED_BYTES`].
+///
+/// Its keys come from the network (`client/tid` of each perform), so the map keeps std's
+/// SipHash, which a sender cannot flood with colliding keys; a key is allocated once and
+/// shared by the map and both queues.
 pub(super) struct DedupWindow {
-    pub(super) map: HashMap<String, Option<Bytes>>,
-    pub(super) order: VecDeque<String>,
+    pub(super) map: HashMap<Arc<str>, Option<Bytes>>,
+    pub(super) order: VecDeque<Arc<str>>,
     pub(super) cap: usize,
     pub(super) bytes: usize,
     /// Keys whose completion is still cached, oldest first.
-    pub(super) cached: VecDeque<String>,
+    pub(super) cached: VecDeque<Arc<str>>,
 }
 
 /// Total completion bytes a worker keeps to answer repeated performs.
@@ -34,7 +39,8 @@ impl DedupWindow {
         self.map.get(key)
     }
 
-    pub(super) fn insert(&mut self, key: String, completion: Option<Bytes>) {
+    pub(super) fn insert(&mut self, key: &str, completion: Option<Bytes>) {
+        let key: Arc<str> = key.into();
         let completion = completion.filter(|b| b.len() <= CACHED_BYTES / 16);
         if let Some(b) = &completion {
             self.bytes += b.len();
@@ -78,17 +84,17 @@ mod tests {
     pub(super) fn dedup_window_is_bounded_in_entries_and_bytes() {
         let mut w = DedupWindow::new(3);
         for i in 0..5 {
-            w.insert(format!("k{i}"), Some(Bytes::from(vec![0u8; 10])));
+            w.insert(&format!("k{i}"), Some(Bytes::from(vec![0u8; 10])));
         }
         assert!(w.get("k0").is_none() && w.get("k1").is_none());
         assert!(matches!(w.get("k4"), Some(Some(_))));
         assert_eq!(w.bytes, 30);
-        w.insert("k4".into(), None);
+        w.insert("k4", None);
         assert_eq!(w.bytes, 20);
         let mut w = DedupWindow::new(1000);
         let big = CACHED_BYTES / 16;
         for i in 0..40 {
-            w.insert(format!("b{i}"), Some(Bytes::from(vec![0u8; big])));
+            w.insert(&format!("b{i}"), Some(Bytes::from(vec![0u8; big])));
         }
         assert!(w.bytes <= CACHED_BYTES);
         assert!(

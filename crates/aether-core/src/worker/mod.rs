@@ -221,7 +221,7 @@ impl WorkerBuilder {
             max_deliveries: self.max_deliveries,
             stop: stop_tx,
             kill: kill_tx,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::default()),
             done: Mutex::new(DedupWindow::new(config.dedup_window)),
             running: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -321,8 +321,10 @@ struct WorkerShared {
     max_deliveries: u32,
     stop: watch::Sender<bool>,
     kill: watch::Sender<Kill>,
-    /// Cancel switches of the tasks running here, by tid.
-    inflight: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Cancel switches of the tasks running here, by tid. Its keys come from the network,
+    /// but it holds no more than the deliveries the worker's permits let in, so a fast
+    /// hasher cannot be flooded.
+    inflight: Mutex<HashMap<String, watch::Sender<bool>, foldhash::fast::RandomState>>,
     /// Recently completed (or cancelled) `client/tid`s, with the completion to repeat.
     done: Mutex<DedupWindow>,
     running: AtomicUsize,
@@ -409,7 +411,7 @@ async fn cancel_loop(shared: Arc<WorkerShared>, mut sub: Subscription) {
             let _ = tx.send(true);
         }
         // A perform that arrives after its cancel is dropped as a duplicate.
-        lock(&shared.done).insert(format!("{}/{tid}", env.header().client), None);
+        lock(&shared.done).insert(&format!("{}/{tid}", env.header().client), None);
     }
 }
 

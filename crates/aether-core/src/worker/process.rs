@@ -17,6 +17,7 @@ use crate::context::{ContextInner, TaskContext};
 use crate::envelope::{Envelope, unix_ms};
 use crate::error::DecodeError;
 use crate::observe;
+use crate::topic::Topic;
 use crate::transport::{DeadLetterReason, Delivery};
 
 /// Settles a delivery, logging a failed acknowledgement (the broker will redeliver).
@@ -109,7 +110,7 @@ pub(super) async fn process(shared: Arc<WorkerShared>, reg: Arc<Registration>, d
         Ran::Expired => {
             observe::failed(&span, "deadline_exceeded");
             counters.expired.fetch_add(1, Ordering::Relaxed);
-            lock(&shared.done).insert(task.done_key, None);
+            lock(&shared.done).insert(&task.done_key, None);
             settle(task.delivery, Settle::Ack).await
         }
         Ran::Killed(k) => {
@@ -170,8 +171,11 @@ async fn admit(
     let counters = shared.node.counters();
     let header = env.header();
     observe::continue_trace(span, header);
-    let tid = delivery.topic.tid().to_owned();
-    let done_key = format!("{}/{tid}", header.client);
+    let tid = delivery.topic.tid();
+    let mut done_key = String::with_capacity(header.client.len() + 1 + tid.len());
+    done_key.push_str(&header.client);
+    done_key.push('/');
+    done_key.push_str(tid);
     let lease = worker_lease(shared, header.lease);
     let reporter = Reporter::new(shared, &delivery, env.codec(), lease, span.clone());
     let reporter = Arc::new(reporter);
@@ -185,14 +189,14 @@ async fn admit(
         }
         return refuse(delivery, Settle::Ack).await;
     }
-    let Some((inflight, cancel)) = InflightGuard::claim(shared, tid) else {
+    let Some((inflight, cancel)) = InflightGuard::claim(shared, &delivery.topic) else {
         counters.duplicate_performs.fetch_add(1, Ordering::Relaxed);
         return refuse(delivery, Settle::Ack).await;
     };
     if header.deadline.is_some_and(|d| d <= unix_ms()) {
         // The client has reported the deadline itself; nobody waits for a completion.
         counters.expired.fetch_add(1, Ordering::Relaxed);
-        lock(&shared.done).insert(done_key, None);
+        lock(&shared.done).insert(&done_key, None);
         return refuse(delivery, Settle::Ack).await;
     }
     if delivery.redeliveries >= shared.max_deliveries {
@@ -332,7 +336,7 @@ async fn complete(
     let last_error = exhausted.then(|| failure_text(&bytes));
     // Remembered before it is sent: a repeat that arrives meanwhile, or a redelivery after a
     // failed send, is answered with this completion instead of running the handler again.
-    lock(&shared.done).insert(task.done_key, Some(bytes.clone()));
+    lock(&shared.done).insert(&task.done_key, Some(bytes.clone()));
     if let Err(e) = task.reporter.send(Action::Complete, bytes).await {
         tracing::warn!(topic = %task.delivery.topic, error = %e, "could not publish the completion; handing the task back");
         return settle(task.delivery, Settle::Requeue).await;
@@ -405,26 +409,30 @@ async fn finish_killed(delivery: Delivery, kill: Kill) {
 /// A tid running here, with its cancel switch in the worker's table until dropped.
 struct InflightGuard {
     shared: Arc<WorkerShared>,
-    tid: String,
+    /// The perform's topic, whose tid is the entry's key.
+    topic: Topic,
 }
 
 impl InflightGuard {
-    /// Registers `tid` as running here; `None` if it already is.
-    fn claim(shared: &Arc<WorkerShared>, tid: String) -> Option<(Self, watch::Receiver<bool>)> {
+    /// Registers the tid of `topic` as running here; `None` if it already is.
+    fn claim(shared: &Arc<WorkerShared>, topic: &Topic) -> Option<(Self, watch::Receiver<bool>)> {
         let mut inflight = lock(&shared.inflight);
-        if inflight.contains_key(&tid) {
+        let std::collections::hash_map::Entry::Vacant(slot) =
+            inflight.entry(topic.tid().to_owned())
+        else {
             return None;
-        }
+        };
         let (tx, rx) = watch::channel(false);
-        inflight.insert(tid.clone(), tx);
+        slot.insert(tx);
         drop(inflight);
         let shared = shared.clone();
-        Some((InflightGuard { shared, tid }, rx))
+        let topic = topic.clone();
+        Some((InflightGuard { shared, topic }, rx))
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        lock(&self.shared.inflight).remove(&self.tid);
+        lock(&self.shared.inflight).remove(self.topic.tid());
     }
 }
