@@ -9,8 +9,8 @@ use aether_core::{Error, Result};
 /// The default port of a `zmq://` URL.
 pub const DEFAULT_PORT: u16 = 5555;
 
-/// What a frame may carry besides its payload (kind, ids, topic); the socket's hard limit
-/// is `max_payload` plus this.
+/// What a frame may carry besides a payload (a batch of small messages, kinds, ids,
+/// topics; see `wire.rs`); the socket's hard limit is `max_payload` plus this.
 pub(crate) const FRAME_OVERHEAD: usize = 64 << 10;
 
 aether_core::settings! {

@@ -19,12 +19,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ZmqConfig;
 use crate::error::{ZmqError, socket_err};
-use crate::wire::{Frames, Refusal, ToDevice, ToPeer};
+use crate::wire::{Batch, Refusal, ToDevice, ToPeer};
 
 /// What the I/O task sends.
 #[derive(Debug)]
 pub(crate) enum Out {
-    Frames(Frames),
+    /// A message, sent in one batch with what else is queued.
+    Msg(ToDevice),
     /// Send what is queued before this, then end.
     Stop,
 }
@@ -42,7 +43,7 @@ pub(crate) struct State {
     pub(crate) fanout: Fanout,
     pub(crate) subs: HashMap<u64, TopicFilter>,
     pub(crate) consumers: HashMap<u64, Local>,
-    pending: HashMap<u64, oneshot::Sender<Result<()>>>,
+    pending: HashMap<u64, oneshot::Sender<Result<()>>, foldhash::fast::RandomState>,
     /// The device's session for this connection; 0 before the first welcome.
     session: u64,
     /// The number of the last broadcast received in this session.
@@ -144,7 +145,7 @@ impl Link {
 
     /// Queues `msg` for the device, waiting for room up to the operation timeout.
     pub(crate) async fn send(&self, msg: ToDevice) -> Result<()> {
-        let send = self.out.send(Out::Frames(msg.encode()));
+        let send = self.out.send(Out::Msg(msg));
         match tokio::time::timeout(self.config.operation_timeout, send).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::Closed),
@@ -154,8 +155,7 @@ impl Link {
 
     /// Queues `msg` without waiting (from `Drop`): when the queue is full, a task sends it.
     pub(crate) fn send_soon(&self, msg: ToDevice) {
-        let frames = Out::Frames(msg.encode());
-        if let Err(mpsc::error::TrySendError::Full(frames)) = self.out.try_send(frames) {
+        if let Err(mpsc::error::TrySendError::Full(frames)) = self.out.try_send(Out::Msg(msg)) {
             let out = self.out.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move { out.send(frames).await });
@@ -198,17 +198,22 @@ impl Link {
         state.pending.clear();
     }
 
-    /// One message from the device.
-    fn on_message(self: &Arc<Self>, frames: &[Bytes]) {
-        let msg = match ToPeer::decode(frames) {
-            Ok(msg) => msg,
-            Err(e) => {
-                self.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "malformed message from the device dropped");
-                return;
-            }
-        };
+    /// One ZeroMQ message from the device: a batch.
+    fn on_batch(self: &Arc<Self>, frames: Vec<Bytes>) {
         let mut state = lock(&self.state);
+        for msg in ToPeer::decode(frames) {
+            match msg {
+                Ok(msg) => self.on_message(&mut state, msg),
+                Err(e) => {
+                    self.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "malformed message from the device dropped");
+                }
+            }
+        }
+    }
+
+    /// One message from the device.
+    fn on_message(self: &Arc<Self>, state: &mut State, msg: ToPeer) {
         match msg {
             ToPeer::Welcome {
                 session,
@@ -218,11 +223,11 @@ impl Link {
                 // The device's interval wins: it declares this connection dead after 3.
                 let ms = u64::from(heartbeat_ms).max(10);
                 self.heartbeat_ms.store(ms, Ordering::Relaxed);
-                self.on_session(&mut state, session, 0);
+                self.on_session(state, session, 0);
             }
             ToPeer::Heartbeat { session, seq } => {
                 if session != state.session {
-                    self.on_session(&mut state, session, seq);
+                    self.on_session(state, session, seq);
                 } else if seq > state.seq {
                     // The last broadcasts sent were lost.
                     state.seq = seq;
@@ -273,9 +278,11 @@ impl Link {
                     None => drop(d),
                 }
             }
-            ToPeer::Ok { req } => {
-                if let Some(tx) = state.pending.remove(&req) {
-                    let _ = tx.send(Ok(()));
+            ToPeer::Ok { reqs } => {
+                for req in reqs {
+                    if let Some(tx) = state.pending.remove(&req) {
+                        let _ = tx.send(Ok(()));
+                    }
                 }
             }
             ToPeer::Refused {
@@ -373,8 +380,9 @@ fn routing_id() -> Vec<u8> {
 /// Most messages read from the socket in one wake-up.
 const BATCH: usize = 256;
 
-fn frames(msg: &tmq::Multipart) -> Vec<Bytes> {
-    msg.iter().map(|m| Bytes::copy_from_slice(m)).collect()
+/// A batch's frames, not copied.
+fn frames(msg: tmq::Multipart) -> Vec<Bytes> {
+    msg.0.into_iter().map(crate::wire::frame).collect()
 }
 
 enum Event {
@@ -397,18 +405,18 @@ async fn io(link: Arc<Link>, mut dealer: tmq::dealer::Dealer, mut out: mpsc::Rec
         match event {
             Event::In(msg) => {
                 failing.reset();
-                link.on_message(&frames(&msg));
+                link.on_batch(frames(msg));
                 // Take what else the socket holds in one go; the next poll registers the
                 // wake-up again.
                 for _ in 1..BATCH {
                     match dealer.next().now_or_never() {
-                        Some(Some(Ok(msg))) => link.on_message(&frames(&msg)),
+                        Some(Some(Ok(msg))) => link.on_batch(frames(msg)),
                         _ => break,
                     }
                 }
             }
             Event::Ping => {
-                let _ = link.out.try_send(Out::Frames(ToDevice::Ping.encode()));
+                let _ = link.out.try_send(Out::Msg(ToDevice::Ping));
                 let wanted = Duration::from_millis(link.heartbeat_ms.load(Ordering::Relaxed));
                 if wanted != period {
                     period = wanted;
@@ -438,23 +446,41 @@ fn poll_io(
     out: &mut mpsc::Receiver<Out>,
     ping: &mut tokio::time::Interval,
 ) -> Poll<Event> {
-    // Sending: move queued messages into the socket while it takes them.
+    // Sending: move what is queued into the socket while it takes it, as batches.
     loop {
         match Sink::<tmq::Multipart>::poll_ready(Pin::new(&mut *dealer), cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
             Poll::Pending => break,
         }
-        match out.poll_recv(cx) {
-            Poll::Ready(Some(Out::Frames(frames))) => {
-                let msg: tmq::Multipart =
-                    frames.iter().map(|f| tmq::Message::from(&f[..])).collect();
-                if let Err(e) = Pin::new(&mut *dealer).start_send(msg) {
-                    return Poll::Ready(Event::Failed(e));
+        let mut batch = Batch::default();
+        let mut stop = false;
+        while !batch.is_full() {
+            match out.poll_recv(cx) {
+                Poll::Ready(Some(Out::Msg(msg))) => msg.encode(&mut batch),
+                Poll::Ready(Some(Out::Stop) | None) => {
+                    stop = true;
+                    break;
                 }
+                Poll::Pending => break,
             }
-            Poll::Ready(Some(Out::Stop) | None) => return Poll::Ready(Event::Stop),
-            Poll::Pending => break,
+        }
+        if batch.is_empty() && !stop {
+            break;
+        }
+        if !batch.is_empty() {
+            let (body, ext) = batch.into_frames();
+            let mut msg = tmq::Multipart::default();
+            msg.push_back(tmq::Message::from(body));
+            for frame in ext {
+                msg.push_back(tmq::Message::from(&frame[..]));
+            }
+            if let Err(e) = Pin::new(&mut *dealer).start_send(msg) {
+                return Poll::Ready(Event::Failed(e));
+            }
+        }
+        if stop {
+            return Poll::Ready(Event::Stop);
         }
     }
     if let Poll::Ready(Err(e)) = Sink::<tmq::Multipart>::poll_flush(Pin::new(&mut *dealer), cx) {

@@ -253,7 +253,7 @@ impl ZmqSettle {
 
     async fn send(&self, msg: ToDevice) -> Result<()> {
         self.out
-            .send(Out::Frames(msg.encode()))
+            .send(Out::Msg(msg))
             .await
             .map_err(|_| Error::Closed)
     }
@@ -292,8 +292,7 @@ impl Settle for ZmqSettle {
             delivery: self.delivery,
             requeue: true,
         };
-        let frames = Out::Frames(msg.encode());
-        if let Err(mpsc::error::TrySendError::Full(frames)) = self.out.try_send(frames) {
+        if let Err(mpsc::error::TrySendError::Full(frames)) = self.out.try_send(Out::Msg(msg)) {
             let out = self.out.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move { out.send(frames).await });

@@ -1,9 +1,19 @@
-//! The frames between a peer (DEALER) and the device (ROUTER), encoded and decoded without
-//! I/O. Every message is one multipart message: a header frame (a kind byte, then
-//! little-endian integers), then the text and payload frames the kind has.
+//! The messages between a peer (DEALER) and the device (ROUTER), encoded and decoded without
+//! I/O.
 //!
-//! | kind | direction | header | frames after |
-//! |------|-----------|--------|--------------|
+//! **Batches.** Each ZeroMQ message carries a batch: one frame holding any number of
+//! messages back to back, then one frame for each section too large to copy into it. A
+//! message in the batch is its length (`u32`), a kind byte, little-endian integers, then
+//! its sections (topic, payload, text), each a `u32` length and its bytes; a section over
+//! [`INLINE_MAX`] bytes has the length `u32::MAX` instead and is the next frame after the
+//! batch frame. A sender fills a batch with what it has queued, up to [`BATCH_BYTES`]
+//! bytes and [`BATCH_MESSAGES`] messages, so libzmq moves one message where it moved one
+//! per request. Decoding is total: a batch or message that does not decode is counted and
+//! dropped by whoever received it (a message with a good length is skipped; a length that
+//! runs past the end ends the batch).
+//!
+//! | kind | direction | integers | sections |
+//! |------|-----------|----------|----------|
 //! | `H` hello | peer → device | | |
 //! | `h` ping | peer → device | | |
 //! | `S` subscribe | peer → device | req, sub | filter |
@@ -21,8 +31,11 @@
 //! | `B` heartbeat | device → peer | session, last broadcast seq | |
 //! | `M` broadcast | device → peer | seq | topic, payload |
 //! | `D` delivery | device → peer | session, consumer, delivery, redeliveries | topic, payload |
-//! | `O` ok | device → peer | req | |
+//! | `O` ok | device → peer | count, then that many reqs | |
 //! | `F` refused | device → peer | req, code, limit | reason text |
+//!
+//! The device answers the requests of one batch it read with one `O` listing their ids
+//! (up to [`OK_IDS`] each), after the refusals (`F`) among them.
 //!
 //! A session is the device's state for one peer: it changes when the device restarts or
 //! forgets a peer that went silent, and the peer then subscribes and consumes again.
@@ -123,8 +136,9 @@ pub(crate) enum ToPeer {
         topic: String,
         payload: Bytes,
     },
+    /// The requests these ids name were carried out.
     Ok {
-        req: u64,
+        reqs: Vec<u64>,
     },
     Refused {
         req: u64,
@@ -138,68 +152,6 @@ pub(crate) enum ToPeer {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("malformed frame: {0}")]
 pub(crate) struct Malformed(pub(crate) &'static str);
-
-/// The frames of one message.
-pub(crate) type Frames = Vec<Bytes>;
-
-struct Header(Vec<u8>);
-
-impl Header {
-    fn new(kind: u8) -> Header {
-        let mut v = Vec::with_capacity(40);
-        v.push(kind);
-        Header(v)
-    }
-    fn u64(mut self, n: u64) -> Header {
-        self.0.extend_from_slice(&n.to_le_bytes());
-        self
-    }
-    fn u32(mut self, n: u32) -> Header {
-        self.0.extend_from_slice(&n.to_le_bytes());
-        self
-    }
-    fn u8(mut self, n: u8) -> Header {
-        self.0.push(n);
-        self
-    }
-    fn done(self) -> Bytes {
-        Bytes::from(self.0)
-    }
-}
-
-/// Reads a header frame's fields in order.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], Malformed> {
-        if self.0.len() < N {
-            return Err(Malformed("header too short"));
-        }
-        let (head, rest) = self.0.split_at(N);
-        self.0 = rest;
-        Ok(head.try_into().expect("length checked"))
-    }
-    fn u64(&mut self) -> Result<u64, Malformed> {
-        self.take::<8>().map(u64::from_le_bytes)
-    }
-    fn u32(&mut self) -> Result<u32, Malformed> {
-        self.take::<4>().map(u32::from_le_bytes)
-    }
-    fn u8(&mut self) -> Result<u8, Malformed> {
-        self.take::<1>().map(|b| b[0])
-    }
-}
-
-fn text(frame: Option<&Bytes>) -> Result<String, Malformed> {
-    let frame = frame.ok_or(Malformed("a frame is missing"))?;
-    String::from_utf8(frame.to_vec()).map_err(|_| Malformed("text frame is not UTF-8"))
-}
-
-fn payload(frame: Option<&Bytes>) -> Result<Bytes, Malformed> {
-    frame
-        .cloned()
-        .ok_or(Malformed("the payload frame is missing"))
-}
 
 /// The reason's tag and numbers for the header, and its text for a frame.
 fn reason_parts(reason: &DeadLetterReason) -> (u8, u64, u64, String) {
@@ -239,67 +191,272 @@ fn reason_from(tag: u8, a: u64, b: u64, text: String) -> Result<DeadLetterReason
     })
 }
 
+/// Sections longer than this travel as frames of their own after the batch frame.
+pub(crate) const INLINE_MAX: usize = 8 << 10;
+/// A batch takes no more messages once it holds this many bytes (frames after it
+/// included).
+pub(crate) const BATCH_BYTES: usize = 16 << 10;
+// A batch frame stays under the sockets' limit: a full batch, plus one message of three
+// inline sections and its integers.
+const _: () = assert!(BATCH_BYTES + 3 * INLINE_MAX + 1024 <= crate::config::FRAME_OVERHEAD);
+/// A batch takes no more messages than this.
+pub(crate) const BATCH_MESSAGES: usize = 256;
+/// Most request ids one `O` carries.
+pub(crate) const OK_IDS: usize = 1024;
+/// The section length that says "the next frame after the batch frame".
+const EXTERNAL: u32 = u32::MAX;
+
+/// One ZeroMQ message being filled: the batch frame and the large sections after it.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    body: Vec<u8>,
+    ext: Vec<Bytes>,
+    ext_bytes: usize,
+    count: usize,
+}
+
+impl Batch {
+    /// Whether it holds no message.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether it should take no more messages.
+    pub(crate) fn is_full(&self) -> bool {
+        self.count >= BATCH_MESSAGES || self.body.len() + self.ext_bytes >= BATCH_BYTES
+    }
+
+    /// The batch frame and the frames after it.
+    pub(crate) fn into_frames(self) -> (Vec<u8>, Vec<Bytes>) {
+        (self.body, self.ext)
+    }
+
+    /// Starts a message of `kind`; [`Batch::end`] writes its length.
+    fn begin(&mut self, kind: u8) -> usize {
+        if self.body.is_empty() {
+            self.body.reserve(256);
+        }
+        let at = self.body.len();
+        self.body.extend_from_slice(&[0; 4]);
+        self.body.push(kind);
+        at
+    }
+
+    fn end(&mut self, at: usize) {
+        let len = (self.body.len() - at - 4) as u32;
+        self.body[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        self.count += 1;
+    }
+
+    fn u64(&mut self, n: u64) -> &mut Batch {
+        self.body.extend_from_slice(&n.to_le_bytes());
+        self
+    }
+
+    fn u32(&mut self, n: u32) -> &mut Batch {
+        self.body.extend_from_slice(&n.to_le_bytes());
+        self
+    }
+
+    fn u8(&mut self, n: u8) -> &mut Batch {
+        self.body.push(n);
+        self
+    }
+
+    fn text(&mut self, s: &str) -> &mut Batch {
+        if s.len() > INLINE_MAX {
+            return self.payload(&Bytes::copy_from_slice(s.as_bytes()));
+        }
+        self.u32(s.len() as u32);
+        self.body.extend_from_slice(s.as_bytes());
+        self
+    }
+
+    fn payload(&mut self, p: &Bytes) -> &mut Batch {
+        if p.len() > INLINE_MAX {
+            self.ext_bytes += p.len();
+            self.ext.push(p.clone());
+            return self.u32(EXTERNAL);
+        }
+        self.u32(p.len() as u32);
+        self.body.extend_from_slice(p);
+        self
+    }
+}
+
+/// Reads one message of a batch: its integers and sections in order.
+pub(crate) struct Reader<'a> {
+    body: &'a Bytes,
+    pos: usize,
+    end: usize,
+    ext: &'a mut std::vec::IntoIter<Bytes>,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], Malformed> {
+        if self.end - self.pos < N {
+            return Err(Malformed("message too short"));
+        }
+        let at = self.pos;
+        self.pos += N;
+        Ok(self.body[at..at + N].try_into().expect("length checked"))
+    }
+    fn u64(&mut self) -> Result<u64, Malformed> {
+        self.take::<8>().map(u64::from_le_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, Malformed> {
+        self.take::<4>().map(u32::from_le_bytes)
+    }
+    fn u8(&mut self) -> Result<u8, Malformed> {
+        self.take::<1>().map(|b| b[0])
+    }
+
+    /// A section: a slice of the batch frame, or the next frame after it.
+    fn payload(&mut self) -> Result<Bytes, Malformed> {
+        let len = self.u32()?;
+        if len == EXTERNAL {
+            return self.ext.next().ok_or(Malformed("a frame is missing"));
+        }
+        let len = len as usize;
+        if self.end - self.pos < len {
+            return Err(Malformed("a section runs past its message"));
+        }
+        let at = self.pos;
+        self.pos += len;
+        Ok(self.body.slice(at..at + len))
+    }
+
+    fn text(&mut self) -> Result<String, Malformed> {
+        let bytes = self.payload()?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| Malformed("text is not UTF-8"))
+    }
+}
+
+/// The messages of one ZeroMQ message (its frames), decoded one by one: a message that
+/// does not decode is an error and the next one follows; a length that runs past the end
+/// is the last error.
+pub(crate) struct Unbatch<T> {
+    body: Bytes,
+    pos: usize,
+    ext: std::vec::IntoIter<Bytes>,
+    read: fn(u8, &mut Reader<'_>) -> Result<T, Malformed>,
+    done: bool,
+}
+
+impl<T> Unbatch<T> {
+    fn new(frames: Vec<Bytes>, read: fn(u8, &mut Reader<'_>) -> Result<T, Malformed>) -> Self {
+        let mut frames = frames.into_iter();
+        let body = frames.next().unwrap_or_default();
+        Unbatch {
+            body,
+            pos: 0,
+            ext: frames,
+            read,
+            done: false,
+        }
+    }
+}
+
+impl<T> Iterator for Unbatch<T> {
+    type Item = Result<T, Malformed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.pos == 0 && self.body.is_empty() {
+            self.done = true;
+            return Some(Err(Malformed("empty batch")));
+        }
+        let left = self.body.len() - self.pos;
+        if left == 0 {
+            self.done = true;
+            return None;
+        }
+        let len = match self.body.get(self.pos..self.pos + 4) {
+            Some(b) => u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize,
+            None => usize::MAX,
+        };
+        if left < 4 || len > left - 4 {
+            self.done = true;
+            return Some(Err(Malformed("a message runs past the batch")));
+        }
+        let start = self.pos + 4;
+        self.pos = start + len;
+        let Some((&kind, _)) = self.body[start..self.pos].split_first() else {
+            return Some(Err(Malformed("empty message")));
+        };
+        let mut r = Reader {
+            body: &self.body,
+            pos: start + 1,
+            end: start + len,
+            ext: &mut self.ext,
+        };
+        Some((self.read)(kind, &mut r))
+    }
+}
+
 impl ToDevice {
-    /// The frames of this message.
-    pub(crate) fn encode(&self) -> Frames {
+    /// Adds this message to `batch`.
+    pub(crate) fn encode(&self, b: &mut Batch) {
+        let at;
         match self {
-            ToDevice::Hello => vec![Header::new(b'H').done()],
-            ToDevice::Ping => vec![Header::new(b'h').done()],
-            ToDevice::Subscribe { req, sub, filter } => vec![
-                Header::new(b'S').u64(*req).u64(*sub).done(),
-                Bytes::from(filter.clone()),
-            ],
-            ToDevice::Unsubscribe { sub } => vec![Header::new(b'U').u64(*sub).done()],
-            ToDevice::Publish { topic, payload } => vec![
-                Header::new(b'P').done(),
-                Bytes::from(topic.clone()),
-                payload.clone(),
-            ],
+            ToDevice::Hello => at = b.begin(b'H'),
+            ToDevice::Ping => at = b.begin(b'h'),
+            ToDevice::Subscribe { req, sub, filter } => {
+                at = b.begin(b'S');
+                b.u64(*req).u64(*sub).text(filter);
+            }
+            ToDevice::Unsubscribe { sub } => {
+                at = b.begin(b'U');
+                b.u64(*sub);
+            }
+            ToDevice::Publish { topic, payload } => {
+                at = b.begin(b'P');
+                b.text(topic).payload(payload);
+            }
             ToDevice::Enqueue {
                 req,
                 topic,
                 payload,
-            } => vec![
-                Header::new(b'E').u64(*req).done(),
-                Bytes::from(topic.clone()),
-                payload.clone(),
-            ],
+            } => {
+                at = b.begin(b'E');
+                b.u64(*req).text(topic).payload(payload);
+            }
             ToDevice::Ready {
                 req,
                 consumer,
                 prefetch,
                 queue,
-            } => vec![
-                Header::new(b'R')
-                    .u64(*req)
-                    .u64(*consumer)
-                    .u32(*prefetch)
-                    .done(),
-                Bytes::from(queue.clone()),
-            ],
-            ToDevice::Cancel { consumer } => vec![Header::new(b'C').u64(*consumer).done()],
+            } => {
+                at = b.begin(b'R');
+                b.u64(*req).u64(*consumer).u32(*prefetch).text(queue);
+            }
+            ToDevice::Cancel { consumer } => {
+                at = b.begin(b'C');
+                b.u64(*consumer);
+            }
             ToDevice::Ack { session, delivery } => {
-                vec![Header::new(b'K').u64(*session).u64(*delivery).done()]
+                at = b.begin(b'K');
+                b.u64(*session).u64(*delivery);
             }
             ToDevice::Nack {
                 session,
                 delivery,
                 requeue,
-            } => vec![
-                Header::new(b'N')
-                    .u64(*session)
-                    .u64(*delivery)
-                    .u8(u8::from(*requeue))
-                    .done(),
-            ],
+            } => {
+                at = b.begin(b'N');
+                b.u64(*session).u64(*delivery).u8(u8::from(*requeue));
+            }
             ToDevice::Reject {
                 session,
                 delivery,
                 reason,
             } => {
-                let (tag, a, b, text) = reason_parts(reason);
-                let h = Header::new(b'X').u64(*session).u64(*delivery);
-                vec![h.u8(tag).u64(a).u64(b).done(), Bytes::from(text)]
+                let (tag, x, y, text) = reason_parts(reason);
+                at = b.begin(b'X');
+                b.u64(*session).u64(*delivery).u8(tag).u64(x).u64(y);
+                b.text(&text);
             }
             ToDevice::DeadLetter {
                 req,
@@ -307,47 +464,45 @@ impl ToDevice {
                 payload,
                 reason,
             } => {
-                let (tag, a, b, text) = reason_parts(reason);
-                vec![
-                    Header::new(b'L').u64(*req).u8(tag).u64(a).u64(b).done(),
-                    Bytes::from(topic.clone()),
-                    payload.clone(),
-                    Bytes::from(text),
-                ]
+                let (tag, x, y, text) = reason_parts(reason);
+                at = b.begin(b'L');
+                b.u64(*req).u8(tag).u64(x).u64(y);
+                b.text(topic).payload(payload).text(&text);
             }
-            ToDevice::Bye => vec![Header::new(b'Q').done()],
+            ToDevice::Bye => at = b.begin(b'Q'),
         }
+        b.end(at);
     }
 
-    /// Decodes the frames of a peer's message (without the routing id).
-    pub(crate) fn decode(frames: &[Bytes]) -> Result<ToDevice, Malformed> {
-        let head = frames.first().ok_or(Malformed("no frame"))?;
-        let (&kind, rest) = head.split_first().ok_or(Malformed("empty header"))?;
-        let mut r = Reader(rest);
-        let f = |i: usize| frames.get(i);
+    /// The messages of one ZeroMQ message from a peer (without the routing id).
+    pub(crate) fn decode(frames: Vec<Bytes>) -> Unbatch<ToDevice> {
+        Unbatch::new(frames, ToDevice::read)
+    }
+
+    fn read(kind: u8, r: &mut Reader<'_>) -> Result<ToDevice, Malformed> {
         Ok(match kind {
             b'H' => ToDevice::Hello,
             b'h' => ToDevice::Ping,
             b'S' => ToDevice::Subscribe {
                 req: r.u64()?,
                 sub: r.u64()?,
-                filter: text(f(1))?,
+                filter: r.text()?,
             },
             b'U' => ToDevice::Unsubscribe { sub: r.u64()? },
             b'P' => ToDevice::Publish {
-                topic: text(f(1))?,
-                payload: payload(f(2))?,
+                topic: r.text()?,
+                payload: r.payload()?,
             },
             b'E' => ToDevice::Enqueue {
                 req: r.u64()?,
-                topic: text(f(1))?,
-                payload: payload(f(2))?,
+                topic: r.text()?,
+                payload: r.payload()?,
             },
             b'R' => ToDevice::Ready {
                 req: r.u64()?,
                 consumer: r.u64()?,
                 prefetch: r.u32()?,
-                queue: text(f(1))?,
+                queue: r.text()?,
             },
             b'C' => ToDevice::Cancel { consumer: r.u64()? },
             b'K' => ToDevice::Ack {
@@ -365,17 +520,18 @@ impl ToDevice {
                 ToDevice::Reject {
                     session,
                     delivery,
-                    reason: reason_from(tag, a, b, text(f(1))?)?,
+                    reason: reason_from(tag, a, b, r.text()?)?,
                 }
             }
             b'L' => {
                 let req = r.u64()?;
                 let (tag, a, b) = (r.u8()?, r.u64()?, r.u64()?);
+                let (topic, payload) = (r.text()?, r.payload()?);
                 ToDevice::DeadLetter {
                     req,
-                    topic: text(f(1))?,
-                    payload: payload(f(2))?,
-                    reason: reason_from(tag, a, b, text(f(3))?)?,
+                    topic,
+                    payload,
+                    reason: reason_from(tag, a, b, r.text()?)?,
                 }
             }
             b'Q' => ToDevice::Bye,
@@ -385,32 +541,30 @@ impl ToDevice {
 }
 
 impl ToPeer {
-    /// The frames of this message.
-    pub(crate) fn encode(&self) -> Frames {
+    /// Adds this message to `batch`.
+    pub(crate) fn encode(&self, b: &mut Batch) {
+        let at;
         match self {
             ToPeer::Welcome {
                 session,
                 heartbeat_ms,
                 max_payload,
-            } => vec![
-                Header::new(b'W')
-                    .u64(*session)
-                    .u32(*heartbeat_ms)
-                    .u64(*max_payload)
-                    .done(),
-            ],
+            } => {
+                at = b.begin(b'W');
+                b.u64(*session).u32(*heartbeat_ms).u64(*max_payload);
+            }
             ToPeer::Heartbeat { session, seq } => {
-                vec![Header::new(b'B').u64(*session).u64(*seq).done()]
+                at = b.begin(b'B');
+                b.u64(*session).u64(*seq);
             }
             ToPeer::Broadcast {
                 seq,
                 topic,
                 payload,
-            } => vec![
-                Header::new(b'M').u64(*seq).done(),
-                Bytes::from(topic.clone()),
-                payload.clone(),
-            ],
+            } => {
+                at = b.begin(b'M');
+                b.u64(*seq).text(topic).payload(payload);
+            }
             ToPeer::Delivery {
                 session,
                 consumer,
@@ -418,17 +572,18 @@ impl ToPeer {
                 redeliveries,
                 topic,
                 payload,
-            } => vec![
-                Header::new(b'D')
-                    .u64(*session)
-                    .u64(*consumer)
-                    .u64(*delivery)
-                    .u32(*redeliveries)
-                    .done(),
-                Bytes::from(topic.clone()),
-                payload.clone(),
-            ],
-            ToPeer::Ok { req } => vec![Header::new(b'O').u64(*req).done()],
+            } => {
+                at = b.begin(b'D');
+                b.u64(*session).u64(*consumer).u64(*delivery);
+                b.u32(*redeliveries).text(topic).payload(payload);
+            }
+            ToPeer::Ok { reqs } => {
+                at = b.begin(b'O');
+                b.u32(reqs.len() as u32);
+                for req in reqs {
+                    b.u64(*req);
+                }
+            }
             ToPeer::Refused {
                 req,
                 why,
@@ -440,20 +595,19 @@ impl ToPeer {
                     Refusal::TooLarge => 2,
                     Refusal::Invalid => 3,
                 };
-                vec![
-                    Header::new(b'F').u64(*req).u8(code).u64(*limit).done(),
-                    Bytes::from(text.clone()),
-                ]
+                at = b.begin(b'F');
+                b.u64(*req).u8(code).u64(*limit).text(text);
             }
         }
+        b.end(at);
     }
 
-    /// Decodes the frames of the device's message.
-    pub(crate) fn decode(frames: &[Bytes]) -> Result<ToPeer, Malformed> {
-        let head = frames.first().ok_or(Malformed("no frame"))?;
-        let (&kind, rest) = head.split_first().ok_or(Malformed("empty header"))?;
-        let mut r = Reader(rest);
-        let f = |i: usize| frames.get(i);
+    /// The messages of one ZeroMQ message from the device.
+    pub(crate) fn decode(frames: Vec<Bytes>) -> Unbatch<ToPeer> {
+        Unbatch::new(frames, ToPeer::read)
+    }
+
+    fn read(kind: u8, r: &mut Reader<'_>) -> Result<ToPeer, Malformed> {
         Ok(match kind {
             b'W' => ToPeer::Welcome {
                 session: r.u64()?,
@@ -466,18 +620,29 @@ impl ToPeer {
             },
             b'M' => ToPeer::Broadcast {
                 seq: r.u64()?,
-                topic: text(f(1))?,
-                payload: payload(f(2))?,
+                topic: r.text()?,
+                payload: r.payload()?,
             },
             b'D' => ToPeer::Delivery {
                 session: r.u64()?,
                 consumer: r.u64()?,
                 delivery: r.u64()?,
                 redeliveries: r.u32()?,
-                topic: text(f(1))?,
-                payload: payload(f(2))?,
+                topic: r.text()?,
+                payload: r.payload()?,
             },
-            b'O' => ToPeer::Ok { req: r.u64()? },
+            b'O' => {
+                let count = r.u32()? as usize;
+                // Checked against what is there before anything is allocated.
+                if count > (r.end - r.pos) / 8 {
+                    return Err(Malformed("more ids than the message holds"));
+                }
+                let mut reqs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    reqs.push(r.u64()?);
+                }
+                ToPeer::Ok { reqs }
+            }
             b'F' => {
                 let req = r.u64()?;
                 let why = match r.u8()? {
@@ -490,12 +655,34 @@ impl ToPeer {
                     req,
                     why,
                     limit: r.u64()?,
-                    text: text(f(1))?,
+                    text: r.text()?,
                 }
             }
             _ => return Err(Malformed("unknown kind")),
         })
     }
+}
+
+/// A received frame as [`Bytes`], without copying it: the message is the owner.
+pub(crate) fn frame(m: zmq::Message) -> Bytes {
+    struct Owner(zmq::Message);
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    Bytes::from_owner(Owner(m))
+}
+
+/// The frames of a batch of `msgs` (tests, and peers that speak the wire by hand).
+#[cfg(test)]
+pub(crate) fn frames_of<M>(msgs: &[M], encode: fn(&M, &mut Batch)) -> Vec<Bytes> {
+    let mut b = Batch::default();
+    for m in msgs {
+        encode(m, &mut b);
+    }
+    let (body, ext) = b.into_frames();
+    std::iter::once(Bytes::from(body)).chain(ext).collect()
 }
 
 #[cfg(test)]
@@ -555,9 +742,24 @@ mod tests {
             },
             ToDevice::Bye,
         ];
-        for m in to_device {
-            assert_eq!(ToDevice::decode(&m.encode()), Ok(m.clone()), "{m:?}");
+        for m in &to_device {
+            let got: Vec<_> =
+                ToDevice::decode(frames_of(std::slice::from_ref(m), ToDevice::encode)).collect();
+            assert_eq!(got, vec![Ok(m.clone())], "{m:?}");
         }
+        // All in one batch, with a payload large enough to travel as a frame of its own.
+        let mut all = to_device.to_vec();
+        all.insert(
+            3,
+            ToDevice::Publish {
+                topic: "u/j/t/x/1/status".into(),
+                payload: Bytes::from(vec![7; INLINE_MAX + 1]),
+            },
+        );
+        let frames = frames_of(&all, ToDevice::encode);
+        assert_eq!(frames.len(), 2);
+        let got: Vec<_> = ToDevice::decode(frames).collect();
+        assert_eq!(got, all.into_iter().map(Ok).collect::<Vec<_>>());
         let to_peer = [
             ToPeer::Welcome {
                 session: 1,
@@ -578,7 +780,10 @@ mod tests {
                 topic: "u/j/t/x/1/perform".into(),
                 payload: p.clone(),
             },
-            ToPeer::Ok { req: 4 },
+            ToPeer::Ok {
+                reqs: vec![4, 2, 9],
+            },
+            ToPeer::Ok { reqs: vec![] },
             ToPeer::Refused {
                 req: 5,
                 why: Refusal::QueueFull,
@@ -586,27 +791,72 @@ mod tests {
                 text: "full".into(),
             },
         ];
-        for m in to_peer {
-            assert_eq!(ToPeer::decode(&m.encode()), Ok(m.clone()), "{m:?}");
+        let got: Vec<_> = ToPeer::decode(frames_of(&to_peer, ToPeer::encode)).collect();
+        assert_eq!(got, to_peer.into_iter().map(Ok).collect::<Vec<_>>());
+    }
+
+    /// A message of a batch: its length, then `body`.
+    fn msg(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u32).to_le_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn decode_all(frames: &[&[u8]]) -> (Vec<ToDevice>, usize, Vec<ToPeer>, usize) {
+        let frames: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
+        let (mut d, mut de, mut p, mut pe) = (vec![], 0, vec![], 0);
+        for m in ToDevice::decode(frames.clone()) {
+            match m {
+                Ok(m) => d.push(m),
+                Err(_) => de += 1,
+            }
         }
+        for m in ToPeer::decode(frames) {
+            match m {
+                Ok(m) => p.push(m),
+                Err(_) => pe += 1,
+            }
+        }
+        (d, de, p, pe)
     }
 
     #[test]
-    fn malformed_frames_are_errors_not_panics() {
-        let cases: &[&[&[u8]]] = &[
-            &[],
-            &[b""],
-            &[b"Z"],
-            &[b"S\x01"],
-            &[b"S\x01\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0"],
-            &[b"S\x01\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0", b"\xff\xfe"],
-            &[b"P", b"u/j/t/x/1/status"],
-            &[b"X\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x09", b""],
+    fn malformed_batches_are_errors_not_panics() {
+        let ping = msg(b"h");
+        let cat = |parts: &[&[u8]]| parts.concat();
+        // (frames, errors) for a peer's and the device's decoder alike.
+        let cases: Vec<(Vec<Vec<u8>>, usize)> = vec![
+            (vec![], 1),                                              // no frame
+            (vec![vec![]], 1),                                        // empty batch
+            (vec![b"\x01\0\0".to_vec()], 1),                          // a length cut short
+            (vec![msg(b"")], 1),                                      // an empty message
+            (vec![msg(b"Z")], 1),                                     // unknown kind
+            (vec![msg(b"S\x01")], 1),                                 // integers cut short
+            (vec![msg(b"S\x01\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0")], 1), // section missing
+            (
+                vec![msg(
+                    b"S\x01\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0\xff\xff\xff\x7f",
+                )],
+                1,
+            ), // section past the end
+            (vec![msg(b"P\xff\xff\xff\xff")], 1), // an external section with no frame
+            (vec![msg(b"P\x02\0\0\0\xff\xfe\0\0\0\0")], 1), // text not UTF-8
+            (vec![msg(b"O\xff\xff\xff\xff")], 1), // a huge count
+            (vec![cat(&[&msg(b"Z"), &[0xff, 0xff, 0xff, 0xff, b'h']])], 2), // one bad, then a length past the end
+            (vec![msg(b"X\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x09")], 1),
         ];
-        for (i, frames) in cases.iter().enumerate() {
-            let frames: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
-            assert!(ToDevice::decode(&frames).is_err(), "case {i}");
-            assert!(ToPeer::decode(&frames).is_err(), "case {i}");
+        for (i, (frames, errors)) in cases.iter().enumerate() {
+            let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            let (_, de, _, pe) = decode_all(&frames);
+            assert_eq!((de, pe), (*errors, *errors), "case {i}");
         }
+        // A bad message between good ones is skipped; the good ones decode.
+        let batch = cat(&[&ping, &msg(b"Z"), &ping]);
+        let (d, de, ..) = decode_all(&[&batch]);
+        assert_eq!((d, de), (vec![ToDevice::Ping, ToDevice::Ping], 1));
+        // A length past the end ends the batch after what came before it.
+        let batch = cat(&[&ping, &[9, 0, 0, 0, b'h']]);
+        let (d, de, ..) = decode_all(&[&batch]);
+        assert_eq!((d, de), (vec![ToDevice::Ping], 1));
     }
 }

@@ -21,17 +21,22 @@ async fn garbage_and_oversized_frames_are_counted_and_the_device_keeps_serving()
         .set_linger(0)
         .connect(device.endpoint())
         .unwrap();
+    // The wire (see wire.rs): a batch frame of messages, each its length, a kind byte,
+    // integers, then sections (a u32 length and the bytes).
+    let msg = |body: &[u8]| [&(body.len() as u32).to_le_bytes()[..], body].concat();
+    let section = |b: &[u8]| [&(b.len() as u32).to_le_bytes()[..], b].concat();
+    let publish = |topic: &[u8], payload: &[u8]| {
+        msg(&[&b"P"[..], &section(topic), &section(payload)].concat())
+    };
     let frames: Vec<Vec<Vec<u8>>> = vec![
-        vec![b"\xff\xfe".to_vec()],                           // unknown kind
-        vec![b"S\x01".to_vec()],                              // header too short
-        vec![b"P".to_vec(), b"not/a topic".to_vec(), vec![]], // invalid topic
-        vec![
-            b"P".to_vec(),
-            topic.as_str().as_bytes().to_vec(),
-            vec![0; 2048],
-        ], // over max_payload
-        vec![vec![]],                                         // empty header
-        vec![b"P".to_vec(), vec![0; 200_000]],                // over the socket's limit: cut off
+        vec![msg(b"\xff\xfe")],                               // unknown kind
+        vec![msg(b"S\x01")],                                  // integers cut short
+        vec![publish(b"not/a topic", b"")],                   // invalid topic
+        vec![publish(topic.as_str().as_bytes(), &[0; 2048])], // over max_payload
+        vec![vec![]],                                         // empty batch
+        vec![b"\xff\xff\xff\x7fP".to_vec()],                  // a length past the end
+        vec![msg(b"O\xff\xff\xff\xff")],                      // huge count, and no device message
+        vec![publish(b"x", &[0; 200_000])],                   // over the socket's limit: cut off
     ];
     for f in frames {
         let msg: Multipart = f.into_iter().map(tmq::Message::from).collect();
@@ -40,7 +45,7 @@ async fn garbage_and_oversized_frames_are_counted_and_the_device_keeps_serving()
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let s = device.stats();
-        if s.malformed >= 4 && s.oversized >= 1 {
+        if s.malformed >= 6 && s.oversized >= 1 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "not counted: {s:?}");

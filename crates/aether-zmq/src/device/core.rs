@@ -1,5 +1,5 @@
 //! [`Core`]: the device's state and what each message does to it, without the socket:
-//! messages in, frames to send out ([`Core::take_out`]).
+//! batches in, messages to send out ([`Core::take_out`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +13,12 @@ use tokio::time::Instant;
 use super::Counters;
 use super::peer::{OUTBOX_LIMIT, Peer};
 use crate::config::ZmqConfig;
-use crate::wire::{Frames, Refusal, ToDevice, ToPeer};
+use crate::wire::{OK_IDS, Refusal, ToDevice, ToPeer};
+
+/// Maps keyed by routing ids and numbers: looked up for every message, by ids no peer
+/// chooses freely enough to flood a bucket (routing ids are the peers' own, but a peer
+/// can only hurt its own lookups), so a fast hash.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A perform an engine consumer handed out for a peer's consumer.
 #[derive(Debug)]
@@ -28,7 +33,7 @@ pub(crate) struct Handout {
 pub(crate) struct Outgoing {
     /// The peer's routing id.
     pub(crate) to: Bytes,
-    pub(crate) frames: Frames,
+    pub(crate) msg: ToPeer,
     /// Kept in the peer's outbox when its socket queue is full (deliveries, answers);
     /// otherwise dropped (broadcasts, whose numbers show the gap, and heartbeats).
     pub(crate) reliable: bool,
@@ -39,10 +44,12 @@ pub(crate) struct Core {
     engine: Arc<QueueEngine>,
     counters: Arc<Counters>,
     handouts: mpsc::Sender<Handout>,
-    peers: HashMap<Bytes, Peer>,
-    owners: HashMap<u64, Bytes>,
+    peers: FastMap<Bytes, Peer>,
+    owners: FastMap<u64, Bytes>,
     next_owner: u64,
     out: Vec<Outgoing>,
+    /// The requests of the batch being read that were carried out: one `O` at its end.
+    oks: Vec<u64>,
 }
 
 impl Core {
@@ -57,16 +64,22 @@ impl Core {
             engine,
             counters,
             handouts,
-            peers: HashMap::new(),
-            owners: HashMap::new(),
+            peers: FastMap::default(),
+            owners: FastMap::default(),
             next_owner: 1,
             out: Vec::new(),
+            oks: Vec::new(),
         }
     }
 
     /// What to send now.
     pub(crate) fn take_out(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.out)
+    }
+
+    /// Whether peer `id` has messages waiting for room (new ones wait behind them).
+    pub(crate) fn is_held_back(&self, id: &Bytes) -> bool {
+        self.peers.get(id).is_some_and(|p| !p.outbox.is_empty())
     }
 
     /// Whether some peer has messages waiting for room.
@@ -85,16 +98,16 @@ impl Core {
             self.drop_peer(&msg.to);
             return;
         }
-        peer.outbox.push_back(msg.frames);
+        peer.outbox.push_back(msg.msg);
     }
 
     /// The held-back messages of every peer, oldest first, to try again.
     pub(crate) fn take_backlog(&mut self) -> Vec<Outgoing> {
         let mut all = Vec::new();
         for (id, peer) in self.peers.iter_mut() {
-            all.extend(peer.outbox.drain(..).map(|frames| Outgoing {
+            all.extend(peer.outbox.drain(..).map(|msg| Outgoing {
                 to: id.clone(),
-                frames,
+                msg,
                 reliable: true,
             }));
         }
@@ -104,7 +117,7 @@ impl Core {
     fn send(&mut self, to: &Bytes, msg: ToPeer, reliable: bool) {
         self.out.push(Outgoing {
             to: to.clone(),
-            frames: msg.encode(),
+            msg,
             reliable,
         });
     }
@@ -119,25 +132,27 @@ impl Core {
         self.send(to, msg, true);
     }
 
-    /// The peer of routing id `id`, created (and welcomed) on its first message.
-    fn touch(&mut self, id: &Bytes, now: Instant) -> &mut Peer {
-        if !self.peers.contains_key(id) {
-            let owner = self.next_owner;
-            self.next_owner += 1;
-            let session = uuid::Uuid::new_v4().as_u64_pair().0;
-            self.owners.insert(owner, id.clone());
-            self.peers
-                .insert(id.clone(), Peer::new(owner, session, now));
-            self.counters.peers.store(
-                self.peers.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            tracing::debug!(peer = %Peer::label(id), "peer joined");
-            self.welcome(id, session);
+    /// The routing id of peer `id` as the device keeps it, and whether the peer was known:
+    /// created (and welcomed) on its first message.
+    fn touch(&mut self, id: &[u8], now: Instant) -> (Bytes, bool) {
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.last_heard = now;
+            return (peer.id.clone(), true);
         }
-        let peer = self.peers.get_mut(id).expect("inserted");
-        peer.last_heard = now;
-        peer
+        let id = Bytes::copy_from_slice(id);
+        let owner = self.next_owner;
+        self.next_owner += 1;
+        let session = uuid::Uuid::new_v4().as_u64_pair().0;
+        self.owners.insert(owner, id.clone());
+        self.peers
+            .insert(id.clone(), Peer::new(id.clone(), owner, session, now));
+        self.counters.peers.store(
+            self.peers.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        tracing::debug!(peer = %Peer::label(&id), "peer joined");
+        self.welcome(&id, session);
+        (id, false)
     }
 
     fn welcome(&mut self, id: &Bytes, session: u64) {
@@ -149,19 +164,43 @@ impl Core {
         self.send(id, msg, true);
     }
 
-    /// One message from peer `id`: its frames after the routing id.
-    pub(crate) async fn on_message(&mut self, id: Bytes, frames: Vec<Bytes>, now: Instant) {
-        let msg = match ToDevice::decode(&frames) {
-            Ok(msg) => msg,
-            Err(e) => {
-                Counters::bump(&self.counters.malformed);
-                tracing::debug!(peer = %Peer::label(&id), error = %e, "malformed message dropped");
-                self.touch(&id, now);
-                return;
+    /// One ZeroMQ message from peer `id`: its frames after the routing id, a batch. The
+    /// requests in it carried out are answered by one `O` after it.
+    pub(crate) async fn on_batch(&mut self, id: &[u8], frames: Vec<Bytes>, now: Instant) {
+        let (id, mut known) = self.touch(id, now);
+        for msg in ToDevice::decode(frames) {
+            match msg {
+                Ok(msg) => {
+                    if !self.on_message(&id, msg, known).await {
+                        // It left (bye): what follows in the batch was never meant to be read.
+                        break;
+                    }
+                }
+                Err(e) => {
+                    Counters::bump(&self.counters.malformed);
+                    tracing::debug!(peer = %Peer::label(&id), error = %e, "malformed message dropped");
+                }
             }
+            known = true;
+        }
+        if !self.oks.is_empty() {
+            let oks = std::mem::take(&mut self.oks);
+            for reqs in oks.chunks(OK_IDS) {
+                let reqs = reqs.to_vec();
+                self.send(&id, ToPeer::Ok { reqs }, true);
+            }
+            self.oks = oks;
+            self.oks.clear();
+        }
+    }
+
+    /// One message from peer `id` (known before this batch, or not); false when it left.
+    async fn on_message(&mut self, id: &Bytes, msg: ToDevice, known: bool) -> bool {
+        let Some(peer) = self.peers.get(id) else {
+            return false;
         };
-        let known = self.peers.contains_key(&id);
-        let session = self.touch(&id, now).session;
+        let session = peer.session;
+        let id = id.clone();
         match msg {
             // A new peer was welcomed when it was created.
             ToDevice::Hello if known => self.welcome(&id, session),
@@ -170,7 +209,7 @@ impl Core {
             ToDevice::Subscribe { req, sub, filter } => match filter.parse::<TopicFilter>() {
                 Ok(filter) => {
                     self.peer(&id).subscribe(sub, filter);
-                    self.send(&id, ToPeer::Ok { req }, true);
+                    self.oks.push(req);
                 }
                 Err(e) => self.refuse(&id, req, Refusal::Invalid, 0, e.to_string()),
             },
@@ -229,10 +268,14 @@ impl Core {
                     payload,
                     reason,
                 });
-                self.send(&id, ToPeer::Ok { req }, true);
+                self.oks.push(req);
             }
-            ToDevice::Bye => self.drop_peer(&id),
+            ToDevice::Bye => {
+                self.drop_peer(&id);
+                return false;
+            }
         }
+        true
     }
 
     fn peer(&mut self, id: &Bytes) -> &mut Peer {
@@ -266,22 +309,19 @@ impl Core {
             tracing::debug!(peer = %Peer::label(from), topic, "oversized broadcast dropped");
             return;
         }
-        let topic_frame = Bytes::copy_from_slice(topic.as_bytes());
         for (id, peer) in self.peers.iter_mut() {
             if !peer.wants(&parsed) {
                 continue;
             }
             peer.seq += 1;
-            let header = ToPeer::Broadcast {
+            let msg = ToPeer::Broadcast {
                 seq: peer.seq,
-                topic: String::new(),
-                payload: Bytes::new(),
-            }
-            .encode()
-            .swap_remove(0);
+                topic: topic.to_owned(),
+                payload: payload.clone(),
+            };
             self.out.push(Outgoing {
                 to: id.clone(),
-                frames: vec![header, topic_frame.clone(), payload.clone()],
+                msg,
                 reliable: false,
             });
         }
@@ -302,7 +342,7 @@ impl Core {
             return self.refuse(from, req, Refusal::TooLarge, limit as u64, text);
         }
         match self.engine.try_enqueue(&parsed, payload) {
-            Ok(()) => self.send(from, ToPeer::Ok { req }, true),
+            Ok(()) => self.oks.push(req),
             Err(Error::QueueFull { limit }) => {
                 Counters::bump(&self.counters.queue_full);
                 tracing::warn!(%parsed, limit, "work queue full; perform refused");
@@ -343,7 +383,7 @@ impl Core {
             });
             peer.consumers.insert(consumer, task.abort_handle());
         }
-        self.send(from, ToPeer::Ok { req }, true);
+        self.oks.push(req);
     }
 
     /// A perform for a peer's consumer: held until settled, sent to the peer.

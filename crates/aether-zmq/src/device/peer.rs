@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::wire::Frames;
+use crate::wire::ToPeer;
 
 /// Most messages that must not be lost (deliveries, answers) waiting for a peer whose
 /// socket queue is full or who is reconnecting; past it the peer is dropped as dead.
@@ -16,6 +16,8 @@ pub(crate) const OUTBOX_LIMIT: usize = 65_536;
 /// One peer's session on the device.
 #[derive(Debug)]
 pub(crate) struct Peer {
+    /// Its routing id.
+    pub(crate) id: Bytes,
     /// Its number for the engine's consumers ([`QueueEngine::disconnect`]).
     ///
     /// [`QueueEngine::disconnect`]: aether_core::kit::QueueEngine::disconnect
@@ -31,23 +33,24 @@ pub(crate) struct Peer {
     /// Its consumers, by its own ids: the task forwarding each engine consumer's handouts.
     pub(crate) consumers: HashMap<u64, AbortHandle>,
     /// The performs handed to it and not yet settled, by delivery id.
-    pub(crate) held: HashMap<u64, Delivery>,
+    pub(crate) held: super::core::FastMap<u64, Delivery>,
     /// The id of its next delivery.
     pub(crate) next_delivery: u64,
     /// Messages that must not be lost, waiting for room in its socket queue.
-    pub(crate) outbox: VecDeque<Frames>,
+    pub(crate) outbox: VecDeque<ToPeer>,
 }
 
 impl Peer {
-    pub(crate) fn new(owner: u64, session: u64, now: Instant) -> Peer {
+    pub(crate) fn new(id: Bytes, owner: u64, session: u64, now: Instant) -> Peer {
         Peer {
+            id,
             owner,
             session,
             seq: 0,
             last_heard: now,
             subs: Vec::new(),
             consumers: HashMap::new(),
-            held: HashMap::new(),
+            held: Default::default(),
             next_delivery: 1,
             outbox: VecDeque::new(),
         }

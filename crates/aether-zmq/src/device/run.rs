@@ -16,6 +16,7 @@ use super::Counters;
 use super::core::{Core, Outgoing};
 use crate::config::ZmqConfig;
 use crate::error::{ZmqError, socket_err};
+use crate::wire::Batch;
 
 pub(super) struct Setup {
     pub(super) config: ZmqConfig,
@@ -103,13 +104,14 @@ async fn bind(config: &ZmqConfig, inproc: &str) -> Result<(tmq::router::Router, 
 /// produced and looks at its other events.
 const BATCH: usize = 256;
 
-/// One message from the socket: its routing id, then the frames.
+/// One message from the socket: its routing id, then a batch's frames (not copied).
 async fn on_message(core: &mut Core, msg: tmq::Multipart) {
-    let mut frames = msg.iter().map(|m| Bytes::copy_from_slice(m));
+    let mut frames = msg.0.into_iter();
     let Some(id) = frames.next() else {
         return;
     };
-    core.on_message(id, frames.collect(), Instant::now()).await;
+    let frames = frames.map(crate::wire::frame).collect();
+    core.on_batch(&id, frames, Instant::now()).await;
 }
 
 async fn serve(mut router: tmq::router::Router, setup: Setup) {
@@ -171,51 +173,70 @@ async fn serve(mut router: tmq::router::Router, setup: Setup) {
     crate::curve::forget(&setup_inproc);
 }
 
-/// Sends without blocking: a message the socket cannot take now (the peer's queue is full,
-/// or it is reconnecting) goes back to its peer's outbox when it must not be lost, and is
-/// dropped and counted otherwise.
+/// Sends without blocking, one ZeroMQ message per peer (or a few, past a batch's size): a
+/// message the socket cannot take now (the peer's queue is full, or it is reconnecting)
+/// goes back to its peer's outbox when it must not be lost, and is dropped and counted
+/// otherwise.
 fn send_all(
     router: &tmq::router::Router,
     core: &mut Core,
     counters: &Counters,
-    out: Vec<Outgoing>,
+    mut out: Vec<Outgoing>,
 ) {
     let socket = router.get_socket();
-    let mut blocked: Vec<Bytes> = Vec::new();
-    for msg in out {
+    // Each peer's messages together, in their order.
+    out.sort_by(|a, b| a.to.cmp(&b.to));
+    let mut out = out.into_iter().peekable();
+    while let Some(first) = out.next() {
+        let to = first.to.clone();
         // Keep a peer's order: once one of its messages waits, the rest wait behind it.
-        let result = if blocked.contains(&msg.to) {
-            Err(zmq::Error::EAGAIN)
-        } else {
-            send(socket, &msg)
-        };
-        match result {
-            Ok(()) => {}
-            Err(zmq::Error::EAGAIN | zmq::Error::EHOSTUNREACH) => {
-                if msg.reliable {
-                    if !blocked.contains(&msg.to) {
-                        blocked.push(msg.to.clone());
-                    }
-                    core.hold_back(msg);
-                } else {
-                    Counters::bump(&counters.broadcasts_dropped);
-                }
+        let mut blocked = core.is_held_back(&to);
+        let mut batch = Batch::default();
+        let mut inside = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            if !blocked {
+                msg.msg.encode(&mut batch);
+                inside.push(msg);
+            } else {
+                hold_or_drop(core, counters, msg);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "device send failed");
-                if msg.reliable {
-                    core.hold_back(msg);
+            next = out.next_if(|m| m.to == to);
+            if !batch.is_empty() && (batch.is_full() || next.is_none()) {
+                let full = std::mem::take(&mut batch);
+                if let Err(e) = send(socket, &to, full) {
+                    if !matches!(e, zmq::Error::EAGAIN | zmq::Error::EHOSTUNREACH) {
+                        tracing::warn!(error = %e, "device send failed");
+                    }
+                    blocked = true;
+                    for msg in inside.drain(..) {
+                        hold_or_drop(core, counters, msg);
+                    }
                 }
+                inside.clear();
             }
         }
     }
 }
 
-fn send(socket: &zmq::Socket, msg: &Outgoing) -> std::result::Result<(), zmq::Error> {
+/// A message the socket did not take: held back when it must not be lost, else counted.
+fn hold_or_drop(core: &mut Core, counters: &Counters, msg: Outgoing) {
+    if msg.reliable {
+        core.hold_back(msg);
+    } else {
+        Counters::bump(&counters.broadcasts_dropped);
+    }
+}
+
+fn send(socket: &zmq::Socket, to: &Bytes, batch: Batch) -> std::result::Result<(), zmq::Error> {
     let flags = zmq::DONTWAIT;
-    socket.send(&msg.to[..], flags | zmq::SNDMORE)?;
-    let last = msg.frames.len().saturating_sub(1);
-    for (i, frame) in msg.frames.iter().enumerate() {
+    socket.send(&to[..], flags | zmq::SNDMORE)?;
+    let (body, ext) = batch.into_frames();
+    let more = if ext.is_empty() { 0 } else { zmq::SNDMORE };
+    // The batch frame is handed over, not copied.
+    socket.send(zmq::Message::from(body), flags | more)?;
+    let last = ext.len().saturating_sub(1);
+    for (i, frame) in ext.iter().enumerate() {
         let more = if i < last { zmq::SNDMORE } else { 0 };
         socket.send(&frame[..], flags | more)?;
     }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::Counters;
 use super::core::{Core, Handout};
 use crate::config::ZmqConfig;
-use crate::wire::{Refusal, ToDevice, ToPeer};
+use crate::wire::{Refusal, ToDevice, ToPeer, frames_of};
 
 struct Rig {
     core: Core,
@@ -34,14 +34,16 @@ fn rig(queue_capacity: usize) -> Rig {
     }
 }
 
-fn id(name: &str) -> Bytes {
-    Bytes::copy_from_slice(name.as_bytes())
-}
-
 impl Rig {
     async fn send(&mut self, from: &str, msg: ToDevice) -> Vec<(String, ToPeer)> {
+        self.send_batch(from, &[msg]).await
+    }
+
+    /// Messages in one batch, as one ZeroMQ message.
+    async fn send_batch(&mut self, from: &str, msgs: &[ToDevice]) -> Vec<(String, ToPeer)> {
+        let frames = frames_of(msgs, ToDevice::encode);
         self.core
-            .on_message(id(from), msg.encode(), Instant::now())
+            .on_batch(from.as_bytes(), frames, Instant::now())
             .await;
         self.out()
     }
@@ -52,7 +54,7 @@ impl Rig {
             .into_iter()
             .map(|o| {
                 let to = String::from_utf8(o.to.to_vec()).unwrap();
-                (to, ToPeer::decode(&o.frames).unwrap())
+                (to, o.msg)
             })
             .collect()
     }
@@ -179,7 +181,7 @@ async fn requests_answers_and_refusals() {
     );
     // Frames that do not decode are counted and dropped; the peer is still served.
     r.core
-        .on_message(id("a"), vec![Bytes::from_static(b"\xff")], Instant::now())
+        .on_batch(b"a", vec![Bytes::from_static(b"\xff")], Instant::now())
         .await;
     assert!(r.out().is_empty());
     assert_eq!(
@@ -249,4 +251,64 @@ async fn refusals_carry_the_reason() {
         panic!("a refusal: {out:?}");
     };
     assert_eq!((*why, *limit), (Refusal::QueueFull, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_batch_is_answered_by_its_refusals_then_one_ok_listing_the_rest() {
+    let mut r = rig(2);
+    r.send("a", ToDevice::Hello).await;
+    let enqueue = |req: u64, tid: &str| ToDevice::Enqueue {
+        req,
+        topic: format!("u/j/t/x/{tid}/perform"),
+        payload: Bytes::from_static(b"{}"),
+    };
+    let batch = [
+        enqueue(7, "1"),
+        ToDevice::Ping,
+        enqueue(3, "2"),
+        enqueue(9, "3"), // the queue holds 2
+        ToDevice::Subscribe {
+            req: 4,
+            sub: 1,
+            filter: "u/#".into(),
+        },
+        enqueue(5, "bad topic"),
+    ];
+    let out = r.send_batch("a", &batch).await;
+    let got: Vec<ToPeer> = out.into_iter().map(|(_, m)| m).collect();
+    let [
+        ToPeer::Refused {
+            req: 9,
+            why: Refusal::QueueFull,
+            limit: 2,
+            ..
+        },
+        ToPeer::Refused {
+            req: 5,
+            why: Refusal::Invalid,
+            ..
+        },
+        ToPeer::Ok { reqs },
+    ] = &got[..]
+    else {
+        panic!("two refusals, then one ok: {got:?}");
+    };
+    assert_eq!(reqs, &[7, 3, 4]);
+    // A malformed message inside a batch is skipped and counted; the rest is served.
+    let mut frames = frames_of(&[enqueue(11, "4")], ToDevice::encode);
+    let mut body = frames[0].to_vec();
+    body.extend_from_slice(&[1, 0, 0, 0, b'Z']);
+    frames[0] = Bytes::from(body);
+    r.core.on_batch(b"a", frames, Instant::now()).await;
+    let out = r.out();
+    assert!(
+        matches!(&out[..], [(_, ToPeer::Refused { req: 11, .. })]),
+        "{out:?}"
+    );
+    assert_eq!(
+        r.counters
+            .malformed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
